@@ -1,0 +1,66 @@
+"""Inputs of the Totem core (and of `cmanlk.stack.Stack`): past-tense facts, each carrying `now`."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from cmanlk.types import Instant, NodeId
+
+
+class Guarantee(enum.IntEnum):
+    """Delivery guarantee of a message (the MCAST header's `guarantee` field)."""
+
+    AGREED = 0
+    SAFE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The node booted: the core enters GATHER and forms (or joins) a ring."""
+
+    now: Instant
+
+
+@dataclass(frozen=True, slots=True)
+class PacketReceived:
+    """A datagram arrived. `src` is the node id the transport mapped the source address to (None: unknown)."""
+
+    now: Instant
+    data: bytes
+    src: NodeId | None = None
+    link: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineReached:
+    """The runtime's timer fired; the core runs every named timer whose deadline is <= now."""
+
+    now: Instant
+
+
+@dataclass(frozen=True, slots=True)
+class McastRequested:
+    """An application message to be sent in agreed (or safe) total order to the ring."""
+
+    now: Instant
+    payload: bytes
+    guarantee: Guarantee = Guarantee.AGREED
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRequested:
+    """Graceful shutdown: send a leave JOIN so peers see a leave, not a failure."""
+
+    now: Instant
+
+
+@dataclass(frozen=True, slots=True)
+class NodelistChanged:
+    """The configured nodelist changed (SIGHUP reload)."""
+
+    now: Instant
+    nodes: tuple[NodeId, ...]
+
+
+Event = Started | PacketReceived | DeadlineReached | McastRequested | LeaveRequested | NodelistChanged

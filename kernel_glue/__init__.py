@@ -1,0 +1,1 @@
+"""Kernel glue: configfs/sysfs DLM adapters, uevents, netlink and udev watchers."""
