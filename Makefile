@@ -1,0 +1,57 @@
+# make install DESTDIR=/some/root [PREFIX=/usr] — installs cmanlk the way the .deb lays it out:
+# the Python package and its PyPI dependencies privately under $(PREFIX)/lib/cmanlk/site,
+# launchers in $(PREFIX)/sbin, systemd/D-Bus/udev/tmpfiles/sysusers files and man pages.
+PREFIX ?= /usr
+DESTDIR ?=
+PYTHON ?= python3
+SITE = $(PREFIX)/lib/cmanlk/site
+UNITDIR = /lib/systemd/system
+UDEVDIR = /lib/udev/rules.d
+PIP_FLAGS ?=
+
+.PHONY: all install install-data install-python test demo deb clean
+
+all:
+	@echo "targets: install (DESTDIR=, PREFIX=), deb, test, demo"
+
+install: install-python install-data
+
+install-python:
+	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check $(PIP_FLAGS) \
+		--target "$(DESTDIR)$(SITE)" .
+	rm -rf "$(DESTDIR)$(SITE)/bin"
+	install -d "$(DESTDIR)$(PREFIX)/sbin"
+	for tool in cmanlkd:cmanlk.daemon cmanlk-tool:cmanlk.cli cmanlk-keygen:cmanlk.keygen cmanlk-sim:cmanlk.sim.cli; do \
+		name=$${tool%%:*}; mod=$${tool#*:}; \
+		printf '#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "%s")\nfrom %s import main\nsys.exit(main())\n' \
+			"$(SITE)" "$$mod" > "$(DESTDIR)$(PREFIX)/sbin/$$name"; \
+		chmod 0755 "$(DESTDIR)$(PREFIX)/sbin/$$name"; \
+	done
+
+install-data:
+	install -D -m 0644 packaging/systemd/cmanlkd.service "$(DESTDIR)$(UNITDIR)/cmanlkd.service"
+	install -D -m 0644 packaging/tmpfiles.d/cmanlk.conf "$(DESTDIR)$(PREFIX)/lib/tmpfiles.d/cmanlk.conf"
+	install -D -m 0644 packaging/sysusers.d/cmanlk.conf "$(DESTDIR)$(PREFIX)/lib/sysusers.d/cmanlk.conf"
+	install -D -m 0644 packaging/dbus-1/org.cmanlk.Cluster.service \
+		"$(DESTDIR)$(PREFIX)/share/dbus-1/system-services/org.cmanlk.Cluster.service"
+	for f in dbus/*.conf; do [ -e "$$f" ] || continue; \
+		install -D -m 0644 "$$f" "$(DESTDIR)$(PREFIX)/share/dbus-1/system.d/$$(basename $$f)"; done
+	for f in dbus/*.xml; do [ -e "$$f" ] || continue; \
+		install -D -m 0644 "$$f" "$(DESTDIR)$(PREFIX)/share/dbus-1/interfaces/$$(basename $$f)"; done
+	for f in udev/*.rules; do [ -e "$$f" ] || continue; \
+		install -D -m 0644 "$$f" "$(DESTDIR)$(UDEVDIR)/$$(basename $$f)"; done
+	install -D -m 0644 packaging/cmanlk.conf.example "$(DESTDIR)/usr/share/doc/cmanlk/examples/cmanlk.conf"
+	for page in packaging/man/*.[0-9]; do [ -e "$$page" ] || continue; \
+		sec=$${page##*.}; install -D -m 0644 "$$page" "$(DESTDIR)$(PREFIX)/share/man/man$$sec/$$(basename $$page)"; done
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh
+
+deb:
+	bash packaging/build-deb.sh
+
+clean:
+	rm -rf build dist *.egg-info debian-build
