@@ -560,8 +560,11 @@ class NativeTransport:
             bound.mtu = info.mtu
             self._set_local(link, info.is_usable, "carrier" if info.is_usable else "no carrier / admin down")
         else:
-            self._refusal[link] = why or "cannot bind"
-            self._set_local(link, False, self._refusal[link])
+            why = why or self._refusal.get(link) or "cannot bind"
+            if self._refusal.get(link) != why:
+                log.warning("link %d not bound: %s", link, why)
+            self._refusal[link] = why
+            self._set_local(link, False, why)
 
     def _choose_binding(self, spec: NativeLink) -> tuple[InterfaceInfo | None, InterfaceAddress | None, str]:
         assert self._netlink is not None
