@@ -242,3 +242,19 @@ def test_renamed_deleted_and_recreated_nic_is_rebound(lab: LinkLab, nodes: tuple
     lost = set(range(numbers[0], numbers[-1] + 1)) - set(numbers)
     print(f"\nrename/delete/re-add/address cycle: {len(numbers)} delivered, {len(lost)} lost")
     assert not any("lo" == v.split(" ")[0] for v in sender.status()["local"].values())
+
+
+def test_forged_datagrams_are_counted_and_dropped_never_crash(lab: LinkLab, nodes: tuple[Node, Node]) -> None:
+    _sender, receiver = nodes
+    wait_until("traffic", lambda: len(receiver.rx()) > 50)
+    forge = (
+        "import os, socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for i in range(200): s.sendto(os.urandom(40 + i), ('10.81.0.2', 5405))\n"
+    )
+    subprocess.run(["ip", "netns", "exec", lab.ns(1), sys.executable, "-c", forge], check=True, timeout=15)
+    wait_until("forged datagrams counted", lambda: sum(receiver.status().get("dropped", {}).values()) >= 200)
+    before = len(receiver.rx())
+    wait_until("traffic still flowing", lambda: len(receiver.rx()) > before + 50)
+    print(f"\nforged datagrams: receiver drop counters {receiver.status()['dropped']}")
+    assert receiver.proc.poll() is None
