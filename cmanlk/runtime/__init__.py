@@ -1,0 +1,1 @@
+"""The asyncio runtime of cmanlkd: the driver loop, transports, IPC and D-Bus edges."""
