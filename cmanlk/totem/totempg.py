@@ -76,6 +76,9 @@ MAX_ASSEMBLIES = PROCESSOR_COUNT_MAX
 """At most this many originators may have a half-assembled message at once (a ring has at most
 PROCESSOR_COUNT_MAX members); each costs at most MESSAGE_SIZE_MAX + REASSEMBLY_SLACK_BYTES."""
 
+MAX_FRAME_BYTES = 0xFFFF
+"""Largest frame we build: a UDP datagram's limit, and it keeps every piece length within a u16."""
+
 FRAGMENT_COUNTER_MODULUS = 256  # the counter is a u8 on the wire
 
 _HEADER_LE = struct.Struct("<hhBBH")
@@ -141,9 +144,12 @@ class Packer:
     """
 
     def __init__(self, max_frame_bytes: int, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES) -> None:
-        """Raises ValueError if a frame could not carry a header, one length and a few bytes."""
+        """Raises ValueError if a frame could not carry a header, one length and a few bytes, or
+        if it is so large that a piece could overflow its u16 length."""
         if max_frame_bytes < FRAME_HEADER_SIZE + 2 * LEN_SIZE + 4:
             raise ValueError(f"max_frame_bytes {max_frame_bytes} is too small for a totempg frame")
+        if max_frame_bytes > MAX_FRAME_BYTES:
+            raise ValueError(f"max_frame_bytes {max_frame_bytes} exceeds {MAX_FRAME_BYTES}")
         if max_queue_bytes <= 0:
             raise ValueError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
         self._max_frame_bytes = max_frame_bytes

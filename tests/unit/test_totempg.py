@@ -199,9 +199,12 @@ def test_partially_sent_message_frees_queue_space_as_it_goes():
     assert packer.pending_bytes == 3600
 
 
-def test_tiny_frame_size_is_refused():
+def test_tiny_or_huge_frame_size_is_refused():
     with pytest.raises(ValueError):
         Packer(10)
+    with pytest.raises(ValueError):
+        Packer(0x10000)
+    Packer(0xFFFF).push(b"x" * 100_000)
 
 
 # --- round trips ---------------------------------------------------------------------------------
