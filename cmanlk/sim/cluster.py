@@ -396,12 +396,16 @@ class Cluster:
     # --- clients -------------------------------------------------------------------------------------
 
     def _schedule_client(self, n: NodeId, traffic: Traffic) -> None:
-        gap = self.traffic_rng.expovariate(traffic.rate_per_s) if traffic.rate_per_s > 0 else 0.0
+        if traffic.rate_per_s <= 0:
+            return
+        gap = self.traffic_rng.expovariate(traffic.rate_per_s)
         t = self.now + max(1, int(gap * 1e9))
         if t <= traffic.until:
             self.queue.push(t, CLIENT, n, traffic)
 
     def _client(self, n: NodeId, traffic: Traffic) -> None:
+        if self.now > traffic.until:
+            return  # stopped early (scenario `traffic 0`)
         rng = self.traffic_rng
         if self.nodes[n].up:
             large = traffic.large_fraction and rng.random() < traffic.large_fraction

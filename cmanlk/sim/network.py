@@ -1,7 +1,8 @@
 """A seeded, lossy, reordering network between simulated nodes.
 
 Each datagram (one `Unicast`, or one destination of a `Multicast`, as udpu sends
-them) independently may be lost, duplicated, delayed and reordered; all draws
+them) independently may be lost, duplicated, delayed and reordered (without the
+reorder fault, a link keeps FIFO order like a switched LAN); all draws
 come from one `random.Random`, so a seed fixes the whole run. Delays are bounded:
 every copy arrives within `max_delay` of being sent, which the liveness bound
 relies on. A partition is a set of groups; nodes talk only inside their group,
@@ -59,6 +60,7 @@ class Network:
     model: LinkModel = field(default_factory=LinkModel)
     stats: NetStats = field(default_factory=NetStats)
     _group: dict[NodeId, int] | None = None
+    _last: dict[tuple[NodeId, NodeId], int] = field(default_factory=dict)  # latest arrival per link
 
     def partition(self, groups: Iterable[Iterable[NodeId]]) -> None:
         """Split the network: nodes talk only within their group; unlisted nodes are alone."""
@@ -109,14 +111,19 @@ class Network:
         if m.loss and rnd() < m.loss:
             st.lost += 1
             return ()
-        first = now + self._delay(m)
+        first = self._arrival(m, src, dst, now)
         if m.dup and rnd() < m.dup:
             st.duplicated += 1
-            return (first, now + self._delay(m))
+            return (first, self._arrival(m, src, dst, now))
         return (first,)
 
-    def _delay(self, m: LinkModel) -> int:
-        d = m.delay_min + int(self.rng.random() * (m.delay_max - m.delay_min))
-        if m.reorder and self.rng.random() < m.reorder:
-            d += int(self.rng.random() * m.reorder_extra)
-        return d
+    def _arrival(self, m: LinkModel, src: NodeId, dst: NodeId, now: int) -> int:
+        """One copy's arrival: FIFO per link (a LAN keeps order) unless this copy is reordered."""
+        rnd = self.rng.random
+        t = now + m.delay_min + int(rnd() * (m.delay_max - m.delay_min))
+        if m.reorder and rnd() < m.reorder:
+            return t + int(rnd() * m.reorder_extra)  # overtaken by later datagrams on the link
+        link = (src, dst)
+        t = max(t, self._last.get(link, 0))
+        self._last[link] = t
+        return t
