@@ -156,21 +156,24 @@ class Runner:
 
     # --- driving -------------------------------------------------------------------------------------
 
-    def execute(self, command: str) -> list[str]:
-        """Carry out one command; return its output lines (changes seen, result, new violations)."""
-        words = command.split()
-        name, args = words[0], words[1:]
-        handler: Callable[[list[str]], list[str]] | None = getattr(
-            self, "_cmd_" + name.replace("-", "_"), None
-        )
-        if handler is None:
-            raise ScenarioError(f"unknown command {name!r}")
+    def execute_block(self, commands: list[str]) -> list[str]:
+        """Carry out a block's commands; return what changed while they ran, their results, new violations."""
         self.seen = []
-        result = handler(args)
-        out = self._changes() + result
-        if self.cluster is not None and name != "check":
+        results: list[str] = []
+        checked = False
+        for command in commands:
+            words = command.split()
+            name, args = words[0], words[1:]
+            handler: Callable[[list[str]], list[str]] | None
+            handler = getattr(self, "_cmd_" + name.replace("-", "_"), None)
+            if handler is None:
+                raise ScenarioError(f"unknown command {name!r}")
+            results += handler(args)
+            checked = checked or name == "check"
+        out = self._changes() + [r for r in results if r != "ok"]
+        if self.cluster is not None and not checked:
             out += self._new_violations(settled=False)
-        return out
+        return out or ["ok"]
 
     def _need_cluster(self) -> Cluster:
         if self.cluster is None:
@@ -406,13 +409,10 @@ def run_text(text: str, factory: CoreFactory = totem_factory) -> ScenarioResult:
     blocks, trailer = parse(text)
     runner = Runner(factory)
     for block in blocks:
-        out: list[str] = []
-        for command in block.commands:
-            try:
-                out += runner.execute(command)
-            except (ScenarioError, ValueError, IndexError, KeyError) as exc:
-                raise ScenarioError(f"line {block.line}: {command!r}: {exc}") from exc
-        block.actual = out or ["ok"]
+        try:
+            block.actual = runner.execute_block(block.commands)
+        except (ScenarioError, ValueError, IndexError, KeyError) as exc:
+            raise ScenarioError(f"line {block.line}: {' / '.join(block.commands)}: {exc}") from exc
     errors = list(runner.cluster.errors) if runner.cluster is not None else []
     return ScenarioResult(blocks, trailer, runner.violations, errors)
 
