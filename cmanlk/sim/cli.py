@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lv.add_argument("--seconds", type=float, default=20.0, help="virtual seconds to run")
     lv.add_argument("--speed", type=float, default=1.0, help="virtual seconds per real second")
     lv.add_argument("--seed", type=int, default=1)
+    lv.add_argument("--core", default="", help="core factory as module:callable (default: the Totem core)")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
@@ -185,7 +186,7 @@ LIVE_STEP = ms(50)
 def _live(args: argparse.Namespace) -> int:
     n = max(2, args.nodes)
     ids = [NodeId(i) for i in range(1, n + 1)]
-    cluster = Cluster(sim_config(ids), seed=args.seed, record_states=False)
+    cluster = Cluster(sim_config(ids), seed=args.seed, factory=load_factory(args.core), record_states=False)
     counts = {"delivered": 0}
 
     def show(node: NodeId, rec: Record) -> None:

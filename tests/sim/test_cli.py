@@ -1,0 +1,35 @@
+"""The cmanlk-sim command line, on the naive core (fast, and it fails in known ways)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmanlk.sim.cli import main
+
+NAIVE = "tests.sim.naive:naive_factory"
+
+
+def test_check_prints_failures_with_replay_and_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["check", "--seeds", "3", "--seed-start", "5", "--jobs", "1", "--core", NAIVE])
+    out = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert out[-1].startswith("schedules=3 violations=")
+    assert any("replay: cmanlk-sim check --seed 5 --nodes 2-7 --faults all" in line for line in out)
+    assert any(line.startswith("stats: sent=") for line in out)
+
+
+def test_check_without_faults_on_clean_network(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["check", "--seed", "1", "--nodes", "3", "--faults", "none", "--jobs", "1", "--core", NAIVE, "-v"])
+    out = capsys.readouterr().out
+    assert "seed 1: nodes=3" in out  # -v prints the schedule
+
+
+def test_live_demo_runs_fast_when_sped_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["live", "--nodes", "3", "--seconds", "2", "--speed", "1000", "--core", NAIVE]) == 0
+    out = capsys.readouterr().out
+    assert "stopping node 3" in out and "restarting node 3" in out and "done:" in out
+
+
+def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--faults", "meteor", "--core", NAIVE]) == 2
+    assert "unknown fault kinds" in capsys.readouterr().err
