@@ -136,6 +136,7 @@ class _Inc:
     epochs: list[_Epoch] = field(default_factory=list)
     order: list[bytes] = field(default_factory=list)  # deliveries in order
     where: dict[bytes, tuple[int, _Epoch]] = field(default_factory=dict)  # payload -> (record index, epoch)
+    in_trans: set[bytes] = field(default_factory=set)  # delivered in a transitional configuration
     sent: list[tuple[bytes, int, Sent]] = field(default_factory=list)
 
     @property
@@ -289,6 +290,8 @@ def _note_delivery(
         report.add("duplicate", inc, f"delivered {name} twice (first at record {first})", ring, i)
         return
     inc.where[rec.payload] = (i, epoch)
+    if in_trans:
+        inc.in_trans.add(rec.payload)
     inc.order.append(rec.payload)
     epoch.delivered.append(rec.payload)
 
@@ -518,14 +521,14 @@ def _check_safe(incs: list[_Inc], settled: bool, report: _Report) -> None:
             i, ep = inc.where[payload]
             rec = inc.records[i]
             assert isinstance(rec, Delivered)
-            if rec.guarantee != Guarantee.SAFE or _in_transitional_part(inc, ep, i):
+            if rec.guarantee != Guarantee.SAFE or payload in inc.in_trans:
                 continue
             for q in ep.members:
                 if q == inc.node:
                     continue
                 for q_inc, q_ep in epochs_of.get((q, ep.ring), ()):
                     obliged = q_ep.closed or (settled and not q_inc.ended)
-                    if obliged and payload not in set(q_ep.delivered):
+                    if obliged and q_inc.where.get(payload, (0, None))[1] is not q_ep:
                         report.add(
                             "safe",
                             inc,
@@ -534,14 +537,6 @@ def _check_safe(incs: list[_Inc], settled: bool, report: _Report) -> None:
                             str(ep.ring),
                             i,
                         )
-
-
-def _in_transitional_part(inc: _Inc, ep: _Epoch, i: int) -> bool:
-    for j in range(ep.index + 1, i):
-        rec = inc.records[j]
-        if isinstance(rec, Installed) and rec.kind is ConfigKind.TRANSITIONAL:
-            return True
-    return False
 
 
 def _check_self_delivery(incs: list[_Inc], liveness: LivenessSpec | None, report: _Report) -> None:
