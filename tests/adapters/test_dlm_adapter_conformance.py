@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,6 +33,8 @@ DlmEnv = FakeDlmEnv | RealDlmEnv
 @pytest.fixture(params=["fake", "real"])
 def env(request: pytest.FixtureRequest) -> Iterator[DlmEnv]:
     if request.param == "real" and not real_kernel_available():
+        if os.environ.get("CMANLK_REQUIRE_REAL_DLM") == "1":
+            pytest.fail("CMANLK_REQUIRE_REAL_DLM=1 but there is no kernel DLM/libdlm here")
         pytest.skip("no kernel DLM here (runs in the VM lab: scripts/vm-tests.sh)")
     e: DlmEnv = FakeDlmEnv() if request.param == "fake" else RealDlmEnv()
     try:

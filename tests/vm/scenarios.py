@@ -1,0 +1,41 @@
+"""The real-kernel scenarios: which VMs boot, what each runs, the time limit.
+
+Guest scripts live in tests/vm/guest/ and see the checkout at its own path, the scenario
+folder at /lab (shared by all VMs of a run) and their own /out (exit-code, results).
+Add a scenario here and it runs from scripts/vm-tests.sh and `pytest -m vm` alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.vm.harness import REPO_ROOT, VmSpec
+
+GUEST = REPO_ROOT / "tests" / "vm" / "guest"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    doc: str
+    vms: tuple[VmSpec, ...]
+    timeout_s: float
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "adapter-conformance",
+            "tests/adapters DLM conformance suite against the real kernel (configfs, sysfs, uevents, kmod)",
+            (VmSpec("cmkvm1", str(GUEST / "adapter_conformance.sh")),),
+            timeout_s=240.0,
+        ),
+        Scenario(
+            "lockspace-join",
+            "dlm_tool join/leave answered by cmanlk.dlmctl + kernel_glue on one node (no dlm_controld)",
+            (VmSpec("cmkvm1", str(GUEST / "lockspace_join.py"), node=1),),
+            timeout_s=240.0,
+        ),
+    )
+}
