@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 
+from cmanlk.dlmctl import sockaddr_storage
 from cmanlk.errors import KernelError
 from kernel_glue.dlm_protocol import DlmControl
 
@@ -42,20 +43,7 @@ READ_BOUND_BYTES = 4096
 """A configfs attribute shows at most one page."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def sockaddr_storage(addr: IPAddress, port: int = 0) -> bytes:
-    """Return `addr` as the 128-byte struct sockaddr_storage that comms/<n>/addr takes.
-
-    The family is host byte order (little-endian on the x86/arm machines we run on, as
-    dlm_controld writes it), the port network order (0: the DLM uses its own tcp_port).
-    """
-    if isinstance(addr, ipaddress.IPv4Address):
-        raw = struct.pack("<H", AF_INET) + struct.pack(">H", port) + addr.packed
-    else:
-        # sockaddr_in6: family, port, flowinfo (u32), address at offset 8, scope id (u32)
-        raw = struct.pack("<H", AF_INET6) + struct.pack(">HI", port, 0) + addr.packed + b"\0" * 4
-    return raw.ljust(SOCKADDR_STORAGE_BYTES, b"\0")
+__all__ = ["ConfigfsDlm", "addr_list_line", "clear_stale", "parse_sockaddr_storage", "sockaddr_storage"]
 
 
 def parse_sockaddr_storage(raw: bytes) -> IPAddress | None:
