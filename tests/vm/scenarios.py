@@ -37,5 +37,11 @@ SCENARIOS: dict[str, Scenario] = {
             (VmSpec("cmkvm1", str(GUEST / "lockspace_join.py"), node=1),),
             timeout_s=240.0,
         ),
+        Scenario(
+            "two-node-lockspace",
+            "2 VMs: dlmctl configures both kernels, lockspace join/leave, EX conflict across nodes",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "two_node.py"), (str(n),), node=n) for n in (1, 2)),
+            timeout_s=300.0,
+        ),
     )
 }

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Guest side of scenario "two-node-lockspace": two kernels, one lockspace, a real lock conflict.
+
+Each VM configures its kernel DLM from cmanlk.dlmctl (comms for both nodes with their eth0
+addresses), and the lockspace group runs over guestlib.FileBus (one total order through the
+shared /lab folder) until cmanlkd's cpg runs here. Node 1 joins first; node 2's join makes node 1
+stop, add node 2 and restart, as dlm_controld does. Then node 1 holds EX on "res1", node 2's
+NOQUEUE EX request is refused with EAGAIN (lock traffic between the two kernels over the DLM's
+TCP port, on the addresses we configured), and granted after node 1 unlocks. Node 2 leaves
+(node 1 removes it), node 1 leaves, both remove their configuration.
+Usage: two_node.py NODEID   (1 or 2)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: cmanlk, kernel_glue
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
+
+from guestlib import FileBus, Libdlm, Node, eth0_address, log, now, run_bus, wait_for_control_device
+
+from cmanlk.dlmctl import (
+    ClusterChanged,
+    DlmCtl,
+    DlmSettings,
+    LockspaceOffline,
+    LockspaceOnline,
+    ShutdownRequested,
+)
+from cmanlk.fencing import FencingPolicy
+from cmanlk.types import NodeId
+from kernel_glue.configfs import clear_stale
+from kernel_glue.dlm_protocol import LockspaceUevent
+from kernel_glue.kmod import ensure_dlm_kernel
+from kernel_glue.uevents import DlmUeventWatch
+
+LS = "lab2"
+LAB = Path("/lab")
+BARRIER_TIMEOUT_S = 90.0
+STEP_TIMEOUT_S = 60.0
+EAGAIN = 11
+
+
+class Scenario:
+    def __init__(self, me: NodeId) -> None:
+        self.me = me
+        self.tag = f"node{me}"
+        self.failures: list[str] = []
+
+    def say(self, msg: str) -> None:
+        log(self.tag, msg)
+
+    def check(self, ok: bool, what: str) -> None:
+        self.say(("ok: " if ok else "FAIL: ") + what)
+        if not ok:
+            self.failures.append(what)
+
+    async def barrier(self, name: str, count: int = 2) -> None:
+        (LAB / f"bar.{name}.{self.me}").touch()
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while _arrived(name) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"barrier {name}")
+            await asyncio.sleep(0.1)
+        self.say(f"barrier {name} passed")
+
+
+def _arrived(barrier: str) -> int:
+    return len(list(LAB.glob(f"bar.{barrier}.*")))
+
+
+async def answer_uevents(node: Node, watch: DlmUeventWatch) -> None:
+    async for ev in watch.events():
+        if isinstance(ev, LockspaceUevent) and ev.lockspace == LS:
+            log(f"node{node.core.me}", f"uevent {ev.action}@{ev.lockspace}")
+            if ev.action == "online":
+                node.feed(LockspaceOnline(now(), LS))
+            elif ev.action == "offline":
+                node.feed(LockspaceOffline(now(), LS))
+
+
+async def tool(s: Scenario, *args: str) -> int:
+    proc = await asyncio.create_subprocess_exec("dlm_tool", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        out, _ = await proc.communicate()
+    s.say(f"dlm_tool {' '.join(args)} -> {proc.returncode}: {out.decode(errors='replace').strip()}")
+    return proc.returncode if proc.returncode is not None else -1
+
+
+async def main(me: NodeId) -> int:
+    s = Scenario(me)
+    s.say(f"dlm configfs root: {ensure_dlm_kernel()}")
+    wait_for_control_device()
+    mine = eth0_address()
+    (LAB / f"addr.{me}").write_text(str(mine))
+    await s.barrier("addr")
+    addrs = tuple((NodeId(n), (ipaddress.IPv4Address((LAB / f"addr.{n}").read_text()),)) for n in (1, 2))
+    bus = FileBus(LAB / "bus", me)
+    node = Node(DlmCtl(DlmSettings("cmk", me, fencing=FencingPolicy(enabled=False))), bus,
+                Path("/out/protocol.txt"))
+    clear_stale(node.ctl)
+    node.feed(ClusterChanged(now(), (NodeId(1), NodeId(2)), True, addrs))
+    s.check(node.ctl.read("cluster/comms/2/addr_list").startswith(b"AF_INET\t"), "comms configured")
+    watch = DlmUeventWatch()
+    await watch.start()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_bus(node, bus, stop)), asyncio.create_task(answer_uevents(node, watch))]
+    dlm = Libdlm()
+    try:
+        await s.barrier("configured")
+        if me == 1:
+            s.check(await tool(s, "join", LS) == 0, "node 1 joined alone")
+        await s.barrier("joined1")
+        if me == 2:
+            s.check(await tool(s, "join", LS) == 0, "node 2 joined beside node 1")
+        await s.barrier("joined2")
+        await asyncio.sleep(0.5)  # node 1's restart with node 2 completes through the bus
+        nodes = sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes"))
+        s.check(nodes == ["1", "2"], f"kernel lockspace nodes {nodes}")
+        lkid = 0
+        if me == 1:
+            status, lkid = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
+            s.check(status == 0, f"EX on res1 granted (status {status})")
+        await s.barrier("held")
+        if me == 2:
+            status, _ = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
+            s.check(status == EAGAIN, f"EX on res1 refused while node 1 holds it (status {status})")
+        await s.barrier("refused")
+        if me == 1:
+            await asyncio.to_thread(dlm.unlock, LS, lkid)
+        await s.barrier("unlocked")
+        if me == 2:
+            status, lkid2 = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
+            s.check(status == 0, f"EX on res1 granted after node 1's unlock (status {status})")
+            await asyncio.to_thread(dlm.unlock, LS, lkid2)
+        await asyncio.to_thread(dlm.close)
+        await s.barrier("locksdone")
+        if me == 2:
+            s.check(await tool(s, "leave", LS) == 0, "node 2 left")
+        await s.barrier("left2")
+        await asyncio.sleep(0.5)
+        if me == 1:
+            nodes = sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes"))
+            s.check(nodes == ["1"], f"node 1 removed node 2 from the lockspace: {nodes}")
+            s.check(await tool(s, "leave", LS) == 0, "node 1 left")
+        await s.barrier("left1")
+        for _ in range(50):
+            if not node.sysfs.lockspaces():
+                break
+            await asyncio.sleep(0.1)
+        node.feed(ShutdownRequested(now()))
+        clean = node.ctl.listdir("") == [] and node.sysfs.lockspaces() == []
+        s.check(clean, "nothing left in configfs/sysfs")
+    except TimeoutError as exc:
+        s.check(False, f"timed out: {exc}")
+    finally:
+        stop.set()
+        await watch.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    s.say("PASS" if not s.failures else f"FAILED: {s.failures}")
+    return 1 if s.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(NodeId(int(sys.argv[1])))))
