@@ -43,5 +43,12 @@ SCENARIOS: dict[str, Scenario] = {
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "two_node.py"), (str(n),), node=n) for n in (1, 2)),
             timeout_s=300.0,
         ),
+        Scenario(
+            "crash-fencing",
+            "2 VMs: node 2 crashes holding a lock; recovery waits for the fence agent (retried), "
+            "then the lock is free",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "crash_fencing.py"), (str(n),), node=n) for n in (1, 2)),
+            timeout_s=300.0,
+        ),
     )
 }

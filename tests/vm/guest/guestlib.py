@@ -21,12 +21,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from cmanlk.dlmctl import (
     CPG_REASON_LEAVE,
+    CPG_REASON_NODEDOWN,
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,
@@ -40,6 +42,7 @@ from cmanlk.dlmctl import (
     SendGroupMessage,
     SysfsWrite,
 )
+from cmanlk.fencing import RunFenceAgent
 from cmanlk.types import Instant, NodeId
 from kernel_glue.configfs import ConfigfsDlm
 from kernel_glue.sysfs import SysfsDlm
@@ -85,6 +88,8 @@ class Node:
         self.sysfs = SysfsDlm()
         self.done: list[tuple[object, ...]] = []
         self.protocol = protocol_file.open("w")
+        self.run_fence_agent: Callable[[RunFenceAgent], None] | None = None
+        """Where RunFenceAgent actions go (a cmanlk.runtime.fence.FenceRunner's carry_out)."""
 
     def feed(self, ev: DlmEvent) -> None:
         """Hand `ev` to the core and carry out its actions (and the events they cause) in order."""
@@ -111,6 +116,10 @@ class Node:
                 self.done.append(("sysfs", ls, attr, value))
             case JoinGroup() | LeaveGroup() | SendGroupMessage():
                 return self.bus.send(a)
+            case RunFenceAgent():
+                if self.run_fence_agent is None:
+                    raise RuntimeError(f"no fence runner for {a}")
+                self.run_fence_agent(a)
         return []
 
 
@@ -149,6 +158,10 @@ class FileBus:
                 self._append({"t": "msg", "g": group, "n": self.me, "p": payload.hex()})
         return []  # everything, our own events too, comes back through poll() in bus order
 
+    def report_down(self, group: str, node: NodeId) -> None:
+        """Play cpg's failure detection: `node` died (NODEDOWN) for every member of `group`."""
+        self._append({"t": "down", "g": group, "n": node})
+
     def _append(self, record: dict[str, object]) -> None:
         data = json.dumps(record).encode()
         for seq in range(1, MAX_BUS_EVENTS):
@@ -184,13 +197,23 @@ class FileBus:
             members.append(node)
             if self.me in members:
                 return [GroupConfchg(now(), group, tuple(sorted(members)), (node,), ())]
-        elif rec["t"] == "leave" and node in members:
+        elif rec["t"] in ("leave", "down") and node in members:
             members.remove(node)
+            reason = CPG_REASON_LEAVE if rec["t"] == "leave" else CPG_REASON_NODEDOWN
             if self.me in members:
-                return [GroupConfchg(now(), group, tuple(sorted(members)), (), ((node, CPG_REASON_LEAVE),))]
+                return [GroupConfchg(now(), group, tuple(sorted(members)), (), ((node, reason),))]
         elif rec["t"] == "msg" and self.me in members and node in members:
             return [GroupMessage(now(), group, node, bytes.fromhex(str(rec["p"])))]
         return []
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `predicate` every 0.1 s; raise TimeoutError naming `what` after `timeout_s`."""
+    for _ in range(max(1, int(timeout_s * 10))):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(what)
 
 
 async def run_bus(node: Node, bus: FileBus, stop: asyncio.Event) -> None:
