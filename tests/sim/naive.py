@@ -61,3 +61,38 @@ class NaiveCore:
 
 def naive_factory(config: TotemConfig, me: NodeId, rng: random.Random, ring_seq: int) -> NaiveCore:
     return NaiveCore(config, me, rng, ring_seq)
+
+
+class SequencerCore(NaiveCore):
+    """Fixed-sequencer total order (lowest node id orders everything): correct without faults.
+
+    Used to show the checker raises no false alarm on a correct fault-free run.
+    """
+
+    def __init__(self, config: TotemConfig, me: NodeId, rng: random.Random, ring_seq: int = 0) -> None:
+        super().__init__(config, me, rng, ring_seq)
+        self.sequencer = min(config.nodes)
+
+    def handle(self, event: Event) -> list[Any]:
+        match event:
+            case McastRequested():
+                data = b"R" + struct.pack("<IB", self.me, event.guarantee) + event.payload
+                if self.me == self.sequencer:
+                    return self._order(data)
+                return [Multicast((self.sequencer,), data)]
+            case PacketReceived() if event.data[:1] == b"R":
+                return self._order(event.data)
+            case PacketReceived():
+                sender, guarantee = struct.unpack_from("<IB", event.data, 1)
+                return [Deliver(self.ring, NodeId(sender), event.data[6:], guarantee)]
+        return super().handle(event)
+
+    def _order(self, request: bytes) -> list[Any]:
+        data = b"O" + request[1:]
+        others = tuple(n for n in self.config.nodes if n != self.me)
+        sender, guarantee = struct.unpack_from("<IB", data, 1)
+        return [Multicast(others, data), Deliver(self.ring, NodeId(sender), data[6:], guarantee)]
+
+
+def sequencer_factory(config: TotemConfig, me: NodeId, rng: random.Random, ring_seq: int) -> SequencerCore:
+    return SequencerCore(config, me, rng, ring_seq)

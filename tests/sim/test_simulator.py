@@ -101,3 +101,18 @@ def test_core_exception_is_reported_not_raised() -> None:
     cluster.boot(NodeId(1))
     assert not cluster.nodes[NodeId(1)].up
     assert "boom" in cluster.errors[0]
+
+
+def test_no_false_alarm_on_a_correct_fault_free_run() -> None:
+    from cmanlk.sim.invariants import LivenessSpec
+    from cmanlk.types import Duration
+    from tests.sim.naive import sequencer_factory
+
+    cluster = Cluster(sim_config(IDS), seed=2, factory=sequencer_factory)
+    for n in IDS:
+        cluster.boot(n)
+    cluster.start_traffic(Traffic(300.0, Instant(ms(900)), safe_fraction=0.3, large_fraction=0.1))
+    cluster.run_until(ms(1000))
+    assert cluster.stats.delivered > 2000
+    spec = LivenessSpec(Instant(0), Duration(ms(10)), Instant(ms(900)))
+    assert check(cluster.histories(), liveness=spec) == []
