@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -150,7 +152,7 @@ def qemu_command(lab: Lab, spec: VmSpec, out_dir: Path, lab_dir: Path, console: 
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none,multidevs=remap",
         "-virtfs", f"local,path={lab_dir},mount_tag=lab,security_model=none,multidevs=remap",
         "-virtfs", f"local,path={REPO_ROOT},mount_tag=project,security_model=none,multidevs=remap",
-        "-serial", f"file:{console}",
+        "-serial", f"file:{console}", "-pidfile", str(console.with_suffix(".pid")),
     ]
     if accelerator() == "kvm":
         argv += ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
@@ -199,23 +201,71 @@ def _add_tap(ns: str, tap: str) -> None:
     _ip("-n", ns, "link", "set", tap, "up")
 
 
+def reap_stale(lab: Lab | None = None) -> list[str]:
+    """Clean up after harness runs that died without their cleanup (SIGKILL, OOM, power loss).
+
+    Only our own objects: namespaces named cmkvm<pid>x and qemu processes whose pidfile lies in
+    a result folder <scenario>-<time>-<pid>, in both cases only when that harness pid is gone.
+    Returns what was removed.
+    """
+    lab = lab or Lab()
+    removed: list[str] = []
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
+    for ns in re.findall(r"^(cmkvm(\d+)x)\b", listing, re.MULTILINE):
+        if not _pid_alive(int(ns[1])):
+            _kill_netns_processes(ns[0])
+            subprocess.run(["ip", "netns", "del", ns[0]], capture_output=True, timeout=20, check=False)
+            removed.append(f"netns {ns[0]}")
+    for pidfile in (lab.root / "run" / "cmanlk").glob("*-*-*/*.pid"):
+        owner = pidfile.parent.name.rsplit("-", 1)[-1]
+        if not owner.isdigit() or _pid_alive(int(owner)):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            qpid = int(pidfile.read_text().strip())
+            if b"qemu-system" in Path(f"/proc/{qpid}/cmdline").read_bytes():
+                os.kill(qpid, signal.SIGKILL)
+                removed.append(f"qemu {qpid}")
+        pidfile.unlink(missing_ok=True)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_scenario(name: str, specs: Sequence[VmSpec], timeout_s: float, lab: Lab | None = None,
-                 keep: int = 5) -> Run:
+                 keep: int = 5, shared_disk_mb: int = 0) -> Run:
     """Boot every VM of `specs` in parallel, wait for all (at most `timeout_s`), collect results.
 
     Returns a Run whose `folder` holds <vm>.console, out/<vm>/ (the guest's /out) and the /lab
     folder shared by all VMs. Raises LabMissing if the lab is not built, ValueError for more than
-    MAX_VMS VMs. Always kills the VMs and removes the namespace before returning.
+    MAX_VMS VMs. With `shared_disk_mb`, a sparse raw image of that size (a GFS2 disk) is
+    attached to every VM as /dev/vda (cache=none, no image locking, as the lab does).
+    Always kills the VMs and removes the namespace before returning.
     """
     if not 1 <= len(specs) <= MAX_VMS:
         raise ValueError(f"a scenario runs 1..{MAX_VMS} VMs, not {len(specs)}")
     lab = lab or Lab()
     lab.check()
+    for what in reap_stale(lab):
+        print(f"vm harness: removed stale {what}", file=sys.stderr)
     runs = lab.root / "run" / "cmanlk"
     folder = runs / f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}"
     (folder / "lab").mkdir(parents=True)
     _prune(runs, name, keep)
     run = Run(name, folder)
+    if shared_disk_mb:
+        disk = folder / "shared.img"
+        with open(disk, "wb") as f:
+            f.truncate(shared_disk_mb << 20)
+        specs = [VmSpec(s.name, s.script, s.args, s.node, s.mem_mb, s.udev, (disk, *s.disks)) for s in specs]
     needs_net = any(s.node is not None for s in specs)
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(private_network("cmkvm")) if needs_net else None

@@ -7,6 +7,7 @@ Exit status 0 when every selected scenario passed. `--list` shows the scenarios.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the console tail of failures")
     a = ap.parse_args(argv)
+    # SIGTERM (a CI time limit, Ctrl-C of a wrapper) must still run the harness's cleanup
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.list:
         for s in SCENARIOS.values():
             print(f"{s.name:24} {len(s.vms)} VM(s)  {s.doc}")
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         s = SCENARIOS[name]
         t0 = time.monotonic()
         try:
-            run = run_scenario(s.name, s.vms, s.timeout_s)
+            run = run_scenario(s.name, s.vms, s.timeout_s, shared_disk_mb=s.shared_disk_mb)
         except LabMissing as exc:
             print(f"SKIP {name:24} {time.monotonic() - t0:6.1f}s  {exc}", flush=True)
             failed += 1

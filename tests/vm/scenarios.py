@@ -20,6 +20,8 @@ class Scenario:
     doc: str
     vms: tuple[VmSpec, ...]
     timeout_s: float
+    shared_disk_mb: int = 0
+    """A shared disk for all VMs (GFS2), 0 for none."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -49,6 +51,13 @@ SCENARIOS: dict[str, Scenario] = {
             "then the lock is free",
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "crash_fencing.py"), (str(n),), node=n) for n in (1, 2)),
             timeout_s=300.0,
+        ),
+        Scenario(
+            "gfs2-two-node",
+            "2 VMs, one shared disk: GFS2 mounted on both over the DLM dlmctl configures",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "gfs2_two_node.py"), (str(n),), node=n) for n in (1, 2)),
+            timeout_s=300.0,
+            shared_disk_mb=256,
         ),
     )
 }

@@ -35,7 +35,7 @@ def test_scenario(name: str) -> None:
     if problem:
         pytest.skip(problem)
     s = SCENARIOS[name]
-    run = run_scenario(s.name, s.vms, s.timeout_s)
+    run = run_scenario(s.name, s.vms, s.timeout_s, shared_disk_mb=s.shared_disk_mb)
     report = "\n".join(f"--- {r.name}: exit {r.exit_code} timeout={r.timed_out} in {r.seconds:.1f}s\n"
                        f"{r.console_tail()}" for r in run.results)
     assert run.ok, f"scenario {name} failed (results in {run.folder}):\n{report}"

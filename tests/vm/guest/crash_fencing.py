@@ -28,13 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: cm
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
 from guestlib import (
+    BARRIER_TIMEOUT_S,
+    LAB,
+    STEP_TIMEOUT_S,
+    Checks,
     FileBus,
     Libdlm,
     Node,
+    answer_uevents,
     eth0_address,
-    log,
     now,
     run_bus,
+    run_command,
     wait_for_control_device,
     wait_until,
 )
@@ -45,62 +50,19 @@ from cmanlk.dlmctl import (
     DlmCtl,
     DlmSettings,
     FenceAgentExited,
-    LockspaceOffline,
-    LockspaceOnline,
     ShutdownRequested,
 )
 from cmanlk.fencing import FencingPolicy
 from cmanlk.runtime.fence import FenceDevice, FenceRunner
 from cmanlk.types import NodeId, ms
 from kernel_glue.configfs import clear_stale
-from kernel_glue.dlm_protocol import LockspaceUevent
 from kernel_glue.kmod import ensure_dlm_kernel
 from kernel_glue.uevents import DlmUeventWatch
 
 LS = "lab3"
-LAB = Path("/lab")
-BARRIER_TIMEOUT_S = 90.0
-STEP_TIMEOUT_S = 60.0
 N1, N2 = NodeId(1), NodeId(2)
 AGENT = Path(__file__).resolve().parent / "fence_lab.py"
 
-
-class Checks:
-    def __init__(self, me: NodeId) -> None:
-        self.tag = f"node{me}"
-        self.me = me
-        self.failures: list[str] = []
-
-    def say(self, msg: str) -> None:
-        log(self.tag, msg)
-
-    def check(self, ok: bool, what: str) -> None:
-        self.say(("ok: " if ok else "FAIL: ") + what)
-        if not ok:
-            self.failures.append(what)
-
-    async def barrier(self, name: str) -> None:
-        (LAB / f"bar.{name}.{self.me}").touch()
-        deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while _arrived(name) < 2:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"barrier {name}")
-            await asyncio.sleep(0.1)
-        self.say(f"barrier {name} passed")
-
-
-def _arrived(barrier: str) -> int:
-    return len(list(LAB.glob(f"bar.{barrier}.*")))
-
-
-async def answer_uevents(node: Node, watch: DlmUeventWatch) -> None:
-    async for ev in watch.events():
-        if isinstance(ev, LockspaceUevent) and ev.lockspace == LS:
-            log(f"node{node.core.me}", f"uevent {ev.action}@{ev.lockspace}")
-            if ev.action == "online":
-                node.feed(LockspaceOnline(now(), LS))
-            elif ev.action == "offline":
-                node.feed(LockspaceOffline(now(), LS))
 
 
 async def run_timer(node: Node, stop: asyncio.Event) -> None:
@@ -110,15 +72,6 @@ async def run_timer(node: Node, stop: asyncio.Event) -> None:
         if due is not None and time.monotonic_ns() >= due:
             node.feed(DeadlineReached(now()))
         await asyncio.sleep(0.05)
-
-
-async def tool(c: Checks, *args: str) -> int:
-    proc = await asyncio.create_subprocess_exec("dlm_tool", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    async with asyncio.timeout(STEP_TIMEOUT_S):
-        out, _ = await proc.communicate()
-    c.say(f"dlm_tool {' '.join(args)} -> {proc.returncode}: {out.decode(errors='replace').strip()}")
-    return proc.returncode if proc.returncode is not None else -1
 
 
 def crash_now(c: Checks) -> None:
@@ -154,7 +107,7 @@ async def after_crash(c: Checks, node: Node, bus: FileBus, dlm: Libdlm) -> None:
     c.check(sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes")) == ["1"], "nodes/2 removed after fencing")
     await asyncio.to_thread(dlm.unlock, LS, lkid)
     await asyncio.to_thread(dlm.close)
-    c.check(await tool(c, "leave", LS) == 0, "node 1 left")
+    c.check(await run_command(c, "dlm_tool", "leave", LS) == 0, "node 1 left")
     for _ in range(50):
         if not node.sysfs.lockspaces():
             break
@@ -188,10 +141,10 @@ async def main(me: NodeId) -> int:
     try:
         await c.barrier("configured")
         if me == 1:
-            c.check(await tool(c, "join", LS) == 0, "node 1 joined")
+            c.check(await run_command(c, "dlm_tool", "join", LS) == 0, "node 1 joined")
         await c.barrier("joined1")
         if me == 2:
-            c.check(await tool(c, "join", LS) == 0, "node 2 joined")
+            c.check(await run_command(c, "dlm_tool", "join", LS) == 0, "node 2 joined")
             status, _ = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
             c.check(status == 0, f"node 2 holds EX on res1 (status {status})")
         await c.barrier("held")

@@ -274,3 +274,59 @@ class Libdlm:
         for ls in self.handles.values():
             self.lib.dlm_close_lockspace(ls)
         self.handles.clear()
+
+
+LAB = Path("/lab")
+BARRIER_TIMEOUT_S = 90.0
+STEP_TIMEOUT_S = 60.0
+
+
+class Checks:
+    """Named checks and /lab barriers of one node of a multi-VM scenario."""
+
+    def __init__(self, me: NodeId, nodes: int = 2) -> None:
+        self.me = me
+        self.nodes = nodes
+        self.tag = f"node{me}"
+        self.failures: list[str] = []
+
+    def say(self, msg: str) -> None:
+        log(self.tag, msg)
+
+    def check(self, ok: bool, what: str) -> None:
+        self.say(("ok: " if ok else "FAIL: ") + what)
+        if not ok:
+            self.failures.append(what)
+
+    async def barrier(self, name: str) -> None:
+        """Wait until every node reached barrier `name` (files /lab/bar.<name>.<node>)."""
+        (LAB / f"bar.{name}.{self.me}").touch()
+        await wait_until(lambda: len(list(LAB.glob(f"bar.{name}.*"))) >= self.nodes, BARRIER_TIMEOUT_S,
+                         f"barrier {name}")
+        self.say(f"barrier {name} passed")
+
+
+async def answer_uevents(node: Node, watch: object, seen: list[object] | None = None) -> None:
+    """Feed every lockspace online/offline uevent to `node` (and record all DLM/gfs2 events in `seen`)."""
+    from cmanlk.dlmctl import LockspaceOffline, LockspaceOnline
+    from kernel_glue.dlm_protocol import LockspaceUevent
+
+    async for ev in watch.events():  # type: ignore[attr-defined]
+        if seen is not None:
+            seen.append(ev)
+        log(f"node{node.core.me}", f"uevent {ev}")
+        if isinstance(ev, LockspaceUevent):
+            if ev.action == "online":
+                node.feed(LockspaceOnline(now(), ev.lockspace))
+            elif ev.action == "offline":
+                node.feed(LockspaceOffline(now(), ev.lockspace))
+
+
+async def run_command(c: Checks, *argv: str) -> int:
+    """Run a command (dlm_tool, mount, ...) with the step time limit; log its output; return its status."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    async with asyncio.timeout(STEP_TIMEOUT_S):
+        out, _ = await proc.communicate()
+    c.say(f"{' '.join(argv)} -> {proc.returncode}: {out.decode(errors='replace').strip()[-300:]}")
+    return proc.returncode if proc.returncode is not None else -1

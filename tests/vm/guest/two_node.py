@@ -16,85 +16,44 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: cmanlk, kernel_glue
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
-from guestlib import FileBus, Libdlm, Node, eth0_address, log, now, run_bus, wait_for_control_device
+from guestlib import (
+    LAB,
+    Checks,
+    FileBus,
+    Libdlm,
+    Node,
+    answer_uevents,
+    eth0_address,
+    now,
+    run_bus,
+    run_command,
+    wait_for_control_device,
+)
 
 from cmanlk.dlmctl import (
     ClusterChanged,
     DlmCtl,
     DlmSettings,
-    LockspaceOffline,
-    LockspaceOnline,
     ShutdownRequested,
 )
 from cmanlk.fencing import FencingPolicy
 from cmanlk.types import NodeId
 from kernel_glue.configfs import clear_stale
-from kernel_glue.dlm_protocol import LockspaceUevent
 from kernel_glue.kmod import ensure_dlm_kernel
 from kernel_glue.uevents import DlmUeventWatch
 
 LS = "lab2"
-LAB = Path("/lab")
-BARRIER_TIMEOUT_S = 90.0
-STEP_TIMEOUT_S = 60.0
 EAGAIN = 11
 
 
-class Scenario:
-    def __init__(self, me: NodeId) -> None:
-        self.me = me
-        self.tag = f"node{me}"
-        self.failures: list[str] = []
-
-    def say(self, msg: str) -> None:
-        log(self.tag, msg)
-
-    def check(self, ok: bool, what: str) -> None:
-        self.say(("ok: " if ok else "FAIL: ") + what)
-        if not ok:
-            self.failures.append(what)
-
-    async def barrier(self, name: str, count: int = 2) -> None:
-        (LAB / f"bar.{name}.{self.me}").touch()
-        deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while _arrived(name) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"barrier {name}")
-            await asyncio.sleep(0.1)
-        self.say(f"barrier {name} passed")
-
-
-def _arrived(barrier: str) -> int:
-    return len(list(LAB.glob(f"bar.{barrier}.*")))
-
-
-async def answer_uevents(node: Node, watch: DlmUeventWatch) -> None:
-    async for ev in watch.events():
-        if isinstance(ev, LockspaceUevent) and ev.lockspace == LS:
-            log(f"node{node.core.me}", f"uevent {ev.action}@{ev.lockspace}")
-            if ev.action == "online":
-                node.feed(LockspaceOnline(now(), LS))
-            elif ev.action == "offline":
-                node.feed(LockspaceOffline(now(), LS))
-
-
-async def tool(s: Scenario, *args: str) -> int:
-    proc = await asyncio.create_subprocess_exec("dlm_tool", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    async with asyncio.timeout(STEP_TIMEOUT_S):
-        out, _ = await proc.communicate()
-    s.say(f"dlm_tool {' '.join(args)} -> {proc.returncode}: {out.decode(errors='replace').strip()}")
-    return proc.returncode if proc.returncode is not None else -1
-
 
 async def main(me: NodeId) -> int:
-    s = Scenario(me)
+    s = Checks(me)
     s.say(f"dlm configfs root: {ensure_dlm_kernel()}")
     wait_for_control_device()
     mine = eth0_address()
@@ -115,10 +74,10 @@ async def main(me: NodeId) -> int:
     try:
         await s.barrier("configured")
         if me == 1:
-            s.check(await tool(s, "join", LS) == 0, "node 1 joined alone")
+            s.check(await run_command(s, "dlm_tool", "join", LS) == 0, "node 1 joined alone")
         await s.barrier("joined1")
         if me == 2:
-            s.check(await tool(s, "join", LS) == 0, "node 2 joined beside node 1")
+            s.check(await run_command(s, "dlm_tool", "join", LS) == 0, "node 2 joined beside node 1")
         await s.barrier("joined2")
         await asyncio.sleep(0.5)  # node 1's restart with node 2 completes through the bus
         nodes = sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes"))
@@ -142,13 +101,13 @@ async def main(me: NodeId) -> int:
         await asyncio.to_thread(dlm.close)
         await s.barrier("locksdone")
         if me == 2:
-            s.check(await tool(s, "leave", LS) == 0, "node 2 left")
+            s.check(await run_command(s, "dlm_tool", "leave", LS) == 0, "node 2 left")
         await s.barrier("left2")
         await asyncio.sleep(0.5)
         if me == 1:
             nodes = sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes"))
             s.check(nodes == ["1"], f"node 1 removed node 2 from the lockspace: {nodes}")
-            s.check(await tool(s, "leave", LS) == 0, "node 1 left")
+            s.check(await run_command(s, "dlm_tool", "leave", LS) == 0, "node 1 left")
         await s.barrier("left1")
         for _ in range(50):
             if not node.sysfs.lockspaces():
