@@ -18,8 +18,8 @@ The kernel protocol follows dlm_controld 4.2.0 as traced on Linux 6.1
 - another node joins/leaves: control "0"; mkdir or rmdir nodes/N; control "1" (when agreed);
 - our leave (uevent offline): control "0"; rmdir nodes/*; rmdir spaces/<ls>; event_done "0";
 - a node N fails: rmdir comms/N at once; control "0" in every lockspace N was in; recovery
-  (rmdir nodes/N, control "1") only when quorate, N is fenced (cmanlk/fencing.py) and all
-  survivors started.
+  (rmdir nodes/N, control "1") only when quorate, every failed node is fenced
+  (cmanlk/fencing.py) and all survivors started.
 Configfs values are ASCII without newline, sysfs values end in NUL: exactly dlm_controld's bytes.
 
 Agreement: cpg delivers a configuration change and the messages sent after it in the same
@@ -442,9 +442,12 @@ class DlmCtl:
         if name in self.lockspaces:
             self._drop("online_twice")
             return []
-        if not self.cluster_ready or not self.quorate or len(self.lockspaces) >= MAX_LOCKSPACES \
+        if not self.cluster_ready or len(self.lockspaces) >= MAX_LOCKSPACES \
                 or len(name.encode()) > LOCKSPACE_NAME_MAX:
-            # refuse the join: dlm_new_lockspace() in the kernel returns this error
+            # refuse the join: dlm_new_lockspace() in the kernel returns this error. Once the
+            # cluster is configured a join is accepted even without quorum: it waits for it,
+            # as a dlm_controld join does, instead of failing a mount during a short loss
+            # of quorum.
             self._drop("join_refused")
             return [SysfsWrite(name, "event_done", _sys(-ENOTCONN))]
         ls = _Lockspace(name, lockspace_global_id(name), LsState.JOINING, now)
@@ -540,7 +543,10 @@ class DlmCtl:
         why: list[str] = []
         if not self.quorate:
             why.append("quorum")
-        why += [f"fencing of node {n}" for n in sorted(ls.change.failed) if not self.fencing.is_fenced(n)]
+        # every unfenced victim blocks every lockspace, not only those it was in: a node that
+        # failed unfenced may still be alive in another partition and write to shared storage
+        # (dlm_controld likewise waits while any fencing is in progress)
+        why += [f"fencing of node {n}" for n in self.fencing.unfenced()]
         missing = [n for n in ls.change.members if n not in ls.change.started_by]
         if missing:
             why.append("start from node " + ",".join(str(n) for n in missing))

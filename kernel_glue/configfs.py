@@ -26,9 +26,16 @@ import logging
 import os
 import struct
 
-from cmanlk.dlmctl import sockaddr_storage
+from cmanlk.dlmctl import (
+    ConfigfsMkdir,
+    ConfigfsRmdir,
+    ConfigfsWrite,
+    KernelAction,
+    SysfsWrite,
+    sockaddr_storage,
+)
 from cmanlk.errors import KernelError
-from kernel_glue.dlm_protocol import DlmControl
+from kernel_glue.dlm_protocol import DlmControl, DlmSysfs
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,9 @@ READ_BOUND_BYTES = 4096
 """A configfs attribute shows at most one page."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-__all__ = ["ConfigfsDlm", "addr_list_line", "clear_stale", "parse_sockaddr_storage", "sockaddr_storage"]
+__all__ = [
+    "ConfigfsDlm", "addr_list_line", "carry_out", "clear_stale", "parse_sockaddr_storage", "sockaddr_storage",
+]
 
 
 def parse_sockaddr_storage(raw: bytes) -> IPAddress | None:
@@ -191,3 +200,22 @@ def _list_or_empty(ctl: DlmControl, path: str) -> list[str]:
         return ctl.listdir(path)
     except KernelError:
         return []
+
+
+def carry_out(action: KernelAction, ctl: DlmControl, sysfs: DlmSysfs) -> None:
+    """Carry out one of dlmctl's kernel actions with the adapters; raises KernelError.
+
+    What a caller does with the error: ENOENT on a sysfs write means the lockspace is gone (its
+    last user died meanwhile) and can be logged and skipped; anything else on configfs means
+    the kernel and dlmctl disagree about the tree, which dlm_controld treats as fatal for the
+    lockspace (it answers the join with an error) — report it.
+    """
+    match action:
+        case ConfigfsMkdir(path):
+            ctl.mkdir(path)
+        case ConfigfsRmdir(path):
+            ctl.rmdir(path)
+        case ConfigfsWrite(path, value):
+            ctl.write(path, value)
+        case SysfsWrite(lockspace, attr, value):
+            sysfs.write(lockspace, attr, value)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import ast
 import ipaddress
+import json
 import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from cmanlk.dlmctl import (
     CPG_REASON_LEAVE,
@@ -47,6 +51,8 @@ from cmanlk.dlmctl import (
 )
 from cmanlk.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
 from cmanlk.types import Instant, NodeId, ms
+from kernel_glue.configfs import carry_out
+from kernel_glue.fakes import FakeDlmKernel
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "kernel-lab" / "traces"
 CONFIGFS = "/sys/kernel/config/dlm/"
@@ -284,3 +290,109 @@ def test_shutdown_is_refused_while_lockspaces_exist() -> None:
     assert kernel_ops(n.feed(ShutdownRequested(n.now()))) == [
         ("rmdir", "cluster/comms/3"), ("rmdir", "cluster/comms/2"), ("rmdir", "cluster/comms/1"),
         ("rmdir", "cluster")]
+
+
+# -- random histories against the in-memory kernel twin -----------------------------------------
+
+PEERS = (NodeId(2), NodeId(3))
+LOCKSPACES = ("a", "b")
+
+
+class Model:
+    """Node 1's world: the fake kernel, cluster membership, group memberships, failed nodes."""
+
+    def __init__(self) -> None:
+        self.kernel = FakeDlmKernel()
+        self.core = DlmCtl(DlmSettings("klab", NodeId(1), fencing=FencingPolicy(enabled=True)))
+        self.t = 0
+        self.members: set[NodeId] = {NodeId(1), *PEERS}
+        self.quorate = True
+        self.groups: dict[str, set[NodeId]] = {}
+        self.pending_starts: dict[str, tuple[NodeId, ...]] = {}
+        self.unfenced: set[NodeId] = set()
+        self.joins: dict[str, object] = {}
+
+    def now(self) -> Instant:
+        self.t += 1
+        return Instant(self.t)
+
+    def feed(self, ev: DlmEvent) -> None:
+        pending = [ev]
+        while pending:
+            for a in self.core.handle(pending.pop(0)):
+                pending += self.carry_out(a)
+
+    def carry_out(self, a: DlmAction) -> list[DlmEvent]:
+        match a:
+            case SysfsWrite(ls, "control", b"1\0"):
+                assert self.quorate, "recovery started without quorum"
+                assert not self.unfenced, f"recovery started while {self.unfenced} unfenced"
+        match a:
+            case ConfigfsMkdir() | ConfigfsRmdir() | ConfigfsWrite() | SysfsWrite():
+                carry_out(a, self.kernel.configfs, self.kernel.sysfs)  # raises on any inconsistency
+            case JoinGroup(group):
+                ls = group.removeprefix("dlm:ls:")
+                others = {p for p in PEERS if p in self.members and p in self.groups.get(ls, set())}
+                self.groups[ls] = others | {NodeId(1)}
+                return [self.confchg(ls, joined=(NodeId(1),))]
+            case LeaveGroup(group):
+                self.groups.pop(group.removeprefix("dlm:ls:"), None)
+            case SendGroupMessage(group, payload):
+                members = decode_start(payload)
+                assert members is not None
+                self.pending_starts[group.removeprefix("dlm:ls:")] = members
+        return []
+
+    def confchg(self, ls: str, joined: tuple[NodeId, ...] = (),
+                left: tuple[tuple[NodeId, int], ...] = ()) -> GroupConfchg:
+        return GroupConfchg(self.now(), f"dlm:ls:{ls}", tuple(sorted(self.groups[ls])), joined, left)
+
+
+def _step(m: Model, data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(["cluster", "online", "offline", "peer", "starts", "ack"]))
+    ls = data.draw(st.sampled_from(LOCKSPACES))
+    peer = data.draw(st.sampled_from(PEERS))
+    joined = ls in m.core.lockspaces
+    if kind == "cluster":
+        members = {NodeId(1)} | set(data.draw(st.sets(st.sampled_from(PEERS))))
+        quorate = data.draw(st.booleans())
+        lost = m.members - members
+        m.members, m.quorate = members, quorate
+        m.feed(cluster(m.now(), tuple(sorted(members)), quorate))
+        for g, gm in list(m.groups.items()):
+            for n in sorted(lost & gm):
+                gm.discard(n)
+                m.unfenced.add(n)
+                m.feed(m.confchg(g, left=((n, CPG_REASON_NODEDOWN),)))
+    elif kind == "online" and not joined and m.core.cluster_ready:
+        m.joins[ls] = m.kernel.request_join(ls)
+        m.feed(LockspaceOnline(m.now(), ls))
+    elif kind == "offline" and joined and not m.kernel.sysfs.lockspaces() == []:
+        if ls in m.kernel.sysfs.lockspaces() and m.joins[ls].done:  # type: ignore[attr-defined]
+            m.kernel.request_leave(ls)
+            m.feed(LockspaceOffline(m.now(), ls))
+    elif kind == "peer" and ls in m.groups and peer in m.members:
+        if peer in m.groups[ls]:
+            m.groups[ls].discard(peer)
+            m.feed(m.confchg(ls, left=((peer, CPG_REASON_LEAVE),)))
+        else:
+            m.groups[ls].add(peer)
+            m.feed(m.confchg(ls, joined=(peer,)))
+    elif kind == "starts" and ls in m.pending_starts and ls in m.groups:
+        members = m.pending_starts[ls]
+        for n in data.draw(st.permutations(list(members))):
+            m.feed(GroupMessage(m.now(), f"dlm:ls:{ls}", n, encode_start(members)))
+    elif kind == "ack":
+        m.unfenced.discard(peer)
+        m.feed(FenceAck(m.now(), peer))
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_histories_keep_the_kernel_tree_consistent_and_never_recover_unsafely(
+        data: st.DataObject) -> None:
+    m = Model()
+    m.feed(cluster(m.now(), (1, 2, 3)))
+    for _ in range(data.draw(st.integers(1, 40))):
+        _step(m, data)
+    assert json.loads(json.dumps(m.core.status(m.now())))["cluster"]["configured"] is True

@@ -44,7 +44,7 @@ from cmanlk.dlmctl import (
 )
 from cmanlk.fencing import RunFenceAgent
 from cmanlk.types import Instant, NodeId
-from kernel_glue.configfs import ConfigfsDlm
+from kernel_glue.configfs import ConfigfsDlm, carry_out
 from kernel_glue.sysfs import SysfsDlm
 
 BUS_POLL_S = 0.05
@@ -102,18 +102,9 @@ class Node:
         self.protocol.write(f"{time.monotonic():.6f} {a!r}\n")
         self.protocol.flush()
         match a:
-            case ConfigfsMkdir(path):
-                self.ctl.mkdir(path)
-                self.done.append(("mkdir", path))
-            case ConfigfsRmdir(path):
-                self.ctl.rmdir(path)
-                self.done.append(("rmdir", path))
-            case ConfigfsWrite(path, value):
-                self.ctl.write(path, value)
-                self.done.append(("write", path, None if path.endswith("/addr") else value))
-            case SysfsWrite(ls, attr, value):
-                self.sysfs.write(ls, attr, value)
-                self.done.append(("sysfs", ls, attr, value))
+            case ConfigfsMkdir() | ConfigfsRmdir() | ConfigfsWrite() | SysfsWrite():
+                carry_out(a, self.ctl, self.sysfs)
+                self.done.append(_as_op(a))
             case JoinGroup() | LeaveGroup() | SendGroupMessage():
                 return self.bus.send(a)
             case RunFenceAgent():
@@ -121,6 +112,20 @@ class Node:
                     raise RuntimeError(f"no fence runner for {a}")
                 self.run_fence_agent(a)
         return []
+
+
+def _as_op(a: DlmAction) -> tuple[object, ...]:
+    """The action as a comparable tuple (addresses left out: they differ per run)."""
+    match a:
+        case ConfigfsMkdir(path):
+            return ("mkdir", path)
+        case ConfigfsRmdir(path):
+            return ("rmdir", path)
+        case ConfigfsWrite(path, value):
+            return ("write", path, None if path.endswith("/addr") else value)
+        case SysfsWrite(ls, attr, value):
+            return ("sysfs", ls, attr, value)
+    return (repr(a),)
 
 
 class LoopbackBus:
