@@ -13,12 +13,14 @@ import ipaddress
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from cmanlk.errors import KernelError
 from kernel_glue.configfs import clear_stale, parse_sockaddr_storage, sockaddr_storage
 from kernel_glue.dlm_protocol import DlmUevent, Gfs2Uevent, LockspaceUevent
+from kernel_glue.kmod import ensure_dlm_kernel, ensure_module, is_module_loaded, is_mounted
 from kernel_glue.uevents import parse_dlm_uevent
 from tests.adapters.dlm_env import FakeDlmEnv, Pending, RealDlmEnv, real_kernel_available
 
@@ -299,3 +301,24 @@ def test_uevent_parser_reads_the_exact_kernel_strings() -> None:
     bogus = b"x@y\0SUBSYSTEM=dlm\0ACTION=bogus\0DEVPATH=/kernel/dlm/a\0"
     for junk in (b"", b"\0\0\0", bogus, bytes(range(256))):
         assert parse_dlm_uevent(junk) is None
+
+
+# -- kmod: module loading and the configfs mount ---------------------------------------------------
+
+
+def test_is_mounted_reads_the_mount_table_format(tmp_path: Path) -> None:
+    table = tmp_path / "mounts"
+    table.write_text("sysfs /sys sysfs rw 0 0\nconfigfs /sys/kernel/config configfs rw,relatime 0 0\n")
+    assert is_mounted("/sys/kernel/config", "configfs", str(table))
+    assert not is_mounted("/sys/kernel/config", "tmpfs", str(table))
+    assert not is_mounted("/sys/kernel/debug", "debugfs", str(table))
+    assert not is_mounted("/x", "configfs", str(tmp_path / "missing"))
+
+
+def test_ensure_dlm_kernel_is_idempotent_on_a_real_kernel() -> None:
+    if not real_kernel_available():
+        pytest.skip("no kernel DLM here (runs in the VM lab)")
+    assert ensure_dlm_kernel() == "/sys/kernel/config/dlm"
+    assert ensure_dlm_kernel() == "/sys/kernel/config/dlm"
+    assert is_mounted("/sys/kernel/config", "configfs") and is_module_loaded("dlm")
+    assert ensure_module("dlm") is False  # already there: no modprobe
