@@ -159,6 +159,14 @@ class DeadlineReached:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelLockspaces:
+    """The lockspaces /sys/kernel/dlm shows, read after uevents were lost: unknown ones are joined."""
+
+    now: Instant
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownRequested:
     """The daemon stops: remove what we created (refused while lockspaces exist)."""
 
@@ -166,7 +174,8 @@ class ShutdownRequested:
 
 
 DlmEvent = (ClusterChanged | LockspaceOnline | LockspaceOffline | GroupConfchg | GroupMessage
-            | FenceAgentExited | FenceAck | FencedElsewhere | DeadlineReached | ShutdownRequested)
+            | FenceAgentExited | FenceAck | FencedElsewhere | DeadlineReached | KernelLockspaces
+            | ShutdownRequested)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -360,6 +369,9 @@ class DlmCtl:
                 return self._after_fencing(now, self.fencing.fenced_elsewhere(now, nodeid, how))
             case DeadlineReached(now):
                 return self._after_fencing(now, self.fencing.deadline(now))
+            case KernelLockspaces(now, names):
+                # an online uevent may have been lost: the kernel waits for those joins forever
+                return [a for n in names if n not in self.lockspaces for a in self._on_online(now, n)]
             case ShutdownRequested():
                 return self._on_shutdown()
         return []

@@ -52,7 +52,18 @@ class Gfs2Uevent:
         return None
 
 
-DlmUevent = LockspaceUevent | Gfs2Uevent
+@dataclass(frozen=True, slots=True)
+class UeventsLost:
+    """The kernel dropped uevents for us (ENOBUFS): a lockspace online may be among them.
+
+    The runtime answers with dlmctl's `KernelLockspaces(now, sysfs.lockspaces())`, which joins
+    every kernel lockspace dlmctl does not know yet (the kernel is waiting for it).
+    """
+
+    count: int
+
+
+DlmUevent = LockspaceUevent | Gfs2Uevent | UeventsLost
 
 
 class DlmControl(Protocol):

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import cast
 
 from cmanlk.errors import KernelError
-from kernel_glue.dlm_protocol import DlmUevent, Gfs2Uevent, LockspaceAction, LockspaceUevent
+from kernel_glue.dlm_protocol import DlmUevent, Gfs2Uevent, LockspaceAction, LockspaceUevent, UeventsLost
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class DlmUeventWatch:
             except OSError as exc:  # ENOBUFS: the kernel dropped events for us
                 self.dropped += 1
                 log.warning("uevent socket: %s (DLM events lost; lockspaces are re-read from sysfs)", exc)
+                self._put(UeventsLost(self.dropped))
                 return
             ev = parse_dlm_uevent(data)
             if ev is not None:
@@ -115,6 +116,9 @@ class DlmUeventWatch:
             self.dropped += 1
             log.warning("DLM uevent queue full (%d): dropping the oldest event", EVENT_QUEUE_BOUND)
             self._queue.get_nowait()
+            self._queue.put_nowait(UeventsLost(self.dropped))
+            if self._queue.full():
+                self._queue.get_nowait()
         self._queue.put_nowait(ev)
 
     async def events(self) -> AsyncIterator[DlmUevent]:

@@ -38,6 +38,7 @@ from cmanlk.dlmctl import (
     GroupConfchg,
     GroupMessage,
     JoinGroup,
+    KernelLockspaces,
     LeaveGroup,
     LockspaceOffline,
     LockspaceOnline,
@@ -396,3 +397,24 @@ def test_random_histories_keep_the_kernel_tree_consistent_and_never_recover_unsa
     for _ in range(data.draw(st.integers(1, 40))):
         _step(m, data)
     assert json.loads(json.dumps(m.core.status(m.now())))["cluster"]["configured"] is True
+
+
+def test_lost_uevents_are_recovered_from_the_kernel_lockspace_list() -> None:
+    n = _joined_pair(FencingPolicy(enabled=False))
+    out = n.feed(KernelLockspaces(n.now(), ("ls", "missed")))
+    assert kernel_ops(out) == [("sysfs", "missed", "id", f"{lockspace_global_id('missed')}\0".encode()),
+                               ("mkdir", "cluster/spaces/missed")]
+    assert JoinGroup("dlm:ls:missed") in out
+
+
+def test_status_is_plain_data_with_what_each_lockspace_waits_for() -> None:
+    n = _joined_pair(FencingPolicy(enabled=True))
+    n.feed(cluster(n.now(), (1, 2)))
+    n.confchg("ls", (1, 2), left=((3, CPG_REASON_NODEDOWN),))
+    status = json.loads(json.dumps(n.core.status(Instant(n.t * 1_000_000 + 5_000_000))))
+    (ls,) = status["lockspaces"]
+    assert ls["state"] == "stopped" and ls["waiting_for"] == ["fencing of node 3"]
+    assert ls["members"] == [1, 2] and ls["kernel_nodes"] == [1, 2, 3] and ls["for_ns"] > 0
+    victim = status["fencing"]["victims"][0]
+    assert victim["nodeid"] == 3 and victim["state"] == "waiting"
+    assert status["cluster"] == {"configured": True, "quorate": True, "members": [1, 2], "comms": [1, 2]}
