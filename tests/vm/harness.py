@@ -37,6 +37,8 @@ DEFAULT_MEM_MB = 512
 TB_SIZE_MB = 256
 SUBNET = "10.213.9"
 """Guest addresses <SUBNET>.<n>/24; only inside our own namespace (the lab's uses 10.213.7)."""
+SUBNET6 = "fd6b:636d:6b::"
+"""And the IPv6 ULAs <SUBNET6><n>/64 on the same bridge."""
 KILL_GRACE_S = 5.0
 
 
@@ -140,7 +142,7 @@ def qemu_command(lab: Lab, spec: VmSpec, out_dir: Path, lab_dir: Path, console: 
     if spec.args:
         cmdline.append("klab.args=" + ",".join(spec.args))
     if spec.node is not None:
-        cmdline.append(f"klab.ip={SUBNET}.{spec.node}/24")
+        cmdline += [f"klab.ip={SUBNET}.{spec.node}/24", f"klab.ip6={SUBNET6}{spec.node}/64"]
     if spec.udev:
         cmdline.append("klab.udev=1")
     argv = [

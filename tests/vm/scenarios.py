@@ -46,6 +46,12 @@ SCENARIOS: dict[str, Scenario] = {
             timeout_s=300.0,
         ),
         Scenario(
+            "two-node-ipv6",
+            "the same as two-node-lockspace with the DLM connecting over IPv6 (sockaddr_in6 in comms/N/addr)",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "two_node.py"), (str(n), "ipv6"), node=n) for n in (1, 2)),
+            timeout_s=300.0,
+        ),
+        Scenario(
             "crash-fencing",
             "2 VMs: node 2 crashes holding a lock; recovery waits for the fence agent (retried), "
             "then the lock is free",

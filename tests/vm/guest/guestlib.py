@@ -61,13 +61,14 @@ def log(tag: str, msg: str) -> None:
     print(f"[{time.monotonic():9.3f} {tag}] {msg}", flush=True)
 
 
-def eth0_address() -> ipaddress.IPv4Address:
-    """Return eth0's IPv4 address (127.0.0.1 in a VM without a NIC)."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"], capture_output=True, text=True,
-                         check=False).stdout.split()
-    if "inet" not in out:
-        return ipaddress.IPv4Address("127.0.0.1")
-    return ipaddress.IPv4Interface(out[out.index("inet") + 1]).ip
+def eth0_address(family: int = 4) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Return eth0's global IPv4 (or IPv6) address; 127.0.0.1 / ::1 in a VM without one."""
+    out = subprocess.run(["ip", f"-{family}", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    key = "inet" if family == 4 else "inet6"
+    if key not in out:
+        return ipaddress.ip_address("127.0.0.1" if family == 4 else "::1")
+    return ipaddress.ip_interface(out[out.index(key) + 1]).ip
 
 
 def wait_for_control_device() -> None:

@@ -8,7 +8,7 @@ stop, add node 2 and restart, as dlm_controld does. Then node 1 holds EX on "res
 NOQUEUE EX request is refused with EAGAIN (lock traffic between the two kernels over the DLM's
 TCP port, on the addresses we configured), and granted after node 1 unlocks. Node 2 leaves
 (node 1 removes it), node 1 leaves, both remove their configuration.
-Usage: two_node.py NODEID   (1 or 2)
+Usage: two_node.py NODEID [ipv6]   (NODEID 1 or 2; ipv6: the DLM connects over the IPv6 ULAs)
 """
 
 from __future__ import annotations
@@ -52,20 +52,22 @@ EAGAIN = 11
 
 
 
-async def main(me: NodeId) -> int:
+async def main(me: NodeId, family: int) -> int:
     s = Checks(me)
     s.say(f"dlm configfs root: {ensure_dlm_kernel()}")
     wait_for_control_device()
-    mine = eth0_address()
+    mine = eth0_address(family)
     (LAB / f"addr.{me}").write_text(str(mine))
     await s.barrier("addr")
-    addrs = tuple((NodeId(n), (ipaddress.IPv4Address((LAB / f"addr.{n}").read_text()),)) for n in (1, 2))
+    addrs = tuple((NodeId(n), (ipaddress.ip_address((LAB / f"addr.{n}").read_text()),)) for n in (1, 2))
     bus = FileBus(LAB / "bus", me)
     node = Node(DlmCtl(DlmSettings("cmk", me, fencing=FencingPolicy(enabled=False))), bus,
                 Path("/out/protocol.txt"))
     clear_stale(node.ctl)
     node.feed(ClusterChanged(now(), (NodeId(1), NodeId(2)), True, addrs))
-    s.check(node.ctl.read("cluster/comms/2/addr_list").startswith(b"AF_INET\t"), "comms configured")
+    listed = node.ctl.read("cluster/comms/2/addr_list")
+    prefix = b"AF_INET\t" if family == 4 else b"AF_INET6\t"
+    s.check(listed.startswith(prefix), f"comms configured: {listed!r}")
     watch = DlmUeventWatch()
     await watch.start()
     stop = asyncio.Event()
@@ -129,4 +131,4 @@ async def main(me: NodeId) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(NodeId(int(sys.argv[1])))))
+    sys.exit(asyncio.run(main(NodeId(int(sys.argv[1])), 6 if sys.argv[2:] == ["ipv6"] else 4)))
