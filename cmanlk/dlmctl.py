@@ -104,6 +104,15 @@ class LockspaceOffline:
 
 
 @dataclass(frozen=True, slots=True)
+class LockspaceRemoved:
+    """uevent remove@/kernel/dlm/<name>: the kernel object is gone (after our leave, or a join
+    whose caller gave up); anything still configured for it is removed."""
+
+    now: Instant
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class GroupConfchg:
     """A cpg configuration change of `group`: members after it, who joined, who left and why."""
 
@@ -173,9 +182,9 @@ class ShutdownRequested:
     now: Instant
 
 
-DlmEvent = (ClusterChanged | LockspaceOnline | LockspaceOffline | GroupConfchg | GroupMessage
-            | FenceAgentExited | FenceAck | FencedElsewhere | DeadlineReached | KernelLockspaces
-            | ShutdownRequested)
+DlmEvent = (ClusterChanged | LockspaceOnline | LockspaceOffline | LockspaceRemoved | GroupConfchg
+            | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DeadlineReached
+            | KernelLockspaces | ShutdownRequested)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -357,6 +366,8 @@ class DlmCtl:
                 return self._on_online(now, name)
             case LockspaceOffline(now, name):
                 return self._on_offline(name)
+            case LockspaceRemoved(now, name):
+                return self._on_removed(name)
             case GroupConfchg():
                 return self._on_confchg(event)
             case GroupMessage():
@@ -479,6 +490,16 @@ class DlmCtl:
         out += [ConfigfsRmdir(f"cluster/spaces/{name}"), SysfsWrite(name, "event_done", _sys(0)),
                 LeaveGroup(group_name(name))]
         return out
+
+    def _on_removed(self, name: str) -> list[DlmAction]:
+        ls = self.lockspaces.pop(name, None)
+        if ls is None:
+            return []  # the normal case: our leave already removed everything
+        self._drop("lockspace_removed_while_joined")
+        base = f"cluster/spaces/{name}"
+        nodes = sorted(ls.configured, reverse=True)
+        out: list[DlmAction] = [ConfigfsRmdir(f"{base}/nodes/{n}") for n in nodes]
+        return [*out, ConfigfsRmdir(base), LeaveGroup(group_name(name))]
 
     def _on_confchg(self, ev: GroupConfchg) -> list[DlmAction]:
         ls = self._lockspace_of(ev.group)

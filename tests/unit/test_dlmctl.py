@@ -42,6 +42,7 @@ from cmanlk.dlmctl import (
     LeaveGroup,
     LockspaceOffline,
     LockspaceOnline,
+    LockspaceRemoved,
     SendGroupMessage,
     ShutdownRequested,
     SysfsWrite,
@@ -418,3 +419,12 @@ def test_status_is_plain_data_with_what_each_lockspace_waits_for() -> None:
     victim = status["fencing"]["victims"][0]
     assert victim["nodeid"] == 3 and victim["state"] == "waiting"
     assert status["cluster"] == {"configured": True, "quorate": True, "members": [1, 2], "comms": [1, 2]}
+
+
+def test_a_lockspace_removed_behind_our_back_is_cleaned_up() -> None:
+    n = _joined_pair(FencingPolicy(enabled=False))
+    out = n.feed(LockspaceRemoved(n.now(), "ls"))
+    assert kernel_ops(out) == [("rmdir", "cluster/spaces/ls/nodes/3"), ("rmdir", "cluster/spaces/ls/nodes/2"),
+                               ("rmdir", "cluster/spaces/ls/nodes/1"), ("rmdir", "cluster/spaces/ls")]
+    assert LeaveGroup("dlm:ls:ls") in out and n.core.lockspaces == {}
+    assert n.feed(LockspaceRemoved(n.now(), "ls")) == []  # after a normal leave: nothing to do
