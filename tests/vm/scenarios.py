@@ -59,6 +59,13 @@ SCENARIOS: dict[str, Scenario] = {
             timeout_s=300.0,
         ),
         Scenario(
+            "three-node-crash",
+            "3 VMs: joins one by one; node 3 dies holding a lock; the two survivors recover without fencing",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "three_node_crash.py"), (str(n),), node=n)
+                  for n in (1, 2, 3)),
+            timeout_s=300.0,
+        ),
+        Scenario(
             "gfs2-two-node",
             "2 VMs, one shared disk: GFS2 mounted on both over the DLM dlmctl configures",
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "gfs2_two_node.py"), (str(n),), node=n) for n in (1, 2)),

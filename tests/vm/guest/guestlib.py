@@ -314,7 +314,7 @@ class Checks:
 
 async def answer_uevents(node: Node, watch: object, seen: list[object] | None = None) -> None:
     """Feed every lockspace online/offline uevent to `node` (and record all DLM/gfs2 events in `seen`)."""
-    from cmanlk.dlmctl import LockspaceOffline, LockspaceOnline
+    from cmanlk.dlmctl import LockspaceOffline, LockspaceOnline, LockspaceRemoved
     from kernel_glue.dlm_protocol import LockspaceUevent
 
     async for ev in watch.events():  # type: ignore[attr-defined]
@@ -326,6 +326,8 @@ async def answer_uevents(node: Node, watch: object, seen: list[object] | None = 
                 node.feed(LockspaceOnline(now(), ev.lockspace))
             elif ev.action == "offline":
                 node.feed(LockspaceOffline(now(), ev.lockspace))
+            elif ev.action == "remove":
+                node.feed(LockspaceRemoved(now(), ev.lockspace))
 
 
 async def run_command(c: Checks, *argv: str) -> int:
