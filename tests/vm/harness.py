@@ -40,6 +40,8 @@ SUBNET = "10.213.9"
 SUBNET6 = "fd6b:636d:6b::"
 """And the IPv6 ULAs <SUBNET6><n>/64 on the same bridge."""
 KILL_GRACE_S = 5.0
+POLL_S = 0.5
+"""How often the harness checks for finished VMs and samples their memory."""
 
 
 class LabMissing(RuntimeError):
@@ -117,6 +119,8 @@ class Run:
     name: str
     folder: Path
     results: list[VmResult] = field(default_factory=list)
+    peak_rss_mb: int = 0
+    """Largest sum of the qemu processes' resident memory seen while the VMs ran."""
 
     @property
     def ok(self) -> bool:
@@ -290,15 +294,21 @@ def run_scenario(name: str, specs: Sequence[VmSpec], timeout_s: float, lab: Lab 
                                          stderr=err, start_new_session=True)
                 procs.append((spec, p, out_dir, console, time.monotonic()))
             deadline = time.monotonic() + timeout_s
-            for spec, p, out_dir, console, t0 in procs:
-                timed_out = False
-                try:
-                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
+            ended: dict[int, float] = {}
+            while len(ended) < len(procs) and time.monotonic() < deadline:
+                for i, (_, p, *_rest) in enumerate(procs):
+                    if i not in ended and p.poll() is not None:
+                        ended[i] = time.monotonic()
+                alive = [p.pid for i, (_, p, *_rest) in enumerate(procs) if i not in ended]
+                run.peak_rss_mb = max(run.peak_rss_mb, sum(_rss_mb(pid) for pid in alive))
+                time.sleep(POLL_S)
+            for i, (spec, p, out_dir, console, t0) in enumerate(procs):
+                timed_out = i not in ended
+                if timed_out:
                     _kill(p)
-                run.results.append(VmResult(spec.name, _exit_code(out_dir), time.monotonic() - t0,
-                                            console, out_dir, timed_out))
+                took = ended.get(i, time.monotonic()) - t0
+                code = _exit_code(out_dir)
+                run.results.append(VmResult(spec.name, code, took, console, out_dir, timed_out))
         finally:
             for _, p, *_rest in procs:
                 _kill(p)
@@ -316,6 +326,16 @@ def _kill(p: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=KILL_GRACE_S)
+
+
+def _rss_mb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _exit_code(out_dir: Path) -> int | None:

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         took = time.monotonic() - t0
         codes = " ".join(f"{r.name}={'timeout' if r.timed_out else r.exit_code}" for r in run.results)
-        print(f"{'PASS' if run.ok else 'FAIL'} {name:24} {took:6.1f}s  {codes}  {run.folder}", flush=True)
+        verdict = "PASS" if run.ok else "FAIL"
+        print(f"{verdict} {name:24} {took:6.1f}s  {codes}  qemu-rss-peak={run.peak_rss_mb}MiB  {run.folder}",
+              flush=True)
         if not run.ok:
             failed += 1
             if a.verbose:
