@@ -32,6 +32,10 @@ Checked, each under the name used in reports:
 - ``total-order``        the union of all delivery orders is acyclic, so one total
                          order explains every node (EVS 5.1); reported as the two
                          nodes that disagree on a pair of messages.
+- ``agreed``             in the regular part of a configuration, every member delivers
+                         a prefix of one sequence: no member skips a message that
+                         another delivered before a later one (EVS 5.2; gaps are
+                         allowed only after the transitional configuration).
 - ``fifo``               a sender's messages are delivered in the order it sent them.
 - ``virtual-synchrony``  two processes that install the same configuration C' right
                          after the same C delivered the same set of messages in C
@@ -196,6 +200,7 @@ def check(
     _check_deliveries(incs, sent_by, report)
     _check_total_order(incs, report)
     _check_virtual_synchrony(incs, report)
+    _check_agreed_prefix(incs, report)
     _check_safe(incs, settled or liveness is not None, report)
     if settled or liveness is not None:
         _check_self_delivery(incs, liveness, report)
@@ -509,6 +514,34 @@ def _check_virtual_synchrony(incs: list[_Inc], report: _Report) -> None:
                 str(old_ring),
                 ep.index,
             )
+
+
+def _check_agreed_prefix(incs: list[_Inc], report: _Report) -> None:
+    longest: dict[RingId, tuple[_Inc, list[bytes]]] = {}
+    for inc in incs:
+        for ep in inc.epochs:
+            regular = [m for m in ep.delivered if m not in inc.in_trans]
+            best = longest.get(ep.ring)
+            if best is None:
+                longest[ep.ring] = (inc, regular)
+                continue
+            other_inc, other = best
+            short, long_ = (regular, other) if len(regular) <= len(other) else (other, regular)
+            for k, m in enumerate(short):
+                if long_[k] != m:
+                    here = m if short is regular else long_[k]
+                    there = long_[k] if short is regular else m
+                    report.add(
+                        "agreed",
+                        inc,
+                        f"delivered {label(here)} as message #{k + 1} of {ep.ring}, node {other_inc.name} "
+                        f"delivered {label(there)} there (regular part: no gaps allowed)",
+                        str(ep.ring),
+                        inc.where[here][0],
+                    )
+                    break
+            if len(regular) > len(other):
+                longest[ep.ring] = (inc, regular)
 
 
 def _check_safe(incs: list[_Inc], settled: bool, report: _Report) -> None:

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 
 from cmanlk.types import Duration, NodeId, ms
 
-DEFAULT_DELAY_MIN = ms(0.05)  # a switched LAN: tens of microseconds ...
-DEFAULT_DELAY_MAX = ms(0.5)  # ... to half a millisecond under load.
+# One hop on a loaded LAN or between VMs, send to receive including the receiver's wakeup.
+# The floor matters for the simulator's speed: a busy ring passes the token at network
+# speed, so each virtual second costs (1 / hop delay) token visits.
+DEFAULT_DELAY_MIN = ms(0.2)
+DEFAULT_DELAY_MAX = ms(1.0)
 DEFAULT_REORDER_EXTRA = ms(3)  # a reordered datagram is held back by up to this much more.
 
 

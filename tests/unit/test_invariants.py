@@ -66,8 +66,8 @@ def test_correct_history_has_no_violation() -> None:
 def test_total_order_violation_names_both_nodes() -> None:
     h = baseline()
     h[N2][4], h[N2][5] = h[N2][5], h[N2][4]  # node 2 delivers m2.1 before m1.1
-    found = check(h)
-    assert props(found) == {"total-order"}
+    found = [v for v in check(h) if v.prop == "total-order"]
+    assert props(check(h)) == {"total-order", "agreed"}
     text = str(found[0])
     assert "m1.1" in text and "m2.1" in text and "node 2" in text
     assert ">>" in text  # the excerpt marks the offending record
@@ -227,3 +227,24 @@ def test_reports_are_bounded(n_extra: int) -> None:
         h[N2].append(Delivered(t(700 + k), B, N1, b"m1.%d|" % (100 + k)))
     found = check(h)
     assert len(found) <= 6
+
+
+def test_gap_in_the_regular_part_breaks_agreed_delivery() -> None:
+    h = baseline()
+    # node 2 skips m1.1 while still in A's regular part (nothing transitional yet)
+    h[N2].remove(dl(11, A, M11))
+    found = check(h)
+    assert "agreed" in props(found)
+
+
+def test_gap_in_the_transitional_part_is_allowed() -> None:
+    h = baseline()
+    # node 3's last message: node 1 delivers it in the regular part; node 2 lacks it and
+    # delivers nothing of A after its transitional configuration (3 is gone): allowed.
+    for node in (N1, N2, N3):
+        h[node] = [r for r in h[node] if not (isinstance(r, Delivered) and r.payload == M31)]
+    extra = b"m3.2|"
+    h[N3].insert(3, Sent(t(10.6), extra))
+    h[N2].insert(h[N2].index(trans(500, B, 1, 2)) + 1, dl(500, A, extra))
+    h[N1].insert(h[N1].index(trans(500, B, 1, 2)) + 1, dl(500, A, extra))
+    assert "agreed" not in props(check(h))
