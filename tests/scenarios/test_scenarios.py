@@ -28,11 +28,12 @@ def test_scenario(path: Path, request: pytest.FixtureRequest) -> None:
         if line.startswith("# xfail:"):
             request.applymarker(pytest.mark.xfail(reason=line[8:].strip(), strict=False))
     result = run_text(text)
-    if request.config.getoption("--rewrite"):
+    rewrite = bool(request.config.getoption("--rewrite"))
+    if rewrite:
         path.write_text(result.render())
     assert not result.errors, "\n".join(result.errors)
     assert not result.violations, "\n".join(str(v) for v in result.violations)
-    assert result.matches, "output differs (pytest --rewrite to accept):\n" + result.diff()
+    assert rewrite or result.matches, "output differs (pytest --rewrite to accept):\n" + result.diff()
 
 
 def test_every_scenario_says_what_it_proves() -> None:
