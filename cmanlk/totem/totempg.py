@@ -197,6 +197,18 @@ class Packer:
         self._queue.append(_Queued(bytes(payload), Guarantee(guarantee)))
         self._queued_bytes += cost
 
+    def restart_partial(self) -> None:
+        """Send a half-sent message again from its start (its head went out on a ring that ended).
+
+        Receivers drop half-assembled messages at a configuration change (`Unpacker.reset`), so a
+        message whose fragments would straddle two rings is delivered whole, by everyone, in the new one.
+        """
+        if self._offset:
+            self._queued_bytes += self._offset
+            self._offset = 0
+        self._continuation = 0
+        self._counter = 1
+
     def pop_frame(self) -> tuple[bytes, Guarantee] | None:
         """Return the next frame and the guarantee of every message in it, or None if nothing is queued."""
         if not self._queue:
