@@ -1,0 +1,398 @@
+"""Votequorum semantics (cmanlk/quorum.py) against naive references, under hypothesis.
+
+A tiny harness plays the votequorum protocol between Quorum objects the way the service does it:
+on every membership change each member runs sync_init, then every member's NODEINFO (self and
+qdevice, computed before any is delivered, as all nodes send at the same point of total order) is
+delivered to every member in one order, then sync_activate. The references compute the expected
+decision from first principles (majority of expected votes, wait-for-all seen-everyone, two_node,
+last-man-standing steps, tie-breaker half splits) without the node table.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmanlk.errors import ConfigError, UsageError
+from cmanlk.quorum import (
+    FLAG_QUORATE,
+    PARAM_EXPECTED_VOTES,
+    PARAM_NODE_VOTES,
+    AtbMode,
+    Quorum,
+    QuorumConfig,
+)
+from cmanlk.types import NodeId, RingId
+
+
+class Harness:
+    def __init__(self, config: QuorumConfig, nodes: list[int]) -> None:
+        self.config = config
+        self.all = [NodeId(n) for n in nodes]
+        self.q: dict[NodeId, Quorum] = {}
+        self.partitions: list[tuple[NodeId, ...]] = []
+        self.seq = 0
+
+    def boot(self, node: NodeId) -> None:
+        self.q[node] = Quorum(self.config.resolve(node), node)
+
+    def form(self, *partitions: tuple[NodeId, ...]) -> None:
+        self.partitions = [tuple(sorted(p)) for p in partitions if p]
+        for p in self.partitions:
+            self.seq += 4
+            ring = RingId(self.seq, p[0])
+            for n in p:
+                self.q[n].sync_init(ring, p)
+            infos = [(n, self.q[n].my_node_info(), self.q[n].qdevice_node_info()) for n in p]
+            for sender, mine, qdev in infos:
+                for n in p:
+                    self.q[n].node_info(sender, mine)
+                    self.q[n].node_info(sender, qdev)
+            for n in p:
+                self.q[n].sync_activate()
+
+    def deliver_reconfigure(self, sender: NodeId, param: int, node: NodeId, value: int) -> None:
+        part = next(p for p in self.partitions if sender in p)
+        for n in part:
+            self.q[n].reconfigure(sender, param, node, value)
+
+    def quorate(self, node: NodeId) -> bool:
+        return self.q[node].state().quorate
+
+
+def ids(n: int) -> list[int]:
+    return list(range(1, n + 1))
+
+
+# --- plain majority with weighted votes ---------------------------------------------------------
+
+partitions_strategy = st.lists(st.integers(0, 3), min_size=1, max_size=7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    votes=st.lists(st.integers(1, 3), min_size=1, max_size=7),
+    steps=st.lists(st.lists(st.integers(0, 2), min_size=7, max_size=7), min_size=1, max_size=8),
+)
+def test_majority_of_configured_votes_decides(votes, steps):
+    nodes = ids(len(votes))
+    config = QuorumConfig(node_votes=tuple((NodeId(n), v) for n, v in zip(nodes, votes, strict=True)))
+    h = Harness(config, nodes)
+    for n in h.all:
+        h.boot(n)
+    expected = sum(votes)
+    vote_of = dict(zip(h.all, votes, strict=True))
+    for labels in steps:
+        parts: dict[int, list[NodeId]] = {}
+        for n, label in zip(h.all, labels, strict=False):
+            parts.setdefault(label, []).append(n)
+        h.form(*(tuple(p) for p in parts.values()))
+        quorate_parts = 0
+        for p in h.partitions:
+            total = sum(vote_of[n] for n in p)
+            want = total >= expected // 2 + 1
+            quorate_parts += want
+            for n in p:
+                state = h.q[n].state()
+                assert state.quorate == want, (p, state)
+                assert state.quorum == expected // 2 + 1
+                assert state.total_votes == total
+        assert quorate_parts <= 1
+
+
+# --- wait_for_all and two_node -------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(2, 5),
+    two_node=st.booleans(),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["form", "restart"]), st.lists(st.integers(0, 1), min_size=5, max_size=5)),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_wait_for_all_reference(n, two_node, steps):
+    if two_node:
+        n = 2
+    nodes = ids(n)
+    config = QuorumConfig.for_nodes([NodeId(x) for x in nodes], two_node=two_node, wait_for_all=True)
+    h = Harness(config, nodes)
+    for node in h.all:
+        h.boot(node)
+    seen_all = dict.fromkeys(h.all, False)
+    was_quorate = dict.fromkeys(h.all, False)
+    for kind, labels in steps:
+        if kind == "restart":
+            victim = h.all[labels[0] % n]
+            h.boot(victim)
+            seen_all[victim] = False
+            was_quorate[victim] = False
+        parts: dict[int, list[NodeId]] = {}
+        for node, label in zip(h.all, labels, strict=False):
+            parts.setdefault(label, []).append(node)
+        h.form(*(tuple(p) for p in parts.values()))
+        for p in h.partitions:
+            majority = len(p) >= (1 if two_node else n // 2 + 1)
+            for node in p:
+                # Cleared by seeing every node, or by a peer that was quorate and not waiting.
+                if len(p) == n or any(was_quorate[m] for m in p if m != node):
+                    seen_all[node] = True
+            for node in p:
+                want = seen_all[node] and majority
+                assert h.quorate(node) == want, (kind, p, node, seen_all)
+        for node in h.all:
+            was_quorate[node] = h.quorate(node)
+
+
+def test_two_node_keeps_quorum_after_peer_failure():
+    config = QuorumConfig.for_nodes([NodeId(1), NodeId(2)], two_node=True)
+    h = Harness(config, [1, 2])
+    for node in h.all:
+        h.boot(node)
+    h.form((NodeId(1),))
+    assert not h.quorate(NodeId(1))  # wait_for_all implied by two_node
+    h.form((NodeId(1), NodeId(2)))
+    assert h.quorate(NodeId(1)) and h.q[NodeId(1)].state().quorum == 1
+    h.form((NodeId(1),), (NodeId(2),))
+    assert h.quorate(NodeId(1)) and h.quorate(NodeId(2))  # the fence race decides
+
+
+def test_two_node_with_explicit_wait_for_all_off():
+    config = QuorumConfig.for_nodes([NodeId(1), NodeId(2)], two_node=True, wait_for_all=False)
+    h = Harness(config, [1, 2])
+    h.boot(NodeId(1))
+    h.form((NodeId(1),))
+    assert h.quorate(NodeId(1))
+
+
+# --- last_man_standing ---------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(3, 7),
+    steps=st.lists(st.tuples(st.integers(1, 7), st.booleans()), min_size=1, max_size=8),
+)
+def test_last_man_standing_reference(n, steps):
+    nodes = ids(n)
+    config = QuorumConfig.for_nodes([NodeId(x) for x in nodes], last_man_standing=True)
+    h = Harness(config, nodes)
+    for node in h.all:
+        h.boot(node)
+    h.form(tuple(h.all))
+    expected = n
+    size = n
+    for new_size, window_elapses in steps:
+        new_size = min(new_size, n)
+        part = tuple(h.all[:new_size])
+        rest = tuple(h.all[new_size:])
+        shrank = new_size < size
+        h.form(part, rest)
+        expected = max(expected, new_size)
+        # The window is armed when nodes left and the rest still hold quorum; when it elapses
+        # while quorate, expected votes drop to the nodes present.
+        if window_elapses and shrank and new_size >= expected // 2 + 1:
+            for node in part:
+                h.q[node].lms_window_elapsed()
+            expected = new_size
+        for node in part:
+            assert h.quorate(node) == (new_size >= expected // 2 + 1), (part, expected)
+        # The nodes cut off keep their own view; we follow the main partition only.
+        for node in rest:
+            h.boot(node)
+        size = new_size
+
+
+def test_last_man_standing_steps_down_to_two_nodes_but_not_one():
+    # As corosync documents: going from 2 to 1 node needs auto_tie_breaker as well.
+    nodes = [NodeId(x) for x in ids(4)]
+    h = Harness(QuorumConfig.for_nodes(nodes, last_man_standing=True), ids(4))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    for keep in (3, 2):
+        h.form(tuple(nodes[:keep]))
+        for node in nodes[:keep]:
+            h.q[node].lms_window_elapsed()
+        assert h.quorate(nodes[0]), keep
+        assert h.q[nodes[0]].state().expected_votes == keep
+    h.form((nodes[0],))
+    h.q[nodes[0]].lms_window_elapsed()
+    assert not h.quorate(nodes[0])
+
+
+def test_last_man_standing_with_tie_breaker_reaches_one_node():
+    nodes = [NodeId(x) for x in ids(4)]
+    config = QuorumConfig.for_nodes(nodes, last_man_standing=True, auto_tie_breaker=True)
+    h = Harness(config, ids(4))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    for keep in (3, 2, 1):
+        armed = [h.q[n] for n in nodes[:keep]]
+        h.form(tuple(nodes[:keep]))
+        for q in armed:
+            q.lms_window_elapsed()
+        assert h.quorate(nodes[0]), keep
+
+
+# --- auto_tie_breaker ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("atb_node", "winner_has"),
+    [("lowest", 1), ("highest", 4), ((NodeId(3), NodeId(1)), 3)],
+)
+def test_auto_tie_breaker_even_split(atb_node, winner_has):
+    nodes = [NodeId(x) for x in ids(4)]
+    config = QuorumConfig.for_nodes(nodes, auto_tie_breaker=True, auto_tie_breaker_node=atb_node)
+    h = Harness(config, ids(4))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    a, b = (NodeId(1), NodeId(2)), (NodeId(3), NodeId(4))
+    h.form(a, b)
+    for part in (a, b):
+        for node in part:
+            assert h.quorate(node) == (NodeId(winner_has) in part)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.sampled_from([2, 4, 6]), labels=st.lists(st.integers(0, 1), min_size=6, max_size=6))
+def test_auto_tie_breaker_lowest_reference(n, labels):
+    nodes = [NodeId(x) for x in ids(n)]
+    h = Harness(QuorumConfig.for_nodes(nodes, auto_tie_breaker=True), ids(n))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    parts: dict[int, list[NodeId]] = {}
+    for node, label in zip(nodes, labels, strict=False):
+        parts.setdefault(label, []).append(node)
+    h.form(*(tuple(p) for p in parts.values()))
+    for p in h.partitions:
+        want = len(p) >= n // 2 + 1 or (len(p) == n // 2 and NodeId(1) in p)
+        for node in p:
+            assert h.quorate(node) == want
+
+
+def test_auto_tie_breaker_on_odd_cluster_needs_wait_for_all():
+    nodes = tuple(NodeId(x) for x in ids(3))
+    policy = QuorumConfig.for_nodes(nodes, auto_tie_breaker=True).resolve(NodeId(1))
+    assert policy.auto_tie_breaker is AtbMode.NONE
+    with pytest.raises(ConfigError):
+        QuorumConfig.for_nodes(nodes, auto_tie_breaker=True, last_man_standing=True).resolve(NodeId(1))
+    policy = QuorumConfig.for_nodes(nodes, auto_tie_breaker=True, wait_for_all=True).resolve(NodeId(1))
+    assert policy.auto_tie_breaker is AtbMode.LOWEST
+
+
+def test_two_node_is_disabled_by_auto_tie_breaker():
+    policy = QuorumConfig.for_nodes((NodeId(1), NodeId(2)), two_node=True, auto_tie_breaker=True).resolve(
+        NodeId(1)
+    )
+    assert not policy.two_node
+
+
+def test_no_nodelist_and_no_expected_votes_is_a_config_error():
+    with pytest.raises(ConfigError):
+        QuorumConfig().resolve(NodeId(1))
+
+
+# --- run-time expected votes and node votes --------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 7), alive=st.integers(1, 7), value=st.integers(1, 12))
+def test_set_expected_votes_reference(n, alive, value):
+    alive = min(alive, n)
+    nodes = [NodeId(x) for x in ids(n)]
+    h = Harness(QuorumConfig.for_nodes(nodes), ids(n))
+    for node in nodes:
+        h.boot(node)
+    part = tuple(nodes[:alive])
+    h.form(part)
+    quorate = alive >= n // 2 + 1
+    new_quorum = max(value // 2 + 1, alive // 2 + 1)
+    refuse = value < alive or (quorate and new_quorum > alive)
+    me = part[0]
+    if refuse:
+        with pytest.raises(UsageError):
+            h.q[me].check_set_expected(value)
+        return
+    h.q[me].check_set_expected(value)
+    h.deliver_reconfigure(me, PARAM_EXPECTED_VOTES, me, value)
+    for node in part:
+        state = h.q[node].state()
+        assert state.quorate == (alive >= value // 2 + 1)
+        assert state.expected_votes == value
+
+
+def test_lowering_expected_votes_restores_quorum_of_a_survivor():
+    nodes = [NodeId(x) for x in ids(3)]
+    h = Harness(QuorumConfig.for_nodes(nodes), ids(3))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    h.form((NodeId(1),), (NodeId(2), NodeId(3)))
+    assert not h.quorate(NodeId(1))
+    h.q[NodeId(1)].check_set_expected(1)
+    h.deliver_reconfigure(NodeId(1), PARAM_EXPECTED_VOTES, NodeId(1), 1)
+    assert h.quorate(NodeId(1))
+    with pytest.raises(UsageError):
+        h.q[NodeId(2)].check_set_expected(1)  # below the 2 votes present
+
+
+def test_set_votes_is_applied_in_order_and_checked():
+    nodes = [NodeId(x) for x in ids(3)]
+    h = Harness(QuorumConfig.for_nodes(nodes), ids(3))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    h.q[NodeId(1)].check_set_votes(NodeId(3), 2)
+    h.deliver_reconfigure(NodeId(1), PARAM_NODE_VOTES, NodeId(3), 2)
+    for node in nodes:
+        state = h.q[node].state()
+        assert state.total_votes == 4 and state.expected_votes == 4 and state.quorum == 3
+    with pytest.raises(UsageError):
+        h.q[NodeId(1)].check_set_votes(NodeId(9), 1)
+
+
+def test_node_without_nodeinfo_is_not_counted():
+    nodes = [NodeId(x) for x in ids(3)]
+    q = Quorum(QuorumConfig.for_nodes(nodes).resolve(NodeId(1)), NodeId(1))
+    q.sync_init(RingId(4, NodeId(1)), tuple(nodes))
+    q.node_info(NodeId(1), q.my_node_info())
+    q.sync_activate()
+    assert q.state().total_votes == 1 and not q.state().quorate
+
+
+def test_quorate_peer_hands_over_its_expected_votes():
+    nodes = [NodeId(x) for x in ids(3)]
+    q = Quorum(QuorumConfig(expected_votes=5).resolve(NodeId(1)), NodeId(1))
+    q.sync_init(RingId(4, NodeId(1)), (NodeId(1), NodeId(2)))
+    from cmanlk.quorum import NodeInfo
+
+    q.node_info(NodeId(2), NodeInfo(NodeId(2), 1, 2, FLAG_QUORATE))
+    q.sync_activate()
+    assert q.state().expected_votes == 2 and q.state().quorate
+    assert len(nodes) == 3
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, 5), st.integers(0, 9), st.integers(0, 255)),
+        max_size=30,
+    )
+)
+def test_arbitrary_nodeinfo_never_raises(infos):
+    from cmanlk.quorum import NodeInfo
+
+    q = Quorum(QuorumConfig.for_nodes([NodeId(1), NodeId(2)]).resolve(NodeId(1)), NodeId(1))
+    q.sync_init(RingId(4, NodeId(1)), (NodeId(1), NodeId(2)))
+    for sender, votes, expected, flags in infos:
+        q.node_info(NodeId(sender), NodeInfo(NodeId(sender % 3), votes, expected, flags))
+        q.reconfigure(NodeId(sender), flags % 5, NodeId(sender), votes)
+    q.sync_activate()
+    q.state()
