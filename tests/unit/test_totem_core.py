@@ -1,0 +1,216 @@
+"""Behaviour of the Totem core that random schedules do not pin down by themselves.
+
+Multi-node tests run the real core on the deterministic simulator (cmanlk.sim) with corosync's
+timer derivations on a 200 ms token; single-node tests drive one core directly.
+"""
+
+from __future__ import annotations
+
+import random
+
+from cmanlk.sim import Cluster, sim_config
+from cmanlk.sim.history import Delivered, Installed
+from cmanlk.totem import wire
+from cmanlk.totem.actions import (
+    ConfigKind,
+    DeliverConfiguration,
+    MembState,
+    Multicast,
+    PersistRingSeq,
+    Unicast,
+)
+from cmanlk.totem.config import TotemConfig
+from cmanlk.totem.core import Totem
+from cmanlk.totem.events import (
+    DeadlineReached,
+    Guarantee,
+    LeaveRequested,
+    McastRequested,
+    PacketReceived,
+    Started,
+)
+from cmanlk.types import Instant, NodeId, RingId, ms
+
+N = NodeId
+
+
+def boot(cluster: Cluster, *nodes: int) -> None:
+    for n in nodes:
+        cluster.boot(N(n))
+    assert cluster.run_for(ms(5000), cluster.is_stable), "ring did not form"
+
+
+def regulars(cluster: Cluster, n: int) -> list[Installed]:
+    return [r for r in cluster.histories()[N(n)] if isinstance(r, Installed) and r.kind is ConfigKind.REGULAR]
+
+
+def delivered(cluster: Cluster, n: int) -> list[bytes]:
+    return [r.payload for r in cluster.histories()[N(n)] if isinstance(r, Delivered)]
+
+
+def settle(core: Totem, now: Instant, first: list[object] | None = None) -> list[object]:
+    """Feed every deadline due by `now` (a singleton ring passes the token to itself by timer)."""
+    actions: list[object] = list(first or [])
+    for _ in range(1000):
+        d = core.next_deadline
+        if d is None or d > now:
+            break
+        actions += core.handle(DeadlineReached(d))
+    return actions
+
+
+def test_single_node_forms_singleton_ring_and_persists_seq_before_any_ring_packet() -> None:
+    core = Totem(TotemConfig.derive([N(1), N(2)], token_ms=200), N(1), random.Random(1), ring_seq=40)
+    actions = settle(core, Instant(0), core.handle(Started(Instant(0))))
+    persist = actions.index(PersistRingSeq(44))  # persisted seq + 4
+    for a in actions[:persist]:
+        if isinstance(a, Unicast | Multicast):
+            assert isinstance(wire.decode(a.data), wire.MembJoin)  # only the JOIN precedes it
+    configs = [a for a in actions if isinstance(a, DeliverConfiguration)]
+    assert configs == [DeliverConfiguration(ConfigKind.REGULAR, RingId(44, N(1)), (N(1),), (), (N(1),))]
+    assert core.state is MembState.OPERATIONAL
+    assert core.next_deadline is not None
+
+
+def test_three_nodes_agree_on_ring_and_total_order_of_large_messages() -> None:
+    cluster = Cluster(sim_config([1, 2, 3]), seed=7)
+    boot(cluster, 1, 2, 3)
+    for i in range(20):
+        for n in (1, 2, 3):
+            size = 5000 if i % 7 == 0 else 64  # some fragmented over several frames
+            assert cluster.send(N(n), cluster.next_payload(N(n), size))
+    cluster.run_for(ms(1000))
+    orders = [delivered(cluster, n) for n in (1, 2, 3)]
+    assert len(orders[0]) == 60
+    assert orders[0] == orders[1] == orders[2]
+    rings = {regulars(cluster, n)[-1].ring_id for n in (1, 2, 3)}
+    assert len(rings) == 1
+
+
+def test_crash_reforms_within_token_plus_consensus_and_transitional_lists_survivors() -> None:
+    config = sim_config([1, 2, 3])
+    cluster = Cluster(config, seed=3)
+    boot(cluster, 1, 2, 3)
+    t0 = cluster.now
+    cluster.crash(N(3))
+    assert cluster.run_for(ms(3 * (config.token_ms + config.consensus_ms)), cluster.is_stable)
+    elapsed = cluster.now - t0
+    assert elapsed <= ms(config.token_ms + config.consensus_ms + 4 * config.join_ms + 100)
+    hist = [r for r in cluster.histories()[N(1)] if isinstance(r, Installed)]
+    assert hist[-2].kind is ConfigKind.TRANSITIONAL and hist[-2].members == (N(1), N(2))
+    assert hist[-2].left == (N(3),)
+    assert hist[-1].members == (N(1), N(2)) and hist[-1].left == (N(3),)
+
+
+def test_leave_lets_peers_reform_well_before_the_token_timeout() -> None:
+    config = sim_config([1, 2, 3], token_ms=1000)
+    cluster = Cluster(config, seed=5)
+    boot(cluster, 1, 2, 3)
+    t0 = cluster.now
+    cluster.leave(N(2))
+    assert cluster.run_for(ms(config.token_ms), cluster.is_stable)
+    assert cluster.now - t0 < ms(config.token_ms / 4)
+    assert regulars(cluster, 1)[-1].members == (N(1), N(3))
+
+
+def test_restart_rejoins_with_a_higher_ring_seq() -> None:
+    cluster = Cluster(sim_config([1, 2]), seed=11)
+    boot(cluster, 1, 2)
+    before = regulars(cluster, 1)[-1].ring_id
+    cluster.crash(N(2))
+    assert cluster.run_for(ms(3000), cluster.is_stable)
+    cluster.boot(N(2))
+    assert cluster.run_for(ms(3000), cluster.is_stable)
+    after = regulars(cluster, 2)[-1]
+    assert after.members == (N(1), N(2))
+    assert after.ring_id.seq > before.seq
+
+
+def test_partition_makes_two_rings_and_heal_merges_them() -> None:
+    cluster = Cluster(sim_config([1, 2, 3, 4]), seed=13)
+    boot(cluster, 1, 2, 3, 4)
+    cluster.network.partition([[1, 2], [3, 4]])
+    assert cluster.run_for(ms(5000), cluster.is_stable)
+    assert regulars(cluster, 1)[-1].members == (N(1), N(2))
+    assert regulars(cluster, 4)[-1].members == (N(3), N(4))
+    cluster.network.heal()
+    assert cluster.run_for(ms(5000), cluster.is_stable)
+    assert {regulars(cluster, n)[-1].ring_id for n in (1, 2, 3, 4)} == {regulars(cluster, 1)[-1].ring_id}
+    assert regulars(cluster, 3)[-1].members == (N(1), N(2), N(3), N(4))
+
+
+def test_heavy_loss_loses_no_ordered_message() -> None:
+    cluster = Cluster(sim_config([1, 2, 3]), seed=17)
+    boot(cluster, 1, 2, 3)
+    cluster.network.model.loss = 0.2
+    sent = 0
+    for _ in range(30):
+        for n in (1, 2, 3):
+            sent += cluster.send(N(n), cluster.next_payload(N(n)))
+        cluster.run_for(ms(20))
+    cluster.network.model.loss = 0.0
+    cluster.run_for(ms(3000), cluster.is_stable)
+    cluster.run_for(ms(500))
+    orders = [delivered(cluster, n) for n in (1, 2, 3)]
+    assert len(orders[0]) == sent == 90
+    assert orders[0] == orders[1] == orders[2]
+
+
+def test_safe_messages_are_delivered_in_the_same_order_as_agreed_ones() -> None:
+    cluster = Cluster(sim_config([1, 2, 3]), seed=19)
+    boot(cluster, 1, 2, 3)
+    for n in (1, 2, 3):
+        cluster.send(N(n), cluster.next_payload(N(n)), Guarantee.SAFE)
+        cluster.send(N(n), cluster.next_payload(N(n)))
+    cluster.run_for(ms(1000))
+    assert delivered(cluster, 1) == delivered(cluster, 2) == delivered(cluster, 3)
+    assert len(delivered(cluster, 1)) == 6
+
+
+def test_malformed_and_foreign_packets_are_counted_never_raised() -> None:
+    core = Totem(TotemConfig.derive([N(1), N(2)], token_ms=200), N(1), random.Random(2))
+    settle(core, Instant(0), core.handle(Started(Instant(0))))
+    rng = random.Random(99)
+    garbage = [b"", b"\x70\xc0", bytes(rng.getrandbits(8) for _ in range(60))]
+    token = wire.OrfToken(N(2), 5, 9, 0, N(0), RingId(999, N(2)), 0, 0, 0, ())
+    garbage.append(wire.encode(token))  # a token of a ring we are not in
+    garbage.append(wire.encode(token)[:30])  # truncated
+    for data in garbage:
+        core.handle(PacketReceived(Instant(0), data, N(2)))
+    dropped = core.stats.dropped
+    assert sum(dropped.values()) >= len(garbage)
+    assert core.state is MembState.OPERATIONAL
+
+
+def test_send_queue_full_is_refused_to_the_client() -> None:
+    core = Totem(TotemConfig.derive([N(1), N(2)], token_ms=200), N(1), random.Random(3))
+    core.handle(Started(Instant(0)))
+    refused = 0
+    for _ in range(10):
+        try:
+            core.handle(McastRequested(Instant(0), b"x" * 1_000_000))
+        except Exception as e:  # UsageError("try-again")
+            assert getattr(e, "code", "") == "try-again"
+            refused += 1
+    assert refused > 0
+
+
+def test_idle_ring_holds_the_token_and_stays_stable() -> None:
+    config = sim_config([1, 2, 3])
+    cluster = Cluster(config, seed=23)
+    boot(cluster, 1, 2, 3)
+    rings = {n: regulars(cluster, n)[-1].ring_id for n in (1, 2, 3)}
+    cluster.run_for(ms(10 * config.token_ms))
+    assert cluster.is_stable()
+    assert {n: regulars(cluster, n)[-1].ring_id for n in (1, 2, 3)} == rings
+
+
+def test_leave_request_stops_the_core() -> None:
+    core = Totem(TotemConfig.derive([N(1), N(2)], token_ms=200), N(1), random.Random(4))
+    core.handle(Started(Instant(0)))
+    actions = core.handle(LeaveRequested(Instant(10)))
+    leaves = [wire.decode(a.data) for a in actions if isinstance(a, Multicast)]
+    assert any(isinstance(p, wire.MembJoin) and p.sender == 0 and N(1) in p.failed_list for p in leaves)
+    assert core.state is MembState.LEFT
+    assert core.next_deadline is None
+    assert core.handle(DeadlineReached(Instant(10**9))) == []
