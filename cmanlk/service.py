@@ -114,18 +114,32 @@ class Service(Protocol):
 
 @runtime_checkable
 class TimedService(Protocol):
-    """A service that also keeps a timer (votequorum's last_man_standing window).
+    """A service that also keeps timers (votequorum's last_man_standing window).
 
-    The Stack includes `next_deadline` in its own and calls `on_deadline(now)` once it has passed.
+    The Stack calls `advance(now)` at the start of every event it handles (so the service knows
+    the time when later callbacks arm a timer) and includes `next_deadline` in its own.
     """
 
     @property
     def next_deadline(self) -> Instant | None:
-        """When this service wants `on_deadline`; None: no timer armed."""
+        """When this service next needs `advance`; None: no timer armed."""
         ...
 
-    def on_deadline(self, now: Instant) -> list[ServiceOutput]:
-        """Run the timers due at `now`; returns what to send and notify."""
+    def advance(self, now: Instant) -> list[ServiceOutput]:
+        """Record `now` and run the timers due; returns what to send and notify."""
+        ...
+
+
+@runtime_checkable
+class LocalRequestHandler(Protocol):
+    """A service that accepts requests from local clients routed by the Stack (`ServiceRequest`).
+
+    `request` is whatever object the service defines for its clients (cpg: join, leave, mcast …).
+    Raises UsageError (its `code` goes back to the client) when the request is refused.
+    """
+
+    def on_local_request(self, request: object) -> list[ServiceOutput]:
+        """Carry out a local client's request; returns what to send and notify."""
         ...
 
 

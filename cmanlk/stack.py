@@ -1,0 +1,376 @@
+"""One pure cluster node: Totem plus corosync's service layer (sync v2, votequorum, cmap, cpg, …).
+
+Same shape as the Totem core: `Stack(config, me, rng, ring_seq)`, `handle(event) -> actions`,
+`next_deadline`. The runtime and the simulator drive it exactly like Totem.
+
+What it does with Totem's output (corosync exec/main.c):
+- `Deliver`: split the group header (corosync-wire.md §4). Group "sync" → the sync state machine;
+  group "a" → the service named by the libqb header (`id >> 16`), function `id & 0xffff`.
+  Unknown services and malformed messages are dropped and counted in `stats`, never raised.
+- `DeliverConfiguration`: every service's `on_configuration` first (corosync's confchg_fn); a
+  running synchronisation is aborted; a transitional configuration is remembered; a regular one
+  starts sync v2. Only when sync completes is `MembershipChanged` published upward (clients of
+  corosync see the new membership only after "Completed service synchronization").
+- Network actions, `PersistRingSeq` and `StateChanged` pass through in order.
+
+Service output: `SendMessage` is wrapped in group "a" and queued with Totem (agreed order);
+notifications pass through as actions. Local requests arrive as events (`SetExpectedVotes`,
+`SetVotes`, `CancelWaitForAll`, generic `ServiceRequest`) and are answered with `RequestResult`.
+
+Deviation: on `LeaveRequested` with allow_downscale, the LEAVING NODEINFO is queued before the
+leave JOIN, but Totem may leave before it is delivered (corosync flushes it first).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cmanlk import svcwire
+from cmanlk.cmapsync import CmapSync
+from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.quorum import QuorumConfig, QuorumState
+from cmanlk.service import (
+    LocalRequestHandler,
+    Notification,
+    SendMessage,
+    Service,
+    ServiceFactory,
+    ServiceOutput,
+    TimedService,
+)
+from cmanlk.sync import SendSync, Sync, SyncCompleted, SyncOutput
+from cmanlk.totem.actions import (
+    Action as TotemAction,
+)
+from cmanlk.totem.actions import (
+    ConfigKind,
+    Deliver,
+    DeliverConfiguration,
+    MembState,
+    Multicast,
+    PersistRingSeq,
+    StateChanged,
+    Unicast,
+)
+from cmanlk.totem.config import TotemConfig
+from cmanlk.totem.core import Totem
+from cmanlk.totem.events import Event as TotemEvent
+from cmanlk.totem.events import LeaveRequested, McastRequested
+from cmanlk.types import Instant, NodeId, RingId
+from cmanlk.votequorum import VotequorumService
+
+# One event can cascade (a delivery makes a service send, which Totem may deliver at once when
+# alone). The bound turns a feedback loop bug into a counted stop instead of a hang.
+MAX_ACTIONS_PER_EVENT = 100_000
+
+
+# --- events (local requests; each carries `now` and a caller-chosen request id) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetExpectedVotes:
+    """corosync-quorumtool -e: set expected votes cluster-wide."""
+
+    now: Instant
+    expected_votes: int
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetVotes:
+    """corosync-quorumtool -v: set a node's votes cluster-wide."""
+
+    now: Instant
+    nodeid: NodeId
+    votes: int
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelWaitForAll:
+    """corosync-quorumtool -a: stop waiting for all nodes."""
+
+    now: Instant
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRequest:
+    """A local client's request for service `service_id` (e.g. cpg); `request` is service-defined."""
+
+    now: Instant
+    service_id: int
+    request: object
+    request_id: int = 0
+
+
+Event = TotemEvent | SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
+
+
+# --- notifications the Stack itself adds ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanged(Notification):
+    """A new membership, published after sync completed. `joined`/`left` are relative to the
+    previous published membership; `transitional` are the members that came from it."""
+
+    ring_id: RingId
+    members: tuple[NodeId, ...]
+    joined: tuple[NodeId, ...]
+    left: tuple[NodeId, ...]
+    transitional: tuple[NodeId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult(Notification):
+    """Answer to a local request: `error` None on success, else a UsageError code."""
+
+    request_id: int
+    error: str | None = None
+    message: str = ""
+
+
+Action = Unicast | Multicast | PersistRingSeq | StateChanged | Notification
+
+
+def default_services(
+    quorum: QuorumConfig, config_version: int | None = None, extra: Iterable[ServiceFactory] = ()
+) -> tuple[ServiceFactory, ...]:
+    """The service factories of a standard node: cmap sync participant, votequorum, then `extra`
+    (cpg: `lambda me: CpgService(me, ...)`)."""
+
+    def cmap(me: NodeId) -> Service:
+        return CmapSync(me, config_version)
+
+    def votequorum(me: NodeId) -> Service:
+        return VotequorumService(me, quorum)
+
+    return (cmap, votequorum, *extra)
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    """Totem settings, quorum settings and the services to register (built once per node)."""
+
+    totem: TotemConfig
+    quorum: QuorumConfig
+    services: tuple[ServiceFactory, ...] | None = None  # None: default_services(quorum, config_version)
+    config_version: int | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+class Stack:
+    """A whole node: Totem + sync v2 + services. See the module docstring."""
+
+    def __init__(self, config: StackConfig, me: NodeId, rng: random.Random, ring_seq: int = 0) -> None:
+        """Raises ConfigError when a service refuses its configuration, ValueError on duplicate ids."""
+        self.config = config
+        self.me = me
+        self.totem = Totem(config.totem, me, rng, ring_seq)
+        factories = config.services
+        if factories is None:
+            factories = default_services(config.quorum, config.config_version)
+        self.services: dict[int, Service] = {}
+        for factory in factories:
+            svc = factory(me)
+            if svc.service_id in self.services:
+                raise ValueError(f"two services with id {svc.service_id}")
+            self.services[svc.service_id] = svc
+        self.sync = Sync(me, list(self.services.values()))
+        self.ring_id: RingId | None = None
+        self.members: tuple[NodeId, ...] = ()
+        self.stats: dict[str, int] = {}
+        self._now = Instant(0)
+
+    # --- the only way in -----------------------------------------------------------------------
+
+    @property
+    def next_deadline(self) -> Instant | None:
+        """The earliest of Totem's and the services' deadlines."""
+        deadlines = [self.totem.next_deadline]
+        deadlines += [s.next_deadline for s in self.services.values() if isinstance(s, TimedService)]
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return the actions to carry out, in order.
+
+        Local requests never raise: a refusal comes back as a RequestResult with its error code.
+        McastRequested is passed to Totem unchanged (it raises UsageError when Totem's queue is full).
+        """
+        self._now = event.now
+        out: list[Action] = []
+        pending: deque[TotemAction] = deque()
+        outputs: list[SyncOutput] = []
+        for svc in self.services.values():
+            if isinstance(svc, TimedService):
+                outputs += svc.advance(event.now)
+        match event:
+            case SetExpectedVotes() | SetVotes() | CancelWaitForAll() | ServiceRequest():
+                outputs += self._local_request(event, out)
+            case LeaveRequested():
+                vq = self._votequorum()
+                # The LEAVING NODEINFO is queued before the leave JOIN (votequorum_exec_exit_fn).
+                self._take_outputs(vq.leaving() if vq else [], pending, out)
+                pending.extend(self.totem.handle(event))
+            case _:
+                pending.extend(self.totem.handle(event))
+        self._run(pending, outputs, out)
+        return out
+
+    # --- status --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> MembState:
+        """Totem's membership state."""
+        return self.totem.state
+
+    @property
+    def quorum(self) -> QuorumState | None:
+        """The votequorum decision, None when votequorum is not registered."""
+        vq = self._votequorum()
+        return vq.state if vq is not None else None
+
+    @property
+    def is_synchronising(self) -> bool:
+        """Is sync v2 running for a new configuration?"""
+        return self.sync.is_synchronising
+
+    def status(self) -> dict[str, object]:
+        """A flat status for the CLI and D-Bus."""
+        q = self.quorum
+        return {
+            "ring_id": str(self.ring_id) if self.ring_id else "",
+            "members": list(self.members),
+            "totem_state": self.totem.state.value,
+            "sync_state": self.sync.state.value,
+            "quorate": q.quorate if q else None,
+            "quorum": q.quorum if q else None,
+            "total_votes": q.total_votes if q else None,
+            "expected_votes": q.expected_votes if q else None,
+            "dropped": dict(self.stats),
+        }
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _run(self, pending: deque[TotemAction], outputs: list[SyncOutput], out: list[Action]) -> None:
+        self._take_outputs(outputs, pending, out)
+        steps = 0
+        while pending:
+            steps += 1
+            if steps > MAX_ACTIONS_PER_EVENT:
+                self._count("action_cascade_bound")
+                break
+            action = pending.popleft()
+            match action:
+                case Deliver():
+                    self._take_outputs(self._on_deliver(action), pending, out)
+                case DeliverConfiguration():
+                    self._take_outputs(self._on_configuration(action), pending, out)
+                case _:
+                    out.append(action)
+            if not pending:
+                self._take_outputs(self.sync.poll(), pending, out)
+
+    def _take_outputs(
+        self, outputs: Iterable[SyncOutput], pending: deque[TotemAction], out: list[Action]
+    ) -> None:
+        for o in outputs:
+            if isinstance(o, SendMessage):
+                self._mcast(svcwire.encode_group_message(svcwire.GROUP_A, o.message), pending)
+            elif isinstance(o, SendSync):
+                self._mcast(svcwire.encode_group_message(svcwire.GROUP_SYNC, o.message), pending)
+            elif isinstance(o, SyncCompleted):
+                out.append(self._publish(o))
+            else:
+                out.append(o)
+
+    def _mcast(self, payload: bytes, pending: deque[TotemAction]) -> None:
+        try:
+            pending.extend(self.totem.handle(McastRequested(self._now, payload)))
+        except UsageError as e:
+            # The service message is lost, as when corosync's totem_mcast fails; counted.
+            self._count(f"send_{e.code}")
+
+    def _on_deliver(self, action: Deliver) -> list[SyncOutput]:
+        try:
+            groups, body = svcwire.decode_group_message(action.payload)
+            if svcwire.GROUP_SYNC in groups:
+                return self.sync.on_message(action.sender, body)
+            if svcwire.GROUP_A not in groups:
+                self._count("group_unknown")
+                return []
+            header = svcwire.decode_request_header(body)
+            service_id, function = svcwire.split_message_id(header.id)
+            svc = self.services.get(service_id)
+            if svc is None:
+                self._count(f"service_{service_id}_unknown")
+                return []
+            return list(svc.on_message(action.sender, function, body))
+        except MalformedPacket as e:
+            self._count(e.reason)
+            return []
+
+    def _on_configuration(self, change: DeliverConfiguration) -> list[SyncOutput]:
+        outputs: list[SyncOutput] = []
+        for svc in self.services.values():
+            outputs += svc.on_configuration(change)
+        self.sync.abort()
+        if change.kind is ConfigKind.TRANSITIONAL:
+            self.sync.save_transitional(change.members)
+        else:
+            outputs += self.sync.start(change.ring_id, change.members)
+        return outputs
+
+    def _publish(self, done: SyncCompleted) -> MembershipChanged:
+        old = set(self.members)
+        new = set(done.members)
+        change = MembershipChanged(
+            ring_id=done.ring_id,
+            members=done.members,
+            joined=tuple(sorted(new - old)),
+            left=tuple(sorted(old - new)),
+            transitional=done.transitional_members,
+        )
+        self.ring_id = done.ring_id
+        self.members = done.members
+        return change
+
+    def _local_request(
+        self, event: SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest, out: list[Action]
+    ) -> list[SyncOutput]:
+        try:
+            outputs = self._request_outputs(event)
+        except UsageError as e:
+            out.append(RequestResult(event.request_id, e.code, str(e)))
+            return []
+        out.append(RequestResult(event.request_id))
+        return list(outputs)
+
+    def _request_outputs(
+        self, event: SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
+    ) -> list[ServiceOutput]:
+        if isinstance(event, ServiceRequest):
+            svc = self.services.get(event.service_id)
+            if not isinstance(svc, LocalRequestHandler):
+                raise UsageError("no_service", f"service {event.service_id} takes no local requests")
+            return svc.on_local_request(event.request)
+        vq = self._votequorum()
+        if vq is None:
+            raise UsageError("no_service", "votequorum is not registered")
+        if isinstance(event, SetExpectedVotes):
+            return vq.request_set_expected(event.expected_votes)
+        if isinstance(event, SetVotes):
+            return vq.request_set_votes(event.nodeid, event.votes)
+        return vq.request_cancel_wait_for_all()
+
+    def _votequorum(self) -> VotequorumService | None:
+        svc = self.services.get(VotequorumService.service_id)
+        return svc if isinstance(svc, VotequorumService) else None
+
+    def _count(self, reason: str) -> None:
+        self.stats[reason] = self.stats.get(reason, 0) + 1

@@ -1,0 +1,174 @@
+"""The Stack on the deterministic simulator: sync v2 completes, membership is published after
+sync, votequorum decides on 3 nodes, node loss, two_node, expected-votes change everywhere."""
+
+from __future__ import annotations
+
+import random
+
+from cmanlk.quorum import QuorumConfig
+from cmanlk.service import Notification
+from cmanlk.sim.cluster import Cluster
+from cmanlk.stack import (
+    MembershipChanged,
+    RequestResult,
+    SetExpectedVotes,
+    Stack,
+    StackConfig,
+)
+from cmanlk.sync import SyncState
+from cmanlk.totem.config import TotemConfig
+from cmanlk.types import NodeId, ms
+from cmanlk.votequorum import QuorumChanged
+
+
+class Recorder:
+    """A Stack that remembers every notification it returned (the runtime would send them up)."""
+
+    def __init__(self, stack: Stack, log: dict[NodeId, list[Notification]]) -> None:
+        self.stack = stack
+        self.log = log.setdefault(stack.me, [])
+
+    def handle(self, event):
+        actions = self.stack.handle(event)
+        self.log.extend(a for a in actions if isinstance(a, Notification))
+        return actions
+
+    @property
+    def next_deadline(self):
+        return self.stack.next_deadline
+
+
+def make_cluster(n: int, seed: int = 1, **quorum):
+    nodes = tuple(NodeId(i) for i in range(1, n + 1))
+    totem = TotemConfig.derive(nodes, token_ms=1000)
+    qconf = QuorumConfig.for_nodes(nodes, **quorum)
+    log: dict[NodeId, list[Notification]] = {}
+
+    def factory(config, me, rng: random.Random, ring_seq):
+        return Recorder(Stack(StackConfig(config, qconf), me, rng, ring_seq), log)
+
+    cluster = Cluster(totem, seed=seed, factory=factory)
+    return cluster, nodes, log
+
+
+def stack_of(cluster, node) -> Stack:
+    return cluster.nodes[node].core.stack
+
+
+def settled(cluster, nodes, members):
+    def check():
+        return all(
+            cluster.nodes[n].up
+            and stack_of(cluster, n).members == members
+            and not stack_of(cluster, n).is_synchronising
+            for n in nodes
+        )
+
+    return check
+
+
+def last(log, kind):
+    found = [x for x in log if isinstance(x, kind)]
+    return found[-1] if found else None
+
+
+def test_three_nodes_sync_publish_membership_and_are_quorate():
+    cluster, nodes, log = make_cluster(3)
+    for n in nodes:
+        cluster.boot(n)
+    assert cluster.run_for(ms(5000), settled(cluster, nodes, nodes))
+    for n in nodes:
+        stack = stack_of(cluster, n)
+        assert stack.sync.state is SyncState.IDLE and stack.sync.stats["completed"] >= 1
+        change = last(log[n], MembershipChanged)
+        assert change.members == nodes and change.ring_id == stack.ring_id
+        q = last(log[n], QuorumChanged)
+        assert q.quorate and q.quorum == 2 and q.total_votes == 3 and q.expected_votes == 3
+        assert dict(q.members) == {1: 1, 2: 1, 3: 1}
+        # The membership notification comes only after sync: the QuorumChanged of this ring
+        # (sent at votequorum's activation) precedes the MembershipChanged.
+        idx_m = max(i for i, x in enumerate(log[n]) if isinstance(x, MembershipChanged))
+        idx_q = max(i for i, x in enumerate(log[n]) if isinstance(x, QuorumChanged))
+        assert idx_q < idx_m
+        assert not stack.stats, stack.stats
+
+
+def test_losing_two_of_three_nodes_loses_quorum():
+    cluster, nodes, log = make_cluster(3)
+    for n in nodes:
+        cluster.boot(n)
+    assert cluster.run_for(ms(5000), settled(cluster, nodes, nodes))
+    cluster.crash(NodeId(2))
+    cluster.crash(NodeId(3))
+    one = (NodeId(1),)
+    assert cluster.run_for(ms(10000), settled(cluster, one, one))
+    q = stack_of(cluster, NodeId(1)).quorum
+    assert q is not None and not q.quorate and q.total_votes == 1 and q.quorum == 2
+    change = last(log[NodeId(1)], MembershipChanged)
+    assert change.left == (NodeId(2), NodeId(3))
+    assert not last(log[NodeId(1)], QuorumChanged).quorate
+
+
+def test_two_node_survivor_keeps_quorum():
+    cluster, nodes, _log = make_cluster(2, two_node=True)
+    for n in nodes:
+        cluster.boot(n)
+    assert cluster.run_for(ms(5000), settled(cluster, nodes, nodes))
+    assert stack_of(cluster, NodeId(1)).quorum.quorate
+    cluster.crash(NodeId(2))
+    one = (NodeId(1),)
+    assert cluster.run_for(ms(10000), settled(cluster, one, one))
+    q = stack_of(cluster, NodeId(1)).quorum
+    assert q.quorate and q.quorum == 1
+
+
+def test_two_node_waits_for_all_at_start():
+    cluster, _nodes, _log = make_cluster(2, two_node=True)
+    cluster.boot(NodeId(1))
+    one = (NodeId(1),)
+    assert cluster.run_for(ms(5000), settled(cluster, one, one))
+    q = stack_of(cluster, NodeId(1)).quorum
+    assert not q.quorate and q.wait_for_all_status
+
+
+def test_expected_votes_change_reaches_every_node():
+    cluster, nodes, log = make_cluster(3)
+    for n in nodes:
+        cluster.boot(n)
+    assert cluster.run_for(ms(5000), settled(cluster, nodes, nodes))
+    cluster.crash(NodeId(3))
+    two = (NodeId(1), NodeId(2))
+    assert cluster.run_for(ms(10000), settled(cluster, two, two))
+    node1 = cluster.nodes[NodeId(1)]
+    # A local request: refused below the votes present, accepted at 2.
+    cluster._feed(node1, SetExpectedVotes(cluster.now, 1, request_id=7))
+    refused = last(log[NodeId(1)], RequestResult)
+    assert (refused.request_id, refused.error) == (7, "invalid_param")
+    cluster._feed(node1, SetExpectedVotes(cluster.now, 2, request_id=8))
+    assert last(log[NodeId(1)], RequestResult) == RequestResult(8)
+    cluster.run_for(ms(3000))
+    for n in two:
+        q = stack_of(cluster, n).quorum
+        assert q.expected_votes == 2 and q.quorum == 2 and q.quorate
+
+
+def test_garbage_application_messages_are_counted_not_raised():
+    from cmanlk.totem.actions import Deliver
+    from cmanlk.types import RingId
+
+    cluster, _nodes, _ = make_cluster(1)
+    cluster.boot(NodeId(1))
+    stack = stack_of(cluster, NodeId(1))
+    from collections import deque
+
+    unknown_service = (9 << 16).to_bytes(4, "little") + bytes(12)
+    pending = deque(
+        [
+            Deliver(RingId(4, NodeId(1)), NodeId(1), b"\x01"),
+            Deliver(RingId(4, NodeId(1)), NodeId(1), b"\x01\x00\x01\x00a" + bytes(3)),
+            Deliver(RingId(4, NodeId(1)), NodeId(1), b"\x01\x00\x01\x00a" + unknown_service),
+        ]
+    )
+    out: list = []
+    stack._run(pending, [], out)
+    assert stack.stats == {"group_header_short": 1, "service_header_short": 1, "service_9_unknown": 1}
