@@ -104,6 +104,7 @@ class TotemBase:
         self.rtr_miss: dict[int, int] = {}  # seq -> visits it was missing (miss_count_const)
         self.hold_cancel_sent = False
         self.this_seqno = 0
+        self.gap_senders: tuple[NodeId, ...] = ()  # whose frames may be missing where gaps are skipped
 
     def _reset_token_state(self) -> None:
         self.my_token_seq = None
@@ -175,6 +176,10 @@ class TotemBase:
             if msg is None:
                 if not skip_gaps and not seq_le(nxt, ring.aru):
                     break
+                # Only a departed member's frame can be missing after recovery (survivors re-send all
+                # of theirs); its half-assembled message must not be continued across the hole.
+                for n in self.gap_senders:
+                    self.unpacker.forget(n)
                 s = nxt
                 ring.high_delivered = s
                 continue

@@ -324,6 +324,7 @@ class Membership(TotemBase):
         old, new = self.ring, self.new_ring
         assert new is not None
         trans = self.trans_memb
+        self.gap_senders = tuple(n for n in old.members if n not in trans)
         # Messages of the old ring that some survivor delivered in the old configuration: we must too.
         self._deliver(old, self.high_ring_delivered, None, skip_gaps=True)
         if self.installed_any:
