@@ -42,39 +42,49 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Any
 
 from dbus_fast import (
     BusType,
-    DBusError,
+    DBusFastError,
     Message,
     MessageFlag,
     MessageType,
     NameFlag,
-    PropertyAccess,
     RequestNameReply,
-    Variant,
 )
-from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from cmanlk.errors import UsageError
-from cmanlk.types import NodeId, RingId
+from cmanlk.runtime.dbus_interface import (
+    BUS_NAME,
+    ERROR_BUSY,
+    ERROR_FAILED,
+    ERROR_PERMISSION_DENIED,
+    ERROR_PREFIX,
+    ERROR_TIMEOUT,
+    INTERFACE,
+    OBJECT_PATH,
+    ClusterInterface,
+    properties_changed,
+    property_values,
+    signals_for,
+)
+from cmanlk.runtime.dbus_status import (
+    AdminRequest,
+    ClusterStatusSource,
+    FenceAck,
+    Notice,
+    SetExpectedVotes,
+    SetVotes,
+)
+from cmanlk.types import NodeId
+
+__all__ = ["BUS_NAME", "INTERFACE", "OBJECT_PATH", "DbusService", "DbusStats"]
 
 log = logging.getLogger(__name__)
-
-BUS_NAME = "org.cmanlk.Cluster"
-OBJECT_PATH = "/org/cmanlk/Cluster"
-INTERFACE = "org.cmanlk.Cluster1"
-ERROR_PREFIX = "org.cmanlk.Cluster1.Error."
-ERROR_PERMISSION_DENIED = ERROR_PREFIX + "PermissionDenied"
-ERROR_BUSY = ERROR_PREFIX + "Busy"
-ERROR_TIMEOUT = ERROR_PREFIX + "Timeout"
-ERROR_FAILED = ERROR_PREFIX + "Failed"
 
 PRIVILEGED_UIDS = frozenset({0})
 """Who may call the privileged methods. Root only: a wrong expected-votes value can make two
@@ -105,161 +115,6 @@ RECONNECT_RESET_AFTER_S = 60.0
 DROP_WARNING_INTERVAL_S = 10.0
 """At most one warning about dropped notices per interval (the count says how many)."""
 
-# --- what the daemon provides ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MemberInfo:
-    """A member of the current ring: node id and node name ("" when the config names none)."""
-
-    nodeid: NodeId
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A configured or seen node: `state` is "member", "dead" or "leaving" (votequorum's words)."""
-
-    nodeid: NodeId
-    name: str
-    state: str
-    votes: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """Whether link number `link` towards node `nodeid` is up."""
-
-    nodeid: NodeId
-    link: int
-    up: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LockspaceInfo:
-    """A DLM lockspace and its state as dlmctl names it ("joining", "running", "recovering", …)."""
-
-    name: str
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterStatus:
-    """What the daemon knows right now; every property and query method is read from it.
-
-    `votes` are this node's votes; `quorum` the votes needed for quorum; `quorum_flags`
-    votequorum's flag names ("two_node", "wait_for_all", …).
-    """
-
-    cluster_name: str
-    local_nodeid: NodeId
-    ring_id: RingId
-    members: tuple[MemberInfo, ...]
-    quorate: bool
-    votes: int
-    expected_votes: int
-    total_votes: int
-    quorum: int
-    nodes: tuple[NodeInfo, ...] = ()
-    links: tuple[LinkInfo, ...] = ()
-    lockspaces: tuple[LockspaceInfo, ...] = ()
-    quorum_flags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SetExpectedVotes:
-    """Privileged: set votequorum's expected votes (corosync-quorumtool -e)."""
-
-    expected_votes: int
-
-
-@dataclass(frozen=True, slots=True)
-class SetVotes:
-    """Privileged: set the votes of `nodeid` (0 = this node; corosync-quorumtool -v [-n])."""
-
-    nodeid: NodeId
-    votes: int
-
-
-@dataclass(frozen=True, slots=True)
-class FenceAck:
-    """Privileged: the admin confirms `nodeid` is off (dlm_tool fence_ack); recovery may go on."""
-
-    nodeid: NodeId
-
-
-AdminRequest = SetExpectedVotes | SetVotes | FenceAck
-
-
-class ClusterStatusSource(Protocol):
-    """The backend the daemon implements (cmanlk/runtime/node.py)."""
-
-    def snapshot(self) -> ClusterStatus:
-        """Return the current status. Called on the event loop, often: keep it cheap."""
-        ...
-
-    def submit(self, request: AdminRequest) -> Awaitable[str]:
-        """Carry out a privileged request; the awaitable gives a one-line result for the caller.
-
-        The caller is already checked to be root. Raises UsageError(code, message) when the
-        request is illegal now (bad value, not quorate, unknown node); `code` becomes the D-Bus
-        error org.cmanlk.Cluster1.Error.<Code> (CamelCased). Runs under ADMIN_CALL_TIMEOUT_S.
-        """
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Departure:
-    """A node that left the ring and why: "leave" (clean shutdown) or "nodedown" (failed/cut off)."""
-
-    nodeid: NodeId
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MembershipNotice:
-    """A regular configuration was installed: the new ring, its members, who came and who went."""
-
-    ring_id: RingId
-    members: tuple[MemberInfo, ...]
-    joined: tuple[MemberInfo, ...] = ()
-    left: tuple[Departure, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class QuorumNotice:
-    """votequorum's decision changed (quorate, quorum or total votes)."""
-
-    quorate: bool
-    quorum: int
-    total_votes: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinkNotice:
-    """Link number `link` towards `nodeid` went up or down."""
-
-    nodeid: NodeId
-    link: int
-    up: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LockspaceNotice:
-    """A lockspace changed state."""
-
-    name: str
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class StatusNotice:
-    """Something in the snapshot changed without an event of its own (votes, expected votes):
-    only PropertiesChanged goes out."""
-
-
-Notice = MembershipNotice | QuorumNotice | LinkNotice | LockspaceNotice | StatusNotice
-
 
 @dataclass(frozen=True, slots=True)
 class DbusStats:
@@ -272,210 +127,6 @@ class DbusStats:
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     admin_calls: int = 0
     admin_denied: int = 0
-
-
-# --- D-Bus types -------------------------------------------------------------------------------
-
-RingIdStruct = Annotated[list[int], DBusSignature("(ut)")]
-MemberList = Annotated[list[list[Any]], DBusSignature("a(us)")]
-NodeList = Annotated[list[list[Any]], DBusSignature("a(ussu)")]
-LinkList = Annotated[list[list[Any]], DBusSignature("a(uub)")]
-LockspaceList = Annotated[list[list[Any]], DBusSignature("a(ss)")]
-VariantDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
-
-_PROPERTIES: dict[str, tuple[str, Callable[[ClusterStatus], Any]]] = {
-    "ClusterName": ("s", lambda s: s.cluster_name),
-    "LocalNodeId": ("u", lambda s: int(s.local_nodeid)),
-    "RingId": ("(ut)", lambda s: _ring(s.ring_id)),
-    "Members": ("a(us)", lambda s: _members(s.members)),
-    "Quorate": ("b", lambda s: s.quorate),
-    "Votes": ("u", lambda s: s.votes),
-    "ExpectedVotes": ("u", lambda s: s.expected_votes),
-    "TotalVotes": ("u", lambda s: s.total_votes),
-    "Quorum": ("u", lambda s: s.quorum),
-    "Links": ("a(uub)", lambda s: [[int(x.nodeid), x.link, x.up] for x in s.links]),
-    "Lockspaces": ("a(ss)", lambda s: [[x.name, x.state] for x in s.lockspaces]),
-}
-"""Every property: D-Bus signature and how its value is read from a snapshot. The getters, the
-change detection and GetStatus all use this one table, so they cannot disagree."""
-
-
-def _ring(ring_id: RingId) -> list[int]:
-    return [int(ring_id.rep), ring_id.seq]
-
-
-def _members(members: tuple[MemberInfo, ...]) -> list[list[Any]]:
-    return [[int(m.nodeid), m.name] for m in members]
-
-
-_ARG_NAMES: dict[str, tuple[str, ...]] = {
-    "GetStatus": ("status",),
-    "GetNodes": ("nodes",),
-    "GetQuorum": ("quorum",),
-    "SetExpectedVotes": ("result",),
-    "SetVotes": ("result",),
-    "FenceAck": ("result",),
-    "MembershipChanged": ("ring_id", "members", "joined", "left"),
-    "NodeJoined": ("nodeid", "name"),
-    "NodeLeft": ("nodeid", "reason"),
-    "QuorumChanged": ("quorate", "quorum", "total_votes"),
-    "LinkStatusChanged": ("nodeid", "link", "up"),
-    "LockspaceStateChanged": ("name", "state"),
-}
-"""Names of out and signal arguments in the introspection data (clients show them)."""
-
-_KEEP = object()
-
-
-def _named(arg: intr.Arg, names: tuple[str, ...], i: int, direction: Any = _KEEP) -> intr.Arg:
-    name = names[i] if i < len(names) else arg.name
-    return intr.Arg(arg.signature, arg.direction if direction is _KEEP else direction, name)
-
-
-def property_values(status: ClusterStatus) -> dict[str, Any]:
-    """Return every property's D-Bus value for `status` (name → value)."""
-    return {name: read(status) for name, (_, read) in _PROPERTIES.items()}
-
-
-class ClusterInterface(ServiceInterface):
-    """org.cmanlk.Cluster1, the exported object's interface (dbus-fast declarations).
-
-    Signals are declared here for introspection; `DbusService` emits them itself so it can
-    bound what waits in dbus-fast's writer. The privileged methods are answered by the
-    `DbusService` gate before dbus-fast dispatches; their bodies here refuse, so a call that
-    somehow bypasses the gate is denied rather than carried out unchecked.
-    """
-
-    def __init__(self, source: ClusterStatusSource, stats: Callable[[], DbusStats]) -> None:
-        super().__init__(INTERFACE)
-        self._source = source
-        self._stats = stats
-
-    def _value(self, name: str) -> Any:
-        return _PROPERTIES[name][1](self._source.snapshot())
-
-    def introspect(self) -> intr.Interface:
-        """Return the introspection data, with names for the out and signal arguments.
-
-        dbus-fast derives those from return annotations, which carry types but no names.
-        """
-        iface = super().introspect()
-        for method in iface.methods:
-            names = _ARG_NAMES.get(method.name, ())
-            method.out_args = [_named(arg, names, i) for i, arg in enumerate(method.out_args)]
-        for sig in iface.signals:
-            names = _ARG_NAMES.get(sig.name, ())
-            sig.args = [_named(arg, names, i, direction=None) for i, arg in enumerate(sig.args)]
-        return iface
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ClusterName(self) -> DBusStr:
-        return str(self._value("ClusterName"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LocalNodeId(self) -> DBusUInt32:
-        return int(self._value("LocalNodeId"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def RingId(self) -> RingIdStruct:
-        return list(self._value("RingId"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Members(self) -> MemberList:
-        return list(self._value("Members"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Quorate(self) -> DBusBool:
-        return bool(self._value("Quorate"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Votes(self) -> DBusUInt32:
-        return int(self._value("Votes"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ExpectedVotes(self) -> DBusUInt32:
-        return int(self._value("ExpectedVotes"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def TotalVotes(self) -> DBusUInt32:
-        return int(self._value("TotalVotes"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Quorum(self) -> DBusUInt32:
-        return int(self._value("Quorum"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Links(self) -> LinkList:
-        return list(self._value("Links"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Lockspaces(self) -> LockspaceList:
-        return list(self._value("Lockspaces"))
-
-    @dbus_method()
-    def GetStatus(self) -> VariantDict:
-        status = self._source.snapshot()
-        out = {name: Variant(sig, read(status)) for name, (sig, read) in _PROPERTIES.items()}
-        out["QuorumFlags"] = Variant("as", list(status.quorum_flags))
-        out["DroppedSignals"] = Variant("t", self._stats().dropped_notices)
-        return out
-
-    @dbus_method()
-    def GetNodes(self) -> NodeList:
-        return [[int(n.nodeid), n.name, n.state, n.votes] for n in self._source.snapshot().nodes]
-
-    @dbus_method()
-    def GetQuorum(self) -> VariantDict:
-        s = self._source.snapshot()
-        return {
-            "Quorate": Variant("b", s.quorate),
-            "Quorum": Variant("u", s.quorum),
-            "Votes": Variant("u", s.votes),
-            "ExpectedVotes": Variant("u", s.expected_votes),
-            "TotalVotes": Variant("u", s.total_votes),
-            "Flags": Variant("as", list(s.quorum_flags)),
-        }
-
-    @dbus_method()
-    def SetExpectedVotes(self, expected_votes: DBusUInt32) -> DBusStr:
-        raise DBusError(ERROR_PERMISSION_DENIED, "caller could not be authorised")
-
-    @dbus_method()
-    def SetVotes(self, nodeid: DBusUInt32, votes: DBusUInt32) -> DBusStr:
-        raise DBusError(ERROR_PERMISSION_DENIED, "caller could not be authorised")
-
-    @dbus_method()
-    def FenceAck(self, nodeid: DBusUInt32) -> DBusStr:
-        raise DBusError(ERROR_PERMISSION_DENIED, "caller could not be authorised")
-
-    @dbus_signal()
-    def MembershipChanged(
-        self,
-    ) -> Annotated[tuple[list[int], list[Any], list[Any], list[Any]], DBusSignature("(ut)a(us)a(us)a(us)")]:
-        raise NotImplementedError  # declaration only: DbusService emits it
-
-    @dbus_signal()
-    def NodeJoined(self) -> Annotated[tuple[int, str], DBusSignature("us")]:
-        raise NotImplementedError
-
-    @dbus_signal()
-    def NodeLeft(self) -> Annotated[tuple[int, str], DBusSignature("us")]:
-        raise NotImplementedError
-
-    @dbus_signal()
-    def QuorumChanged(self) -> Annotated[tuple[bool, int, int], DBusSignature("buu")]:
-        raise NotImplementedError
-
-    @dbus_signal()
-    def LinkStatusChanged(self) -> Annotated[tuple[int, int, bool], DBusSignature("uub")]:
-        raise NotImplementedError
-
-    @dbus_signal()
-    def LockspaceStateChanged(self) -> Annotated[tuple[str, str], DBusSignature("ss")]:
-        raise NotImplementedError
-
-
-# --- the service -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,13 +157,22 @@ class DbusService:
     `start()` never fails because the bus is missing: the service keeps trying in the background.
     """
 
-    def __init__(self, source: ClusterStatusSource, *, queue_bound: int = NOTIFY_QUEUE_BOUND) -> None:
+    def __init__(
+        self,
+        source: ClusterStatusSource,
+        *,
+        queue_bound: int = NOTIFY_QUEUE_BOUND,
+        admin_timeout_s: float = ADMIN_CALL_TIMEOUT_S,
+    ) -> None:
+        """Serve `source`; `queue_bound` notices may wait for the bus, privileged calls get
+        `admin_timeout_s` to finish. Nothing connects before `start()` or `run()`."""
         self._source = source
+        self._admin_timeout_s = admin_timeout_s
         self._queue: asyncio.Queue[Notice] = asyncio.Queue(maxsize=queue_bound)
         self._drops = _DropCounter()
         self._outbox: _Outbox | None = None
         self._announced: dict[str, Any] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self._admin_tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self._connects = 0
@@ -523,44 +183,53 @@ class DbusService:
     # -- lifecycle --
 
     async def start(self, bus_address: str | None = None, *, wait_s: float = CONNECT_TIMEOUT_S) -> bool:
-        """Start serving on `bus_address` (None: the system bus) in background tasks.
+        """Start serving on `bus_address` (None: the system bus) in a background task.
 
         Returns whether the name was acquired within `wait_s`; when not, the service keeps
         retrying with backoff. Raises RuntimeError when already started.
         """
-        if self._tasks:
+        if self._task is not None:
             raise RuntimeError("DbusService already started")
-        self._tasks = [
-            asyncio.create_task(self.run(bus_address), name="dbus-connection"),
-            asyncio.create_task(self._drain(), name="dbus-drain"),
-        ]
+        self._task = asyncio.create_task(self.run(bus_address), name="dbus-service")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await self._connected.wait()
         return self._connected.is_set()
 
     async def stop(self) -> None:
-        """Stop the tasks and leave the bus (the name is released with the connection)."""
-        tasks = [*self._tasks, *self._admin_tasks]
-        for task in tasks:
+        """Stop serving and leave the bus (the name is released with the connection)."""
+        task, self._task = self._task, None
+        if task is not None:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
+
+    async def wait_connected(self) -> None:
+        """Return once the service owns its name on the bus (at once when it does now)."""
+        await self._connected.wait()
 
     async def run(self, bus_address: str | None) -> None:
-        """Keep a connection to the bus until cancelled: connect, serve, reconnect with backoff.
+        """Serve until cancelled: keep a bus connection (reconnecting with backoff) and drain notices.
 
-        For callers that run their own TaskGroup; `start()` uses it too (with the drain task).
+        For a daemon that runs its own TaskGroup; `start()` runs it as a task. Never returns
+        normally; a missing or restarting bus is logged and retried, not raised.
         """
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._keep_connected(bus_address), name="dbus-connection")
+                tasks.create_task(self._drain(), name="dbus-drain")
+        finally:
+            for task in list(self._admin_tasks):
+                task.cancel()
+
+    async def _keep_connected(self, bus_address: str | None) -> None:
         backoff = RECONNECT_MIN_S
         loop = asyncio.get_running_loop()
+        where = bus_address or "the system bus"
         while True:
             try:
                 bus = await self._connect(bus_address)
-            except (OSError, DBusError, TimeoutError, _NameUnavailable) as err:
-                where = bus_address or "the system bus"
+            except (OSError, TimeoutError, DBusFastError, _NameUnavailable) as err:
                 log.warning(
                     "D-Bus: cannot serve %s on %s: %s; retrying in %.1f s", BUS_NAME, where, err, backoff
                 )
@@ -571,7 +240,7 @@ class DbusService:
             await self._serve(bus)
             if loop.time() - since >= RECONNECT_RESET_AFTER_S:
                 backoff = RECONNECT_MIN_S
-            log.warning("D-Bus: connection lost; reconnecting in %.1f s", backoff)
+            log.warning("D-Bus: connection to %s lost; reconnecting in %.1f s", where, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_MAX_S)
 
@@ -614,7 +283,7 @@ class DbusService:
             await bus.connect()
         try:
             _guard_writer(bus)
-            bus.export(OBJECT_PATH, ClusterInterface(self._source, lambda: self.stats))
+            bus.export(OBJECT_PATH, ClusterInterface(self._source, lambda: self._drops.total))
             bus.add_message_handler(lambda msg: self._gate(bus, msg))
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
@@ -633,8 +302,8 @@ class DbusService:
         log.info("D-Bus: serving %s as %s", BUS_NAME, bus.unique_name)
         try:
             await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        except (OSError, DBusError, EOFError) as err:
-            log.warning("D-Bus: bus connection failed: %s", err)
+        except Exception as err:  # whatever ended the connection, we reconnect; say what it was
+            log.warning("D-Bus: bus connection failed: %r", err)
         finally:
             self._outbox.close()
             self._outbox = None
@@ -663,12 +332,12 @@ class DbusService:
                 continue
             try:
                 for notice in batch:
-                    for msg in _signals_for(notice):
+                    for msg in signals_for(notice):
                         await outbox.send(msg)
                         self._signals_sent += 1
                 changed = self._changed_properties()
                 if changed:
-                    await outbox.send(_properties_changed(changed))
+                    await outbox.send(properties_changed(changed))
                     self._signals_sent += 1
             except _OutboxClosed:
                 self._drops.drop("not connected", len(batch))
@@ -711,12 +380,12 @@ class DbusService:
             return
         log.info("D-Bus: %s requested by uid %d (%s)", request, uid, msg.sender)
         try:
-            async with asyncio.timeout(ADMIN_CALL_TIMEOUT_S):
+            async with asyncio.timeout(self._admin_timeout_s):
                 result = await self._source.submit(request)
         except UsageError as err:
             reply = Message.new_error(msg, ERROR_PREFIX + _error_suffix(err.code), str(err))
         except TimeoutError:
-            text = f"no outcome within {ADMIN_CALL_TIMEOUT_S:.0f} s"
+            text = f"no outcome within {self._admin_timeout_s:g} s"
             reply = Message.new_error(msg, ERROR_TIMEOUT, text)
         except Exception:  # a backend bug must not take the bus edge down; the caller learns it failed
             log.exception("D-Bus: %s failed inside the daemon", request)
@@ -826,37 +495,6 @@ class _DropCounter:
             self._last_warning = now
 
 
-def _signals_for(notice: Notice) -> list[Message]:
-    match notice:
-        case MembershipNotice(ring_id, members, joined, left):
-            departures = [[int(d.nodeid), d.reason] for d in left]
-            body = [_ring(ring_id), _members(members), _members(joined), departures]
-            out = [_signal("MembershipChanged", "(ut)a(us)a(us)a(us)", body)]
-            out += [_signal("NodeLeft", "us", [int(d.nodeid), d.reason]) for d in left]
-            out += [_signal("NodeJoined", "us", [int(m.nodeid), m.name]) for m in joined]
-            return out
-        case QuorumNotice(quorate, quorum, total_votes):
-            return [_signal("QuorumChanged", "buu", [quorate, quorum, total_votes])]
-        case LinkNotice(nodeid, link, up):
-            return [_signal("LinkStatusChanged", "uub", [int(nodeid), link, up])]
-        case LockspaceNotice(name, state):
-            return [_signal("LockspaceStateChanged", "ss", [name, state])]
-        case StatusNotice():
-            return []
-
-
-def _signal(member: str, signature: str, body: list[Any]) -> Message:
-    return Message.new_signal(OBJECT_PATH, INTERFACE, member, signature, body)
-
-
-def _properties_changed(changed: dict[str, Any]) -> Message:
-    variants = {name: Variant(_PROPERTIES[name][0], value) for name, value in changed.items()}
-    body = [INTERFACE, variants, []]
-    return Message.new_signal(
-        OBJECT_PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged", "sa{sv}as", body
-    )
-
-
 async def _caller_uid(bus: MessageBus, sender: str | None) -> int | None:
     """Return the uid of connection `sender` as the bus daemon knows it, None when it cannot say."""
     if not sender:
@@ -872,8 +510,8 @@ async def _caller_uid(bus: MessageBus, sender: str | None) -> int | None:
     try:
         async with asyncio.timeout(UID_LOOKUP_TIMEOUT_S):
             reply = await bus.call(query)
-    except (TimeoutError, OSError, DBusError) as err:
-        log.warning("D-Bus: cannot learn the uid of %s: %s", sender, err)
+    except Exception as err:  # fail closed: whatever went wrong, an unknown caller is refused
+        log.warning("D-Bus: cannot learn the uid of %s: %r", sender, err)
         return None
     if reply is None or reply.message_type is not MessageType.METHOD_RETURN or reply.signature != "u":
         return None

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cmanlk.errors import UsageError
-from cmanlk.runtime.dbus_service import (
+from cmanlk.runtime.dbus_status import (
     AdminRequest,
     ClusterStatus,
     Departure,

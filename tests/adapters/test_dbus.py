@@ -28,17 +28,8 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from cmanlk.runtime.dbus_service import (
-    BUS_NAME,
-    INTERFACE,
-    OBJECT_PATH,
-    DbusService,
-    LinkInfo,
-    LinkNotice,
-    SetExpectedVotes,
-    SetVotes,
-    StatusNotice,
-)
+from cmanlk.runtime.dbus_service import BUS_NAME, INTERFACE, MAX_PENDING_ADMIN_CALLS, OBJECT_PATH, DbusService
+from cmanlk.runtime.dbus_status import LinkInfo, LinkNotice, SetExpectedVotes, SetVotes, StatusNotice
 from cmanlk.types import NodeId
 from tests.adapters.dbusbus import REPO, MemoryCluster, PrivateBus, run
 
@@ -77,8 +68,8 @@ def open_bus():
 
 
 @contextlib.asynccontextmanager
-async def serving(bus: PrivateBus, backend: MemoryCluster) -> AsyncIterator[DbusService]:
-    service = DbusService(backend)
+async def serving(bus: PrivateBus, backend: MemoryCluster, **options: Any) -> AsyncIterator[DbusService]:
+    service = DbusService(backend, **options)
     assert await service.start(bus.address, wait_s=5.0), "service did not acquire its name"
     try:
         yield service
@@ -399,16 +390,65 @@ async def test_service_checks_the_caller_uid_even_when_the_policy_lets_the_call_
 
 @run_async
 async def test_privileged_call_beyond_the_timeout_gets_a_timeout_error_and_others_still_served(
-    open_bus: PrivateBus, monkeypatch: pytest.MonkeyPatch
+    open_bus: PrivateBus,
 ) -> None:
-    monkeypatch.setattr("cmanlk.runtime.dbus_service.ADMIN_CALL_TIMEOUT_S", 0.3)
     backend = MemoryCluster()
     backend.submit_delay_s = 2.0
-    async with serving(open_bus, backend):
+    async with serving(open_bus, backend, admin_timeout_s=0.3):
         slow = asyncio.create_task(gdbus_call(open_bus, "FenceAck", "2"))
         assert await get_property(open_bus, "ClusterName") == "alpha"  # not stuck behind the call
         status, _, err = await slow
-        assert status != 0 and "org.cmanlk.Cluster1.Error.Timeout" in err
+        assert status != 0 and "org.cmanlk.Cluster1.Error.Timeout: no outcome within 0.3 s" in err
+
+
+@run_async
+async def test_privileged_calls_beyond_the_pending_bound_are_refused_busy(open_bus: PrivateBus) -> None:
+    backend = MemoryCluster()
+    backend.submit_delay_s = 1.0
+    async with serving(open_bus, backend), SignalClient.connect(open_bus.address) as client:
+        calls = [
+            client.client.call(
+                Message(destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE, member="FenceAck",
+                        signature="u", body=[2])
+            )
+            for _ in range(MAX_PENDING_ADMIN_CALLS + 2)
+        ]  # fmt: skip
+        replies = await asyncio.gather(*calls)
+    errors = [r.error_name for r in replies if r.message_type is MessageType.ERROR]
+    assert errors == ["org.cmanlk.Cluster1.Error.Busy"] * 2
+    assert len(backend.requests) == MAX_PENDING_ADMIN_CALLS
+
+
+@run_async
+async def test_second_service_waits_for_the_name_and_takes_over_when_the_first_stops(bus: PrivateBus) -> None:
+    first_backend, second_backend = MemoryCluster(), MemoryCluster()
+    second_backend.status = replace(second_backend.status, cluster_name="beta")
+    second = DbusService(second_backend)
+    async with serving(bus, first_backend):
+        assert not await second.start(bus.address, wait_s=0.5)  # the name is taken: retrying
+        second.publish(StatusNotice())  # not serving yet: counted, no exception
+        assert await get_property(bus, "ClusterName") == "alpha"
+    try:
+        async with asyncio.timeout(5.0):
+            await second.wait_connected()
+        assert await get_property(bus, "ClusterName") == "beta"
+        assert second.stats.dropped_by_reason == {"not connected": 1}
+    finally:
+        await second.stop()
+
+
+@run_async
+async def test_service_started_before_the_bus_connects_once_it_appears(bus: PrivateBus) -> None:
+    bus.kill()
+    service = DbusService(MemoryCluster())
+    try:
+        assert not await service.start(bus.address, wait_s=0.3)
+        bus.start()
+        async with asyncio.timeout(5.0):
+            await service.wait_connected()
+        assert await get_property(bus, "Quorum") == 2
+    finally:
+        await service.stop()
 
 
 @run_async
