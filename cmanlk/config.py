@@ -1,0 +1,890 @@
+"""corosync.conf: parse and validate into frozen dataclasses, reporting every problem at once.
+
+The syntax is corosync's (coroparse): `name {` opens a section, `}` closes it, `key: value` sets a
+key (split at the first colon, so IPv6 addresses need no quoting), `#` starts a comment line.
+A key set twice keeps the last value, as corosync's cmap does (we warn).
+
+`load_config(path)` returns a `ClusterConfig` or raises `ConfigError` whose `problems` list every
+error, each with file, line and key; unknown keys and sections are warnings (kept in
+`ClusterConfig.warnings`), so an existing corosync.conf works unchanged where features overlap.
+Every key we read is documented in docs/config.md.
+
+Deviations from corosync, each on purpose:
+- `transport: knet` (corosync 3's default) selects our native transport (cmanlk.runtime.native),
+  which is not libknet on the wire; `udpu` is wire-compatible with corosync 3.
+- `nodeid` is required for every node (corosync derives one from an IPv4 address with udpu only).
+- Our own keys: `totem.interface.name` (bind the link to a device, SO_BINDTODEVICE) and the
+  section `cmanlk { state_dir, run_dir, ipc_group, keyfile }`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmanlk.errors import ConfigError, ConfigProblem
+from cmanlk.quorum import QuorumConfig
+from cmanlk.totem.config import TotemConfig
+from cmanlk.types import NodeId
+
+DEFAULT_CONFIG_PATH = "/etc/corosync/corosync.conf"
+DEFAULT_PORT = 5405
+"""corosync's default `mcastport`: the udpu receive port and every native link's port."""
+MAX_LINKS = 8
+"""ring0_addr .. ring7_addr, linknumber 0..7 (corosync/knet's limit)."""
+MAX_NODES = 384
+"""corosync's PROCESSOR_COUNT_MAX: the CPG downlist carries at most this many node ids."""
+MAX_CONFIG_BYTES = 1 << 20
+"""A corosync.conf larger than this is refused (a mistake, not a config)."""
+MAX_DEPTH = 8
+"""Deepest section nesting accepted (corosync's deepest real one is 3: quorum.device.net)."""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class TransportKind(enum.Enum):
+    """`totem.transport`."""
+
+    UDPU = "udpu"
+    NATIVE = "native"  # `knet` in corosync.conf
+    UDP = "udp"
+
+
+# --- the dataclasses the runtime and the transports are built from ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddresses(Mapping[int, str]):
+    """One node's addresses: link index → address text (IPv6 link-local with `%scope`).
+
+    A read-only Mapping[int, str], so any transport taking `Mapping[NodeId, Mapping[int, str]]`
+    accepts a nodelist of these. `name` is the nodelist `name` (for logs), or None.
+    """
+
+    by_link: tuple[tuple[int, str], ...]
+    name: str | None = None
+
+    @classmethod
+    def of(cls, addrs: Mapping[int, str], name: str | None = None) -> NodeAddresses:
+        """Return NodeAddresses for a link → address mapping."""
+        return cls(tuple(sorted(addrs.items())), name)
+
+    def __getitem__(self, link: int) -> str:
+        for index, address in self.by_link:
+            if index == link:
+                return address
+        raise KeyError(link)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(index for index, _ in self.by_link)
+
+    def __len__(self) -> int:
+        return len(self.by_link)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """One local link: a `totem.interface {}` section (or the defaults of link 0).
+
+    `interface` is our `name:` key: bind the link's sockets to this device (SO_BINDTODEVICE).
+    `ping_*`/`pong_count` are knet's per-link heartbeat settings, used by the native transport;
+    None means derived from the token as corosync does.
+    """
+
+    linknumber: int
+    port: int = DEFAULT_PORT
+    mcastaddr: str | None = None
+    bindnetaddr: str | None = None
+    interface: str | None = None
+    priority: int = 1
+    ping_interval_ms: int | None = None
+    ping_timeout_ms: int | None = None
+    pong_count: int | None = None
+    ttl: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One `nodelist.node {}` entry."""
+
+    nodeid: NodeId
+    addresses: NodeAddresses
+    name: str | None = None
+    quorum_votes: int = 1
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """The `logging {}` section. `debug` is off, on or trace; `timestamp` off, on or hires."""
+
+    to_stderr: bool = True
+    to_syslog: bool = False
+    to_logfile: bool = False
+    logfile: str | None = None
+    debug: str = "off"
+    timestamp: str = "off"
+    fileline: bool = False
+    function_name: bool = False
+    syslog_facility: str = "daemon"
+    syslog_priority: str = "info"
+    logfile_priority: str = "info"
+    subsys_debug: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_debug(self) -> bool:
+        """Is debug logging on (`debug: on` or `trace`)?"""
+        return self.debug != "off"
+
+
+@dataclass(frozen=True, slots=True)
+class CmanlkSettings:
+    """Our own section `cmanlk {}` (falls back to corosync's `system.state_dir`, `totem.keyfile`)."""
+
+    state_dir: str = "/var/lib/cmanlk"
+    run_dir: str = "/run/cmanlk"
+    ipc_group: str | None = None
+    keyfile: str = "/etc/corosync/authkey"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A whole validated corosync.conf. Build with `load_config()` or `parse_config()`."""
+
+    source: str
+    cluster_name: str
+    transport: TransportKind
+    totem: TotemConfig
+    links: tuple[LinkConfig, ...]
+    nodes: tuple[NodeConfig, ...]
+    quorum: QuorumConfig
+    logging: LoggingConfig
+    cmanlk: CmanlkSettings
+    quorum_provider: str | None = None
+    crypto_cipher: str = "none"
+    crypto_hash: str = "none"
+    link_mode: str = "passive"
+    ip_version: str = "ipv6-4"
+    block_unlisted_ips: bool = True
+    config_version: int | None = None
+    warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
+
+    def node_addresses(self) -> dict[NodeId, NodeAddresses]:
+        """Return node id → addresses of every nodelist entry (what `Transport.set_nodes` takes)."""
+        return {n.nodeid: n.addresses for n in self.nodes}
+
+    def node(self, nodeid: NodeId) -> NodeConfig | None:
+        """Return the nodelist entry of `nodeid`, or None."""
+        return next((n for n in self.nodes if n.nodeid == nodeid), None)
+
+    def link(self, linknumber: int) -> LinkConfig:
+        """Return the settings of a link (defaults when it has no interface section)."""
+        return next((lk for lk in self.links if lk.linknumber == linknumber), LinkConfig(linknumber))
+
+    @property
+    def is_crypto_enabled(self) -> bool:
+        """Is frame encryption configured (`crypto_cipher` or `crypto_hash` other than none)?"""
+        return self.crypto_cipher != "none" or self.crypto_hash != "none"
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read and validate a corosync.conf file.
+
+    Returns the ClusterConfig (warnings in `.warnings`). Raises ConfigError listing every error
+    (an unreadable file is one problem on line 0).
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(name, 0, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigProblem(name, 0, "", f"larger than {MAX_CONFIG_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(name, 0, "", f"not UTF-8 text: {exc}")]) from exc
+    return parse_config(text, name)
+
+
+def parse_config(text: str, source: str = "<string>") -> ClusterConfig:
+    """Parse and validate corosync.conf text; `source` names it in problems.
+
+    Returns the ClusterConfig; raises ConfigError listing every error at once.
+    """
+    reader = _Reader(source)
+    root = reader.parse(text)
+    config = reader.interpret(root)
+    if reader.errors or config is None:
+        raise ConfigError(sorted(reader.errors, key=lambda p: p.line))
+    return config
+
+
+# --- syntax -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: str
+    value: str
+    line: int
+
+
+@dataclass(slots=True)
+class _Section:
+    name: str
+    line: int
+    path: str
+    entries: list[_Entry] = field(default_factory=list)
+    sections: list[_Section] = field(default_factory=list)
+
+
+class _Bad(Exception):
+    """A value that does not convert; the message says what is expected."""
+
+
+Conv = Callable[[str], Any]
+
+
+def _int(lo: int, hi: int) -> Conv:
+    def conv(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise _Bad(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise _Bad(f"{value} is out of range {lo}..{hi}")
+        return value
+
+    return conv
+
+
+_TRUE = {"yes", "on", "true", "1"}
+_FALSE = {"no", "off", "false", "0"}
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise _Bad(f"expected yes/no (or on/off, 1/0), got {text!r}")
+
+
+def _choice(*choices: str) -> Conv:
+    def conv(text: str) -> str:
+        if text not in choices:
+            raise _Bad(f"expected one of {', '.join(choices)}; got {text!r}")
+        return text
+
+    return conv
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise _Bad("empty value")
+    return text
+
+
+def _name(text: str) -> str:
+    if not _NAME_RE.match(text) or len(text) > 64:
+        raise _Bad(f"expected a name of letters, digits, '_', '.', '-' (≤ 64), got {text!r}")
+    return text
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise _Bad(f"expected an absolute path, got {text!r}")
+    return text
+
+
+def _address(text: str) -> str:
+    """An IP address, IPv6 optionally with %scope, or a host name (resolved at start)."""
+    host, _, scope = text.partition("%")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", text) and not text.replace(".", "").isdigit():
+            return text
+        raise _Bad(f"expected an IP address or host name, got {text!r}") from None
+    if scope and (ip.version != 6 or not scope.strip()):
+        raise _Bad(f"a %scope is only valid on an IPv6 address, got {text!r}")
+    if ip.version == 6 and ip.is_link_local and not scope:
+        raise _Bad(f"IPv6 link-local address {text!r} needs a %scope (interface name or index)")
+    return text
+
+
+_MS = _int(1, 3_600_000)
+_MS0 = _int(0, 3_600_000)
+_COUNT = _int(1, 1_000_000)
+
+_TOTEM: dict[str, Conv] = {
+    "version": _int(2, 2),
+    "cluster_name": _name,
+    "transport": _choice("udpu", "knet", "udp"),
+    "token": _MS,
+    "token_coefficient": _MS0,
+    "token_retransmit": _MS,
+    "token_retransmits_before_loss_const": _int(1, 1000),
+    "token_warning": _int(0, 100),
+    "hold": _MS,
+    "join": _MS,
+    "send_join": _MS0,
+    "consensus": _MS,
+    "merge": _MS,
+    "downcheck": _MS,
+    "fail_recv_const": _COUNT,
+    "seqno_unchanged_const": _COUNT,
+    "miss_count_const": _COUNT,
+    "window_size": _int(1, 10_000),
+    "max_messages": _int(1, 10_000),
+    "max_network_delay": _MS,
+    "netmtu": _int(576, 65_535),
+    "crypto_cipher": _choice("none", "aes256", "aes192", "aes128"),
+    "crypto_hash": _choice("none", "md5", "sha1", "sha256", "sha384", "sha512"),
+    "crypto_model": _choice("nss", "openssl"),
+    "keyfile": _path,
+    "link_mode": _choice("passive", "active", "rr"),
+    "ip_version": _choice("ipv4", "ipv6", "ipv4-6", "ipv6-4"),
+    "block_unlisted_ips": _bool,
+    "config_version": _int(0, (1 << 64) - 1),
+    "cancel_token_hold_on_retransmit": _bool,
+    "clear_node_high_bit": _bool,
+    "heartbeat_failures_allowed": _int(0, 1000),
+    "knet_pmtud_interval": _int(1, 1_000_000),
+    "knet_mtu": _int(0, 65_535),
+    "knet_compression_model": _text,
+    "knet_compression_threshold": _int(0, 1 << 30),
+    "knet_compression_level": _int(-1, 9),
+}
+"""Keys of `totem {}`. Keys from `_TOTEM_IGNORED` are accepted for compatibility and have no effect."""
+_TOTEM_IGNORED = {
+    "crypto_model",
+    "cancel_token_hold_on_retransmit",
+    "clear_node_high_bit",
+    "heartbeat_failures_allowed",
+    "knet_pmtud_interval",
+    "knet_mtu",
+    "knet_compression_model",
+    "knet_compression_threshold",
+    "knet_compression_level",
+}
+_TOTEM_OBSOLETE = {
+    "secauth": "obsolete since corosync 3; use crypto_cipher and crypto_hash",
+    "rrp_mode": "obsolete since corosync 3 (redundant rings); use link_mode",
+    "nodeid": "obsolete: set nodeid in the nodelist",
+    "threads": "obsolete since corosync 3; ignored",
+    "key": "an inline key is not supported; use keyfile",
+}
+
+_INTERFACE: dict[str, Conv] = {
+    "linknumber": _int(0, MAX_LINKS - 1),
+    "ringnumber": _int(0, MAX_LINKS - 1),
+    "bindnetaddr": _address,
+    "mcastaddr": _address,
+    "mcastport": _int(1, 65_535),
+    "broadcast": _bool,
+    "ttl": _int(1, 255),
+    "name": _text,
+    "knet_link_priority": _int(0, 255),
+    "knet_ping_interval": _MS,
+    "knet_ping_timeout": _MS,
+    "knet_ping_precision": _int(1, 100_000),
+    "knet_pong_count": _int(1, 255),
+    "knet_transport": _choice("udp", "sctp"),
+}
+_INTERFACE_IGNORED = {"broadcast", "knet_ping_precision", "knet_transport"}
+
+_NODE: dict[str, Conv] = {
+    **{f"ring{i}_addr": _address for i in range(MAX_LINKS)},
+    "name": _text,
+    "nodeid": _int(1, (1 << 32) - 1),
+    "quorum_votes": _int(0, 1_000_000),
+}
+
+_QUORUM: dict[str, Conv] = {
+    "provider": _choice("corosync_votequorum"),
+    "expected_votes": _int(1, 1_000_000),
+    "votes": _int(0, 1_000_000),
+    "two_node": _bool,
+    "wait_for_all": _bool,
+    "last_man_standing": _bool,
+    "last_man_standing_window": _int(1, 86_400_000),
+    "auto_tie_breaker": _bool,
+    "auto_tie_breaker_node": _text,
+    "allow_downscale": _bool,
+    "expected_votes_tracking": _bool,
+}
+_QUORUM_IGNORED = {"expected_votes_tracking"}
+
+_LOGGING: dict[str, Conv] = {
+    "to_stderr": _bool,
+    "to_syslog": _bool,
+    "to_logfile": _bool,
+    "logfile": _path,
+    "debug": _choice("on", "off", "trace"),
+    "timestamp": _choice("on", "off", "hires"),
+    "fileline": _bool,
+    "function_name": _bool,
+    "syslog_facility": _choice("daemon", *(f"local{i}" for i in range(8))),
+    "syslog_priority": _choice("alert", "crit", "debug", "emerg", "err", "info", "notice", "warning"),
+    "logfile_priority": _choice("alert", "crit", "debug", "emerg", "err", "info", "notice", "warning"),
+    "tags": _text,
+}
+_LOGGER_SUBSYS: dict[str, Conv] = {**_LOGGING, "subsys": _text}
+
+_CMANLK: dict[str, Conv] = {
+    "state_dir": _path,
+    "run_dir": _path,
+    "ipc_group": _name,
+    "keyfile": _path,
+}
+_SYSTEM: dict[str, Conv] = {
+    "state_dir": _path,
+    "sched_rr": _bool,
+    "priority": _text,
+    "move_to_root_cgroup": _text,
+    "allow_knet_handle_fallback": _bool,
+}
+_SYSTEM_IGNORED = {"sched_rr", "priority", "move_to_root_cgroup", "allow_knet_handle_fallback"}
+
+_KNOWN_IGNORED_SECTIONS = {"resources", "nozzle", "qb", "uidgid", "amf", "service", "aisexec"}
+
+
+class _Reader:
+    """Collects errors and warnings while turning text into a ClusterConfig."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
+
+    def error(self, line: int, key: str, message: str) -> None:
+        self.errors.append(ConfigProblem(self.source, line, key, message))
+
+    def warn(self, line: int, key: str, message: str) -> None:
+        self.warnings.append(ConfigProblem(self.source, line, key, message))
+
+    # -- syntax ---------------------------------------------------------------------------------
+    def parse(self, text: str) -> _Section:
+        """Return the section tree; syntax errors are recorded, parsing continues after them."""
+        root = _Section("", 0, "")
+        stack = [root]
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line == "}":
+                if len(stack) == 1:
+                    self.error(number, "", "'}' without an open section")
+                else:
+                    stack.pop()
+                continue
+            if line.endswith("{"):
+                name = line[:-1].strip()
+                if not _NAME_RE.match(name):
+                    self.error(number, name, "a section name must be one word followed by '{'")
+                if len(stack) > MAX_DEPTH:
+                    self.error(number, name, f"sections nested deeper than {MAX_DEPTH}")
+                parent = stack[-1]
+                path = f"{parent.path}.{name}" if parent.path else name
+                sec = _Section(name, number, path)
+                parent.sections.append(sec)
+                stack.append(sec)
+                continue
+            key, colon, value = line.partition(":")
+            key = key.strip()
+            if not colon or not _NAME_RE.match(key):
+                self.error(number, "", f"expected 'key: value', 'name {{' or '}}', got {line!r}")
+                continue
+            if len(stack) == 1:
+                self.error(number, key, "a key outside of any section")
+                continue
+            stack[-1].entries.append(_Entry(key, value.strip(), number))
+        for sec in stack[1:]:
+            self.error(sec.line, sec.path, "section is not closed with '}'")
+        return root
+
+    def values(
+        self, sec: _Section, schema: Mapping[str, Conv], ignored: set[str] | frozenset[str] = frozenset()
+    ) -> dict[str, tuple[Any, int]]:
+        """Convert the keys of one section: key → (value, line); problems are recorded."""
+        out: dict[str, tuple[Any, int]] = {}
+        for entry in sec.entries:
+            qualified = f"{sec.path}.{entry.key}"
+            conv = schema.get(entry.key)
+            if conv is None:
+                self.warn(entry.line, qualified, "unknown key, ignored")
+                continue
+            try:
+                value = conv(entry.value)
+            except _Bad as bad:
+                self.error(entry.line, qualified, str(bad))
+                continue
+            if entry.key in out:
+                self.warn(entry.line, qualified, f"set again (first on line {out[entry.key][1]}); last wins")
+            if entry.key in ignored:
+                self.warn(entry.line, qualified, "accepted for compatibility, has no effect in cmanlk")
+            out[entry.key] = (value, entry.line)
+        return out
+
+    # -- semantics ------------------------------------------------------------------------------
+    def interpret(self, root: _Section) -> ClusterConfig | None:
+        """Return the ClusterConfig, or None when errors made one impossible."""
+        top: dict[str, list[_Section]] = {}
+        for sec in root.sections:
+            top.setdefault(sec.name, []).append(sec)
+        for name, secs in top.items():
+            if name not in {"totem", "nodelist", "quorum", "logging", "cmanlk", "system"}:
+                why = "not used by cmanlk" if name in _KNOWN_IGNORED_SECTIONS else "unknown section"
+                self.warn(secs[0].line, name, f"{why}, ignored")
+            elif len(secs) > 1:
+                self.warn(secs[1].line, name, f"section repeated (first on line {secs[0].line}); merged")
+        totem_sec = _merged(top.get("totem"), "totem")
+        nodes = self._nodelist(_merged(top.get("nodelist"), "nodelist"))
+        totem_vals = self._totem_values(totem_sec)
+        links = self._links(totem_sec, totem_vals)
+        transport = self._transport(totem_vals, links, nodes)
+        totem = self._totem(totem_vals, nodes)
+        quorum, provider = self._quorum(_merged(top.get("quorum"), "quorum"), nodes)
+        logging_cfg = self._logging(_merged(top.get("logging"), "logging"))
+        cmanlk = self._cmanlk(
+            _merged(top.get("cmanlk"), "cmanlk"), _merged(top.get("system"), "system"), totem_vals
+        )
+        self._check_addresses(nodes, links, transport, totem_vals)
+        if self.errors or totem is None:
+            return None
+        return ClusterConfig(
+            source=self.source,
+            cluster_name=_get(totem_vals, "cluster_name", ""),
+            transport=transport,
+            totem=totem,
+            links=links,
+            nodes=nodes,
+            quorum=quorum,
+            logging=logging_cfg,
+            cmanlk=cmanlk,
+            quorum_provider=provider,
+            crypto_cipher=_get(totem_vals, "crypto_cipher", "none"),
+            crypto_hash=_get(totem_vals, "crypto_hash", "none"),
+            link_mode=_get(totem_vals, "link_mode", "passive"),
+            ip_version=_get(totem_vals, "ip_version", "ipv6-4"),
+            block_unlisted_ips=_get(totem_vals, "block_unlisted_ips", True),
+            config_version=_get(totem_vals, "config_version", None),
+            warnings=tuple(self.warnings),
+        )
+
+    def _totem_values(self, sec: _Section) -> dict[str, tuple[Any, int]]:
+        for entry in sec.entries:
+            if entry.key in _TOTEM_OBSOLETE:
+                self.warn(entry.line, f"totem.{entry.key}", _TOTEM_OBSOLETE[entry.key])
+        plain = _Section(
+            sec.name, sec.line, sec.path, [e for e in sec.entries if e.key not in _TOTEM_OBSOLETE]
+        )
+        for sub in sec.sections:
+            if sub.name != "interface":
+                self.warn(sub.line, sub.path, "unknown section, ignored")
+        vals = self.values(plain, _TOTEM, _TOTEM_IGNORED)
+        if "version" not in vals and sec.line:
+            self.warn(sec.line, "totem.version", "not set; corosync requires 'version: 2'")
+        return vals
+
+    def _links(self, totem: _Section, tv: dict[str, tuple[Any, int]]) -> tuple[LinkConfig, ...]:
+        links: dict[int, LinkConfig] = {}
+        for sub in totem.sections:
+            if sub.name != "interface":
+                continue
+            v = self.values(sub, _INTERFACE, _INTERFACE_IGNORED)
+            if "ringnumber" in v and "linknumber" not in v:
+                self.warn(v["ringnumber"][1], "totem.interface.ringnumber", "obsolete name of linknumber")
+            number = _get(v, "linknumber", _get(v, "ringnumber", 0))
+            if number in links:
+                self.error(sub.line, "totem.interface.linknumber", f"link {number} is configured twice")
+                continue
+            links[number] = LinkConfig(
+                linknumber=number,
+                port=_get(v, "mcastport", DEFAULT_PORT),
+                mcastaddr=_get(v, "mcastaddr", None),
+                bindnetaddr=_get(v, "bindnetaddr", None),
+                interface=_get(v, "name", None),
+                priority=_get(v, "knet_link_priority", 1),
+                ping_interval_ms=_get(v, "knet_ping_interval", None),
+                ping_timeout_ms=_get(v, "knet_ping_timeout", None),
+                pong_count=_get(v, "knet_pong_count", None),
+                ttl=_get(v, "ttl", 1),
+            )
+            interval, timeout = links[number].ping_interval_ms, links[number].ping_timeout_ms
+            if interval is not None and timeout is not None and timeout <= interval:
+                self.error(
+                    v["knet_ping_timeout"][1],
+                    "totem.interface.knet_ping_timeout",
+                    f"must exceed knet_ping_interval ({interval} ms)",
+                )
+        return tuple(links[k] for k in sorted(links))
+
+    def _transport(
+        self, tv: dict[str, tuple[Any, int]], links: tuple[LinkConfig, ...], nodes: tuple[NodeConfig, ...]
+    ) -> TransportKind:
+        name = _get(tv, "transport", "knet")
+        line = tv.get("transport", (None, 0))[1]
+        kind = {"udpu": TransportKind.UDPU, "udp": TransportKind.UDP}.get(name, TransportKind.NATIVE)
+        crypto = _get(tv, "crypto_cipher", "none") != "none" or _get(tv, "crypto_hash", "none") != "none"
+        if kind is not TransportKind.NATIVE:
+            if crypto:
+                where = tv.get("crypto_cipher", tv.get("crypto_hash", (None, line)))[1]
+                self.error(
+                    where,
+                    "totem.crypto_cipher",
+                    f"crypto is only available with transport knet, not {name} (as in corosync 3)",
+                )
+            if len(links) > 1 or any(lk.linknumber != 0 for lk in links):
+                self.error(line, "totem.transport", f"transport {name} supports exactly one link (link 0)")
+            for node in nodes:
+                extra = [k for k in node.addresses if k != 0]
+                if extra:
+                    self.error(
+                        node.line,
+                        "nodelist.node.ring1_addr",
+                        f"node {node.nodeid}: transport {name} supports only ring0_addr",
+                    )
+        if kind is TransportKind.UDP:
+            self.error(line, "totem.transport", "transport udp (IP multicast) is not supported; use udpu")
+        if _get(tv, "crypto_cipher", "none") != "none" and _get(tv, "crypto_hash", "none") == "none":
+            self.error(tv["crypto_cipher"][1], "totem.crypto_hash", "crypto_cipher requires crypto_hash")
+        return kind
+
+    def _totem(self, tv: dict[str, tuple[Any, int]], nodes: tuple[NodeConfig, ...]) -> TotemConfig | None:
+        mapping = {
+            "token": "token_ms",
+            "token_coefficient": "token_coefficient_ms",
+            "token_retransmit": "token_retransmit_ms",
+            "hold": "hold_ms",
+            "token_retransmits_before_loss_const": "token_retransmits_before_loss_const",
+            "token_warning": "token_warning_percent",
+            "join": "join_ms",
+            "send_join": "send_join_ms",
+            "consensus": "consensus_ms",
+            "merge": "merge_ms",
+            "downcheck": "downcheck_ms",
+            "fail_recv_const": "fail_recv_const",
+            "seqno_unchanged_const": "seqno_unchanged_const",
+            "miss_count_const": "miss_count_const",
+            "window_size": "window_size",
+            "max_messages": "max_messages",
+            "max_network_delay": "max_network_delay_ms",
+            "netmtu": "netmtu",
+        }
+        kwargs: dict[str, Any] = {arg: tv[key][0] for key, arg in mapping.items() if key in tv}
+        try:
+            return TotemConfig.derive(
+                [n.nodeid for n in nodes], cluster_name=_get(tv, "cluster_name", ""), **kwargs
+            )
+        except ValueError as exc:
+            text = str(exc)
+            key = next((k for k in ("consensus", "max_messages") if text.startswith(k)), "token")
+            self.error(tv.get(key, (None, 0))[1], f"totem.{key}", text)
+            return None
+
+    def _nodelist(self, sec: _Section) -> tuple[NodeConfig, ...]:
+        for entry in sec.entries:
+            self.warn(entry.line, f"nodelist.{entry.key}", "unknown key, ignored")
+        nodes: list[NodeConfig] = []
+        seen: dict[int, int] = {}
+        for sub in sec.sections:
+            if sub.name != "node":
+                self.warn(sub.line, sub.path, "unknown section, ignored")
+                continue
+            v = self.values(sub, _NODE)
+            addrs = {i: v[f"ring{i}_addr"][0] for i in range(MAX_LINKS) if f"ring{i}_addr" in v}
+            if "nodeid" not in v:
+                self.error(sub.line, "nodelist.node.nodeid", "missing (cmanlk needs a nodeid on every node)")
+                continue
+            nodeid, line = v["nodeid"]
+            if not addrs:
+                self.error(sub.line, "nodelist.node.ring0_addr", f"node {nodeid} has no ring0_addr")
+                continue
+            if nodeid in seen:
+                self.error(
+                    line, "nodelist.node.nodeid", f"node id {nodeid} already used on line {seen[nodeid]}"
+                )
+                continue
+            seen[nodeid] = line
+            name = _get(v, "name", None)
+            nodes.append(
+                NodeConfig(
+                    NodeId(nodeid), NodeAddresses.of(addrs, name), name, _get(v, "quorum_votes", 1), sub.line
+                )
+            )
+        if len(nodes) > MAX_NODES:
+            self.error(sec.line, "nodelist", f"{len(nodes)} nodes; at most {MAX_NODES}")
+        if not nodes and not self.errors:
+            self.error(sec.line, "nodelist", "no nodes configured (cmanlk needs a nodelist)")
+        return tuple(sorted(nodes, key=lambda n: n.nodeid))
+
+    def _check_addresses(
+        self,
+        nodes: tuple[NodeConfig, ...],
+        links: tuple[LinkConfig, ...],
+        transport: TransportKind,
+        tv: dict[str, tuple[Any, int]],
+    ) -> None:
+        if not nodes:
+            return
+        link_sets = {tuple(n.addresses) for n in nodes}
+        if len(link_sets) > 1:
+            self.error(
+                nodes[0].line,
+                "nodelist.node",
+                "nodes configure different sets of links (every node needs the same ringX_addr keys)",
+            )
+        used: dict[tuple[int, str], NodeId] = {}
+        families: dict[int, set[int]] = {}
+        for node in nodes:
+            for link, text in node.addresses.items():
+                if (link, text.lower()) in used:
+                    self.error(
+                        node.line,
+                        f"nodelist.node.ring{link}_addr",
+                        f"{text} is also the address of node {used[(link, text.lower())]}",
+                    )
+                used[(link, text.lower())] = node.nodeid
+                version = _ip_version(text)
+                if version:
+                    families.setdefault(link, set()).add(version)
+        for link, versions in families.items():
+            if len(versions) > 1:
+                self.error(
+                    nodes[0].line,
+                    f"nodelist.node.ring{link}_addr",
+                    f"link {link} mixes IPv4 and IPv6 addresses",
+                )
+        wanted = _get(tv, "ip_version", None)
+        if wanted in ("ipv4", "ipv6"):
+            need = 4 if wanted == "ipv4" else 6
+            for link, versions in families.items():
+                if versions and need not in versions:
+                    self.error(
+                        tv["ip_version"][1],
+                        "totem.ip_version",
+                        f"ip_version {wanted} but link {link} uses IPv{versions.pop()} addresses",
+                    )
+        configured = {n for n in next(iter(link_sets), ())}
+        for lk in links:
+            if lk.linknumber not in configured and transport is TransportKind.NATIVE:
+                self.warn(
+                    0,
+                    "totem.interface.linknumber",
+                    f"interface for link {lk.linknumber} but no node has ring{lk.linknumber}_addr",
+                )
+
+    def _quorum(self, sec: _Section, nodes: tuple[NodeConfig, ...]) -> tuple[QuorumConfig, str | None]:
+        for sub in sec.sections:
+            why = "quorum devices (qdevice) are not supported" if sub.name == "device" else "unknown section"
+            self.warn(sub.line, sub.path, f"{why}, ignored")
+        v = self.values(sec, _QUORUM, _QUORUM_IGNORED)
+        provider = _get(v, "provider", None)
+        if provider is None and sec.line and len(v) > 0:
+            self.warn(sec.line, "quorum.provider", "not set: quorum is not enforced (as in corosync)")
+        atb_text = _get(v, "auto_tie_breaker_node", "lowest")
+        atb: str | tuple[NodeId, ...] = atb_text
+        if atb_text not in ("lowest", "highest"):
+            try:
+                atb = tuple(NodeId(int(x)) for x in atb_text.split())
+            except ValueError:
+                self.error(
+                    v["auto_tie_breaker_node"][1],
+                    "quorum.auto_tie_breaker_node",
+                    f"expected lowest, highest or node ids, got {atb_text!r}",
+                )
+                atb = "lowest"
+        two_node = _get(v, "two_node", False)
+        if two_node and len(nodes) != 2 and "expected_votes" not in v:
+            self.warn(v["two_node"][1], "quorum.two_node", f"set but the nodelist has {len(nodes)} nodes")
+        return (
+            QuorumConfig(
+                node_votes=tuple((n.nodeid, n.quorum_votes) for n in nodes),
+                expected_votes=_get(v, "expected_votes", 0),
+                votes=_get(v, "votes", 1),
+                two_node=two_node,
+                wait_for_all=_get(v, "wait_for_all", None),
+                last_man_standing=_get(v, "last_man_standing", False),
+                last_man_standing_window_ms=_get(v, "last_man_standing_window", 10_000),
+                auto_tie_breaker=_get(v, "auto_tie_breaker", False),
+                auto_tie_breaker_node=atb,
+                allow_downscale=_get(v, "allow_downscale", False),
+            ),
+            provider,
+        )
+
+    def _logging(self, sec: _Section) -> LoggingConfig:
+        subsys: list[tuple[str, str]] = []
+        for sub in sec.sections:
+            if sub.name != "logger_subsys":
+                self.warn(sub.line, sub.path, "unknown section, ignored")
+                continue
+            sv = self.values(sub, _LOGGER_SUBSYS)
+            if "subsys" not in sv:
+                self.error(sub.line, "logging.logger_subsys.subsys", "missing")
+            elif "debug" in sv:
+                subsys.append((sv["subsys"][0], sv["debug"][0]))
+        v = self.values(sec, _LOGGING, frozenset({"tags"}))
+        to_logfile = _get(v, "to_logfile", False)
+        if to_logfile and "logfile" not in v:
+            self.error(v["to_logfile"][1], "logging.logfile", "to_logfile is set but logfile is not")
+        return LoggingConfig(
+            to_stderr=_get(v, "to_stderr", True),
+            to_syslog=_get(v, "to_syslog", False),
+            to_logfile=to_logfile,
+            logfile=_get(v, "logfile", None),
+            debug=_get(v, "debug", "off"),
+            timestamp=_get(v, "timestamp", "off"),
+            fileline=_get(v, "fileline", False),
+            function_name=_get(v, "function_name", False),
+            syslog_facility=_get(v, "syslog_facility", "daemon"),
+            syslog_priority=_get(v, "syslog_priority", "info"),
+            logfile_priority=_get(v, "logfile_priority", "info"),
+            subsys_debug=tuple(subsys),
+        )
+
+    def _cmanlk(self, sec: _Section, system: _Section, tv: dict[str, tuple[Any, int]]) -> CmanlkSettings:
+        for sub in [*sec.sections, *system.sections]:
+            self.warn(sub.line, sub.path, "unknown section, ignored")
+        v = self.values(sec, _CMANLK)
+        sv = self.values(system, _SYSTEM, _SYSTEM_IGNORED)
+        defaults = CmanlkSettings()
+        return CmanlkSettings(
+            state_dir=_get(v, "state_dir", _get(sv, "state_dir", defaults.state_dir)),
+            run_dir=_get(v, "run_dir", defaults.run_dir),
+            ipc_group=_get(v, "ipc_group", None),
+            keyfile=_get(v, "keyfile", _get(tv, "keyfile", defaults.keyfile)),
+        )
+
+
+def _merged(secs: list[_Section] | None, name: str) -> _Section:
+    """One section from its repetitions (corosync merges repeated top-level sections into cmap)."""
+    if not secs:
+        return _Section(name, 0, name)
+    out = _Section(name, secs[0].line, name)
+    for sec in secs:
+        out.entries += sec.entries
+        out.sections += sec.sections
+    return out
+
+
+def _get(values: Mapping[str, tuple[Any, int]], key: str, default: Any) -> Any:
+    found = values.get(key)
+    return default if found is None else found[0]
+
+
+def _ip_version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_address(text.partition("%")[0]).version
+    except ValueError:
+        return None
