@@ -339,6 +339,7 @@ class DbusService:
                 if changed:
                     await outbox.send(properties_changed(changed))
                     self._signals_sent += 1
+                self._drops.maybe_summarise()
             except _OutboxClosed:
                 self._drops.drop("not connected", len(batch))
 
@@ -482,13 +483,21 @@ class _DropCounter:
         self.total += count
         self.by_reason[reason] = self.by_reason.get(reason, 0) + count
         self._since_warning += count
+        self._maybe_warn(reason)
+
+    def maybe_summarise(self) -> None:
+        """After the bus caught up: report drops not yet warned about (rate limit permitting)."""
+        if self._since_warning:
+            self._maybe_warn("bus caught up")
+
+    def _maybe_warn(self, context: str) -> None:
         now = time.monotonic()
         if now - self._last_warning >= DROP_WARNING_INTERVAL_S:
             log.warning(
-                "D-Bus: dropped %d notice(s) (%s; %d in total): bus clients missed signals, "
-                "properties stay current",
+                "D-Bus: dropped %d notice(s) since the last warning (%s; %d in total): "
+                "bus clients missed signals, properties stay current",
                 self._since_warning,
-                reason,
+                context,
                 self.total,
             )
             self._since_warning = 0

@@ -29,7 +29,14 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from cmanlk.runtime.dbus_service import BUS_NAME, INTERFACE, MAX_PENDING_ADMIN_CALLS, OBJECT_PATH, DbusService
-from cmanlk.runtime.dbus_status import LinkInfo, LinkNotice, SetExpectedVotes, SetVotes, StatusNotice
+from cmanlk.runtime.dbus_status import (
+    LinkInfo,
+    LinkNotice,
+    LockspaceNotice,
+    SetExpectedVotes,
+    SetVotes,
+    StatusNotice,
+)
 from cmanlk.types import NodeId
 from tests.adapters.dbusbus import REPO, MemoryCluster, PrivateBus, run
 
@@ -277,9 +284,19 @@ async def test_node_failure_sends_membership_node_left_quorum_link_and_propertie
         )
         try:
             assert monitor.stdout is not None
+            # gdbus subscribes from a worker thread after its banner: probe until it sees signals.
             async with asyncio.timeout(SIGNAL_WAIT_S):
-                await monitor.stdout.readline()  # "Monitoring signals on object ..."
-            await asyncio.sleep(0.3)  # its AddMatch is sent by a GDBus worker thread after the banner
+                line = b""
+                while b"LockspaceStateChanged" not in line:
+                    service.publish(LockspaceNotice("probe", "probe"))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.1):
+                            line = await monitor.stdout.readline()
+                while (await client.next())[0] != "LockspaceStateChanged":
+                    pass
+                await asyncio.sleep(0.2)  # let the rest of the probes arrive, then forget them
+                while not client.signals.empty():
+                    client.signals.get_nowait()
 
             for notice in backend.kill(3):
                 service.publish(notice)
@@ -302,7 +319,7 @@ async def test_node_failure_sends_membership_node_left_quorum_link_and_propertie
 
             seen = ""
             async with asyncio.timeout(SIGNAL_WAIT_S):
-                while "PropertiesChanged" not in seen:
+                while "org.freedesktop.DBus.Properties.PropertiesChanged" not in seen:
                     seen += (await monitor.stdout.readline()).decode()
             assert (
                 "org.cmanlk.Cluster1.MembershipChanged ((uint32 1, uint64 16), "
@@ -311,6 +328,8 @@ async def test_node_failure_sends_membership_node_left_quorum_link_and_propertie
             assert "org.cmanlk.Cluster1.NodeLeft (uint32 3, 'nodedown')" in seen
             assert "org.cmanlk.Cluster1.QuorumChanged (true, uint32 2, uint32 2)" in seen
             assert "org.cmanlk.Cluster1.LinkStatusChanged (uint32 3, uint32 0, false)" in seen
+            assert "'TotalVotes': <uint32 2>" in seen
+            assert "'Links': <[(uint32 2, uint32 0, true), (3, 0, false)]>" in seen
         finally:
             monitor.kill()
             await monitor.wait()
