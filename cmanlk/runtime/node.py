@@ -1,0 +1,689 @@
+"""The driver loop of cmanlkd: feeds the pure core real datagrams and time, carries out its actions.
+
+No protocol logic lives here. On a datagram: `core.handle(PacketReceived(now, data, src, link))`;
+on the one loop timer: `core.handle(DeadlineReached(now))`; then the returned actions are carried
+out in order and the timer is re-armed at `core.next_deadline`. `now` is time.monotonic_ns(), the
+clock asyncio's `loop.time()` also reads, so `loop.call_at(deadline / 1e9)` fires on time.
+
+The core is the Stack (Totem + sync v2 + votequorum + cmap + services) by default; `core="totem"`
+drives a bare Totem (same handle/next_deadline shape) for debugging the ordering layer alone.
+
+Action order is the contract (STYLE.md): a `PersistRingSeq` is written and fsynced before the
+next action, so a new ring's packets never leave before its seq is durable. Network sends never
+block (non-blocking sockets; a full buffer is a lost datagram totem recovers from).
+
+Long-lived tasks (watchdog pings, status refresh, the control queue fed by signal handlers) run
+under one asyncio.TaskGroup. An exception raised by the core (a bug: InternalError or anything
+else) stops the node: it is logged with the state, a leave is attempted, and `run()` raises.
+
+Observable state for the IPC server, D-Bus and admins: `NodeStatus` (`status()`), listeners for
+notifications (`add_listener`), and `<run_dir>/status.json`, rewritten atomically on every
+membership or state change and every STATUS_REFRESH_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from cmanlk.config import ClusterConfig, TransportKind
+from cmanlk.errors import ConfigError, ConfigProblem, UsageError
+from cmanlk.runtime import statedir
+from cmanlk.runtime.notify import Notifier
+from cmanlk.runtime.transport import LinkStatus, PeerReachability, Transport
+from cmanlk.runtime.udpu import UdpuTransport
+from cmanlk.service import Notification
+from cmanlk.stack import MembershipChanged, Stack, StackConfig
+from cmanlk.totem.actions import (
+    ConfigKind,
+    Deliver,
+    DeliverConfiguration,
+    MembState,
+    Multicast,
+    PersistRingSeq,
+    StateChanged,
+    Unicast,
+)
+from cmanlk.totem.core import Totem
+from cmanlk.totem.events import (
+    DeadlineReached,
+    Guarantee,
+    LeaveRequested,
+    McastRequested,
+    NodelistChanged,
+    PacketReceived,
+    Started,
+)
+from cmanlk.types import NO_RING, Instant, NodeId, RingId
+
+log = logging.getLogger("cmanlk.node")
+
+STATUS_REFRESH_S = 2.0
+"""status.json is also rewritten this often, so its counters stay fresh for admins and tests."""
+LEAVE_FLUSH_S = 0.05
+"""After the leave JOIN is handed to the kernel, wait this long before closing sockets so the
+datagrams leave the host (sendto on a non-blocking socket only queues them)."""
+MAX_LISTENERS = 64
+"""Bound on notification listeners (IPC server, D-Bus service, tests)."""
+
+
+class Core(Protocol):
+    """What the runtime needs of a core: Totem and Stack both fit."""
+
+    def handle(self, event: Any) -> list[Any]: ...
+
+    @property
+    def next_deadline(self) -> Instant | None: ...
+
+
+class CoreKind(enum.Enum):
+    STACK = "stack"
+    TOTEM = "totem"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A snapshot of the node for status output (IPC, D-Bus, status.json)."""
+
+    node_id: NodeId
+    cluster_name: str
+    state: str
+    ring_id: RingId
+    members: tuple[NodeId, ...]
+    totem_ring_id: RingId
+    quorate: bool | None
+    quorum: dict[str, object]
+    links: tuple[LinkStatus, ...]
+    stats: dict[str, object]
+    membership_changes: int
+    started_at: float
+    last_change_reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        """Return a JSON-serialisable dict (the schema of status.json)."""
+        return {
+            "node_id": self.node_id,
+            "cluster_name": self.cluster_name,
+            "pid": os.getpid(),
+            "state": self.state,
+            "ring_id": str(self.ring_id),
+            "ring_seq": self.ring_id.seq,
+            "ring_rep": self.ring_id.rep,
+            "members": list(self.members),
+            "totem_ring_id": str(self.totem_ring_id),
+            "quorate": self.quorate,
+            "quorum": self.quorum,
+            "links": [lk.as_dict() for lk in self.links],
+            "stats": self.stats,
+            "membership_changes": self.membership_changes,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "last_change_reason": self.last_change_reason,
+        }
+
+
+Listener = Callable[[object], None]
+"""Called with each notification/configuration the core publishes (MembershipChanged, QuorumChanged,
+cpg deliveries, totem DeliverConfiguration/Deliver in Totem mode), on the loop thread."""
+
+
+def build_transport(config: ClusterConfig, me: NodeId) -> Transport:
+    """Return the transport `config` selects, not yet started.
+
+    Raises ConfigError when it cannot be built (missing key file, bad link set), OSError when our
+    own address cannot be resolved.
+    """
+    if config.transport is TransportKind.UDPU:
+        return UdpuTransport(
+            me,
+            config.node_addresses(),
+            config.link(0),
+            block_unlisted_ips=config.block_unlisted_ips,
+            ip_version=config.ip_version,
+        )
+    if config.transport is TransportKind.NATIVE:
+        return _native_transport(config, me)
+    raise ConfigError([ConfigProblem(config.source, 0, "totem.transport", f"{config.transport} unsupported")])
+
+
+class Node:
+    """One running cluster node. `await run()` until it has left (SIGTERM) or failed."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        me: NodeId,
+        *,
+        transport: Transport | None = None,
+        core: CoreKind = CoreKind.STACK,
+        notifier: Notifier | None = None,
+        rng: random.Random | None = None,
+        extra_services: tuple[Any, ...] = (),
+    ) -> None:
+        self.config = config
+        self.me = me
+        self.transport = transport if transport is not None else build_transport(config, me)
+        self.core_kind = core
+        self.notifier = notifier or Notifier({})
+        self.rng = rng or random.Random()
+        self.extra_services = extra_services
+        self.core: Core | None = None
+        self.run_dir = Path(config.cmanlk.run_dir)
+        self.state_dir = Path(config.cmanlk.state_dir)
+        self.status_path = self.run_dir / "status.json"
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: Instant | None = None
+        self._listeners: list[Listener] = []
+        self._control: asyncio.Queue[tuple[str, object]] = asyncio.Queue(maxsize=16)
+        self._fatal: BaseException | None = None
+        self._stopped = asyncio.Event()
+        self._ready_sent = False
+        self._left = False
+        self._ring_id: RingId = NO_RING
+        self._members: tuple[NodeId, ...] = ()
+        self._state = MembState.GATHER
+        self._quorum: dict[str, object] = {}
+        self._quorate: bool | None = None
+        self._changes = 0
+        self._reason = "starting"
+        self._status_dirty = True
+        self._started_at = time.time()
+        self._persisted_seq = 0
+        self._delivered = 0
+
+    # -- public API -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until a leave completes (returns) or the core fails (raises InternalError's cause).
+
+        Raises OSError when the state or run directory or the sockets cannot be set up.
+        """
+        statedir.ensure_dir(self.state_dir, 0o700)
+        statedir.ensure_dir(self.run_dir)
+        ring_seq = statedir.read_ring_seq(self.state_dir, self.me)
+        self._persisted_seq = ring_seq
+        await self.transport.start(self._on_datagram)
+        try:
+            self.core = self._build_core(ring_seq)
+            log.info(
+                "node %d starting (%s, transport %s, persisted ring seq %d, token %d ms, consensus %d ms)",
+                self.me,
+                self.core_kind.value,
+                self.config.transport.value,
+                ring_seq,
+                self.config.totem.token_ms,
+                self.config.totem.consensus_ms,
+            )
+            self._feed(Started(_now()))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.notifier.watchdog_loop(), name="watchdog")
+                tg.create_task(self._status_loop(), name="status")
+                await self._control_loop()
+                raise _Stop  # cancels the helper tasks
+        except* _Stop:
+            pass
+        finally:
+            self._cancel_timer()
+            await self.transport.close()
+            self.notifier.close()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def request_leave(self) -> None:
+        """Ask for a graceful leave (SIGTERM); safe to call from a signal handler callback."""
+        self._post("leave", None)
+
+    def request_reload(self, config: ClusterConfig) -> None:
+        """Apply a reloaded configuration (SIGHUP): nodelist and runtime-changeable settings."""
+        self._post("reload", config)
+
+    def mcast(self, payload: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
+        """Queue an application message in total order (Totem mode and tests). Raises UsageError."""
+        if self.core is None or self._left:
+            raise UsageError("not_running", "the node is not running")
+        self._feed(McastRequested(_now(), payload, guarantee))
+
+    def handle_request(self, event: object) -> None:
+        """Feed a local request event (SetExpectedVotes, ServiceRequest, …) to the core.
+
+        Results come back as notifications to the listeners (RequestResult). Raises UsageError
+        when the node is not running.
+        """
+        if self.core is None or self._left:
+            raise UsageError("not_running", "the node is not running")
+        self._feed(event)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Register a callback for notifications. Raises UsageError past MAX_LISTENERS."""
+        if len(self._listeners) >= MAX_LISTENERS:
+            raise UsageError("too_many_listeners", f"at most {MAX_LISTENERS} listeners")
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Unregister a callback (no error if absent)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def status(self) -> NodeStatus:
+        """Return a snapshot of the node's observable state."""
+        totem = self._totem()
+        return NodeStatus(
+            node_id=self.me,
+            cluster_name=self.config.cluster_name,
+            state=self._state.value,
+            ring_id=self._ring_id,
+            members=self._members,
+            totem_ring_id=totem.ring_id if totem is not None else NO_RING,
+            quorate=self._quorate,
+            quorum=dict(self._quorum),
+            links=tuple(self.transport.links()),
+            stats=self._stats(),
+            membership_changes=self._changes,
+            started_at=self._started_at,
+            last_change_reason=self._reason,
+        )
+
+    # -- the core ----------------------------------------------------------------------------------
+    def _build_core(self, ring_seq: int) -> Core:
+        totem_cfg = self.config.totem
+        payload = getattr(self.transport, "max_payload_bytes", None)
+        if isinstance(payload, int) and payload + 45 < totem_cfg.netmtu:
+            # Keep every totem frame within one datagram of the transport (native.py docstring).
+            totem_cfg = replace(totem_cfg, netmtu=payload + 45)
+        if self.core_kind is CoreKind.TOTEM:
+            return Totem(totem_cfg, self.me, self.rng, ring_seq)
+        services = None
+        if self.extra_services:
+            from cmanlk.stack import default_services
+
+            services = default_services(self.config.quorum, self.config.config_version, self.extra_services)
+        stack_cfg = StackConfig(totem_cfg, self.config.quorum, services, self.config.config_version)
+        return Stack(stack_cfg, self.me, self.rng, ring_seq)
+
+    def _totem(self) -> Totem | None:
+        core = self.core
+        if isinstance(core, Stack):
+            return core.totem
+        return core if isinstance(core, Totem) else None
+
+    def _on_datagram(self, data: bytes, src: NodeId | None, link: int) -> None:
+        if self.core is None or self._left:
+            return
+        self._feed(PacketReceived(_now(), data, src, link))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is not None and not self._left:
+            self._feed(DeadlineReached(_now()))
+
+    def _feed(self, event: object) -> None:
+        """Hand one event to the core and carry out its actions; a core exception stops the node."""
+        core = self.core
+        if core is None or self._fatal is not None:
+            return
+        try:
+            actions = core.handle(event)
+            self._carry_out(actions)
+        except UsageError:
+            raise
+        except Exception as exc:  # a bug in the core or a failed fsync: we must not go on
+            log.critical(
+                "stopping: %r while handling %s (state %s, ring %s)",
+                exc,
+                type(event).__name__,
+                self._state.value,
+                self._ring_id,
+                exc_info=True,
+            )
+            self._fatal = exc
+            self._post("fatal", None)
+            return
+        self._arm_timer()
+
+    def _carry_out(self, actions: list[Any]) -> None:
+        for action in actions:
+            match action:
+                case Unicast(to=to, data=data):
+                    self.transport.unicast(to, data)
+                case Multicast(to=to, data=data):
+                    self.transport.multicast(to, data)
+                case PersistRingSeq(seq=seq):
+                    # Durable before the next action (the new ring's first packet): STYLE.md.
+                    statedir.write_ring_seq(self.state_dir, self.me, seq)
+                    self._persisted_seq = seq
+                case StateChanged():
+                    self._on_state(action)
+                case MembershipChanged():
+                    self._on_membership(action.ring_id, action.members, action.joined, action.left)
+                    self._publish(action)
+                case DeliverConfiguration():
+                    self._on_totem_configuration(action)
+                    self._publish(action)
+                case Deliver():
+                    self._delivered += 1
+                    self._publish(action)
+                case Notification():
+                    self._on_notification(action)
+                    self._publish(action)
+                case _:
+                    log.error("unknown action %r ignored", action)
+
+    def _arm_timer(self) -> None:
+        core = self.core
+        deadline = core.next_deadline if core is not None and not self._left else None
+        if deadline == self._timer_at and (deadline is None or self._timer is not None):
+            return
+        self._cancel_timer()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(deadline / 1e9, self._on_timer)
+            self._timer_at = deadline
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    # -- what the core tells us ----------------------------------------------------------------
+    def _on_state(self, change: StateChanged) -> None:
+        level = logging.INFO if change.state is not MembState.OPERATIONAL else logging.DEBUG
+        log.log(
+            level,
+            "totem %s -> %s: %s (ring %s)",
+            self._state.value,
+            change.state.value,
+            change.reason,
+            change.ring_id,
+        )
+        if change.state is MembState.GATHER:
+            self._reason = change.reason
+        self._state = change.state
+        self._status_dirty = True
+
+    def _on_totem_configuration(self, change: DeliverConfiguration) -> None:
+        if change.kind is ConfigKind.TRANSITIONAL:
+            log.info("transitional configuration %s: members %s", change.ring_id, _ids(change.members))
+            return
+        if self.core_kind is CoreKind.TOTEM:
+            self._on_membership(change.ring_id, change.members, change.joined, change.left)
+
+    def _on_membership(
+        self,
+        ring_id: RingId,
+        members: tuple[NodeId, ...],
+        joined: tuple[NodeId, ...],
+        left: tuple[NodeId, ...],
+    ) -> None:
+        self._ring_id, self._members = ring_id, members
+        self._changes += 1
+        log.info(
+            "new membership (%s) members %s joined %s left %s; reason: %s",
+            ring_id,
+            _ids(members),
+            _ids(joined),
+            _ids(left),
+            self._reason,
+        )
+        summary = f"ring {ring_id}: {len(members)} members ({_ids(members)})"
+        if not self._ready_sent:
+            self._ready_sent = self.notifier.ready(summary) or True
+        else:
+            self.notifier.status(summary)
+        self._status_dirty = True
+        self._write_status()
+
+    def _on_notification(self, note: Notification) -> None:
+        name = type(note).__name__
+        if name == "QuorumChanged":
+            quorate = bool(getattr(note, "quorate", False))
+            state = getattr(note, "state", None)
+            if quorate != self._quorate:
+                log.info("quorum: %s", "quorate" if quorate else "NOT quorate")
+            self._quorate = quorate
+            if state is not None:
+                self._quorum = {k: _plain(getattr(state, k)) for k in getattr(state, "__slots__", ())}
+            self._status_dirty = True
+        elif name == "ConfigVersionMismatch":
+            log.error("config_version mismatch with a peer: %s", note)
+        else:
+            log.debug("notification %s", note)
+
+    def _publish(self, item: object) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(item)
+            except Exception:  # a listener's bug must not stop the node; it is logged
+                log.exception("listener %r failed on %s", listener, type(item).__name__)
+
+    # -- control: leave, reload, failure --------------------------------------------------------
+    def _post(self, what: str, arg: object) -> None:
+        try:
+            self._control.put_nowait((what, arg))
+        except asyncio.QueueFull:
+            log.warning("control queue full; %s request dropped", what)
+
+    async def _control_loop(self) -> None:
+        while True:
+            what, arg = await self._control.get()
+            if what == "fatal":
+                self._try_leave()
+                return
+            if what == "leave":
+                log.info("leaving the cluster (ring %s, members %s)", self._ring_id, _ids(self._members))
+                self.notifier.stopping()
+                self._try_leave()
+                await asyncio.sleep(LEAVE_FLUSH_S)
+                self._write_status()
+                return
+            if what == "reload" and isinstance(arg, ClusterConfig):
+                self._reload(arg)
+
+    def _try_leave(self) -> None:
+        if self.core is None or self._left:
+            return
+        try:
+            self._carry_out(self.core.handle(LeaveRequested(_now())))
+        except Exception:  # leaving is best effort once we are failing
+            log.exception("leave failed")
+        self._left = True
+        self._state = MembState.LEFT
+        self._cancel_timer()
+
+    def _reload(self, new: ClusterConfig) -> None:
+        old = self.config
+        if new.node(self.me) is None:
+            log.error("reload refused: this node (%d) is not in the new nodelist", self.me)
+            return
+        ignored = [
+            name
+            for name in ("transport", "links", "crypto_cipher", "crypto_hash", "cmanlk", "cluster_name")
+            if getattr(new, name) != getattr(old, name)
+        ]
+        old_timers = replace(old.totem, nodes=())
+        if replace(new.totem, nodes=()) != old_timers:
+            ignored.append("totem timers")
+        if ignored:
+            log.warning("reload: %s changed; these take effect only after a restart", ", ".join(ignored))
+        self.config = replace(old, nodes=new.nodes, logging=new.logging, warnings=new.warnings)
+        if new.node_addresses() != old.node_addresses():
+            nodes = tuple(n.nodeid for n in new.nodes)
+            log.info("reload: nodelist now %s", _ids(nodes))
+            self.transport.set_nodes(new.node_addresses())
+            self._feed(NodelistChanged(_now(), nodes))
+        else:
+            log.info("reload: nodelist unchanged")
+        from cmanlk.runtime.logsetup import setup_logging
+
+        setup_logging(new.logging, debug=logging.getLogger().level == logging.DEBUG)
+
+    # -- status ----------------------------------------------------------------------------------
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_REFRESH_S)
+            self._write_status()
+
+    def _write_status(self) -> None:
+        try:
+            statedir.write_status(self.status_path, self.status().as_dict())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.status_path, exc)
+        self._status_dirty = False
+
+    def _stats(self) -> dict[str, object]:
+        out: dict[str, object] = {"persisted_ring_seq": self._persisted_seq, "delivered": self._delivered}
+        totem = self._totem()
+        if totem is not None:
+            out["totem"] = {f.name: _plain(getattr(totem.stats, f.name)) for f in fields(totem.stats)}
+        if isinstance(self.core, Stack):
+            out["stack_dropped"] = dict(self.core.stats)
+            out["sync_state"] = self.core.sync.state.value
+        counters: dict[str, int] = {}
+        for link in self.transport.links():
+            for key, value in link.counters.items():
+                counters[key] = counters.get(key, 0) + value
+        out["transport"] = counters
+        return out
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to cancel the helper tasks once the control loop returns."""
+
+
+def _now() -> Instant:
+    return Instant(time.monotonic_ns())
+
+
+def _ids(nodes: tuple[NodeId, ...] | list[NodeId]) -> str:
+    return "[" + " ".join(str(n) for n in nodes) + "]"
+
+
+def _plain(value: object) -> object:
+    """A JSON-friendly rendering of a counter or state field."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+# -- the native transport, adapted to the Transport protocol ---------------------------------------
+class _NativeAdapter:
+    """NativeTransport reports (peer, link) paths; this folds them into per-link LinkStatus."""
+
+    def __init__(self, native: Any, config: ClusterConfig) -> None:
+        self._native = native
+        self._config = config
+
+    async def start(self, deliver: Callable[[bytes, NodeId | None, int], None]) -> None:
+        await self._native.start(deliver)
+
+    def unicast(self, to: NodeId, data: bytes) -> None:
+        self._native.unicast(to, data)
+
+    def multicast(self, to: tuple[NodeId, ...], data: bytes) -> None:
+        self._native.multicast(to, data)
+
+    def set_nodes(self, nodes: Mapping[NodeId, Any]) -> None:
+        self._native.set_nodes(nodes)
+
+    async def close(self) -> None:
+        await self._native.close()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self._native.max_payload_bytes)
+
+    def links(self) -> list[LinkStatus]:
+        paths = self._native.links()
+        local = self._native.local_links()
+        addrs = self._config.node_addresses()
+        stats = self._native.stats
+        out = []
+        for lk in sorted(local):
+            peers = tuple(
+                PeerReachability(p.node, addrs.get(p.node, {}).get(lk, "?"), p.up, "" if p.up else p.reason)
+                for p in paths
+                if p.link == lk
+            )
+            text = local[lk]
+            out.append(
+                LinkStatus(
+                    index=lk,
+                    interface=self._config.link(lk).interface,
+                    local_address=text.split()[1] if not text.startswith("unbound") else None,
+                    up=not text.startswith("unbound"),
+                    peers=peers,
+                    reason=text,
+                    counters={
+                        "sent": stats.sent,
+                        "received": stats.received,
+                        **{f"dropped_{k}": v for k, v in stats.dropped.items()},
+                    },
+                )
+            )
+        return out
+
+
+def _native_transport(config: ClusterConfig, me: NodeId) -> Transport:
+    from cmanlk.runtime.linkstate import HeartbeatConfig, LinkMode
+    from cmanlk.runtime.native import NativeConfig, NativeLink, NativeTransport
+
+    problems: list[ConfigProblem] = []
+    mine = config.node(me)
+    if mine is None:
+        raise ConfigError([ConfigProblem(config.source, 0, "nodelist", f"node {me} is not in the nodelist")])
+    links = tuple(
+        NativeLink(
+            link=index,
+            interface=config.link(index).interface,
+            local_address=address,
+            port=config.link(index).port,
+            priority=config.link(index).priority,
+        )
+        for index, address in mine.addresses.items()
+    )
+    key: bytes | None = None
+    if config.is_crypto_enabled:
+        try:
+            with open(config.cmanlk.keyfile, "rb") as f:
+                key = f.read(1 << 16)
+        except OSError as exc:
+            problems.append(ConfigProblem(config.source, 0, "cmanlk.keyfile", f"cannot read key: {exc}"))
+    if problems:
+        raise ConfigError(problems)
+    link0 = config.link(0)
+    extra: dict[str, Any] = {} if link0.pong_count is None else {"pong_count": link0.pong_count}
+    heartbeat = HeartbeatConfig.from_token(
+        config.totem.token_ms,
+        ping_interval_ms=link0.ping_interval_ms,
+        timeout_ms=link0.ping_timeout_ms,
+        **extra,
+    )
+    native = NativeTransport(
+        NativeConfig(
+            me=me,
+            links=links,
+            peers=config.node_addresses(),
+            heartbeat=heartbeat,
+            mode=LinkMode(config.link_mode),
+            crypto=config.is_crypto_enabled,
+            key=key,
+            cluster_name=config.cluster_name,
+            rebind_trigger=str(Path(config.cmanlk.run_dir) / "rebind"),
+        )
+    )
+    adapter: Transport = _NativeAdapter(native, config)
+    return adapter
