@@ -454,7 +454,10 @@ def test_ip_version_must_match_the_addresses() -> None:
 
 
 def test_node_without_nodeid_or_address_is_an_error() -> None:
-    text = "totem {\n  version: 2\n}\nnodelist {\n  node {\n    ring0_addr: 10.0.0.1\n  }\n  node {\n    nodeid: 2\n  }\n}\n"
+    text = (
+        "totem {\n  version: 2\n}\nnodelist {\n  node {\n    ring0_addr: 10.0.0.1\n  }\n"
+        "  node {\n    nodeid: 2\n  }\n}\n"
+    )
     found = {(p.line, p.key) for p in problems_of(text)}
     assert (5, "nodelist.node.nodeid") in found
     assert (8, "nodelist.node.ring0_addr") in found
