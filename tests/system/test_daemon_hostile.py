@@ -1,0 +1,77 @@
+"""A hostile network costs cmanlkd counters, not its life or its ring.
+
+Node 9 is in nobody's nodelist: its datagrams must be dropped by the udpu transport
+(block_unlisted_ips). Node 4 is listed but runs no daemon: its address passes the transport
+filter, so its garbage and forged totem packets reach the Totem core, which must drop each one
+with a named reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.system.conftest import REPO, Cluster
+from tests.system.netns import ipv4
+
+pytestmark = pytest.mark.system
+
+FLOOD_COUNT = 4000
+
+
+def flood(c: Cluster, from_node: int, target: int, mode: str) -> int:
+    proc = c.lab.run(
+        from_node,
+        "env",
+        f"PYTHONPATH={REPO}",
+        sys.executable,
+        "-m",
+        "tests.system.flood",
+        ipv4(target),
+        "5405",
+        "--mode",
+        mode,
+        "--count",
+        str(FLOOD_COUNT),
+        "--sender",
+        str(from_node),
+    )
+    return int(proc.stdout.strip())
+
+
+def totem_drops(st: dict[str, Any]) -> int:
+    return sum(st["stats"]["totem"]["dropped"].values())
+
+
+def test_garbage_and_forged_packets_are_dropped_and_counted(cluster_factory: Callable[..., Cluster]) -> None:
+    c = cluster_factory([1, 2, 3], listed=[1, 2, 3, 4])
+    c.lab.add_node(4)
+    c.lab.add_node(9)
+    c.start_all()
+    c.wait_ring([1, 2, 3])
+    before = c.status(1)
+    assert before is not None
+
+    assert flood(c, 9, 1, "garbage") == FLOOD_COUNT
+    c.wait_until(
+        lambda: c.status(1)["stats"]["transport"].get("dropped_unlisted_source", 0) >= FLOOD_COUNT,  # type: ignore[index]
+        10.0,
+        "unlisted datagrams counted",
+    )
+    assert totem_drops(c.status(1)) == totem_drops(before)  # type: ignore[arg-type]  # never reached the core
+
+    assert flood(c, 4, 1, "garbage") == FLOOD_COUNT
+    assert flood(c, 4, 1, "forged") == FLOOD_COUNT
+    c.wait_until(
+        lambda: totem_drops(c.status(1)) >= totem_drops(before) + FLOOD_COUNT,  # type: ignore[arg-type]
+        10.0,
+        "forged packets dropped by the core",
+    )
+    reasons = c.status(1)["stats"]["totem"]["dropped"]  # type: ignore[index]
+    assert {"short-header", "bad-version", "bad-type"} <= set(reasons), reasons
+    for n in (1, 2, 3):
+        assert c.alive(n)
+    c.wait_ring([1, 2, 3], timeout_s=10.0)
