@@ -395,9 +395,8 @@ class Node:
 
     # -- what the core tells us ----------------------------------------------------------------
     def _on_state(self, change: StateChanged) -> None:
-        level = logging.INFO if change.state is not MembState.OPERATIONAL else logging.DEBUG
-        log.log(
-            level,
+        # The core logs each transition with its detail; here only the runtime's view, at debug.
+        log.debug(
             "totem %s -> %s: %s (ring %s)",
             self._state.value,
             change.state.value,
