@@ -1,0 +1,95 @@
+"""Interop: Debian's corosync 3 (udpu) and cmanlkd in one ring.
+
+Node 1 runs the real corosync; nodes 2 and 3 run cmanlkd. corosync must list both as joined
+members (corosync-cmapctl runtime.members), count their votes (corosync-quorumtool), and see a
+kill -9 of one as a failure and a SIGTERM of the other as a leave.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.system.conftest import Cluster
+
+pytestmark = [pytest.mark.system, pytest.mark.interop]
+
+COROSYNC_START_S = 10.0
+
+
+@pytest.fixture
+def mixed(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
+    if shutil.which("corosync") is None or shutil.which("corosync-cmapctl") is None:
+        pytest.skip("Debian's corosync is not installed (scripts/setup.sh installs it)")
+    c = cluster_factory([1, 2, 3], token_ms=1000)
+    state = c.workdir / "corosync-state"
+    state.mkdir()
+    conf = c.config_text(1, [1, 2, 3]).replace("cmanlk {", f"system {{\n  state_dir: {state}\n}}\ncmanlk {{")
+    path = c.workdir / "corosync1.conf"
+    path.write_text(conf)
+    proc = c.lab.popen(1, ["corosync", "-f", "-c", str(path)], c.workdir / "corosync1.log")
+    c.procs[1] = proc
+    try:
+        c.wait_until(
+            lambda: "ready to provide service" in _corosync_log(c), COROSYNC_START_S, "corosync ready"
+        )
+        yield c
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # let corosync remove its libqb shared memory files
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _corosync_log(c: Cluster) -> str:
+    return (c.workdir / "corosync1.log").read_text(errors="replace")
+
+
+def corosync_members(c: Cluster) -> dict[int, str]:
+    """node id → status ("joined"/"left") from corosync-cmapctl runtime.members on node 1."""
+    out = c.lab.run(1, "corosync-cmapctl", "-b", "runtime.members", check=False).stdout
+    return {
+        int(m.group(1)): m.group(2)
+        for m in re.finditer(r"runtime\.members\.(\d+)\.status \(str\) = (\w+)", out)
+    }
+
+
+def corosync_votes(c: Cluster) -> int | None:
+    out = c.lab.run(1, "corosync-quorumtool", "-s", check=False).stdout
+    m = re.search(r"Total votes:\s+(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def test_corosync_lists_cmanlkd_nodes_and_counts_their_votes(mixed: Cluster) -> None:
+    c = mixed
+    c.start(2)
+    c.start(3)
+    c.wait_ring([2, 3], members=[1, 2, 3], timeout_s=15.0)
+    c.wait_until(
+        lambda: corosync_members(c) == {1: "joined", 2: "joined", 3: "joined"}, 10.0, "corosync members"
+    )
+    c.wait_until(lambda: corosync_votes(c) == 3, 10.0, "corosync counting 3 votes")
+    assert c.status(2)["quorate"] is True  # type: ignore[index]
+
+
+def test_corosync_sees_a_cmanlkd_failure_and_a_leave(mixed: Cluster) -> None:
+    c = mixed
+    c.start(2)
+    c.start(3)
+    c.wait_ring([2, 3], members=[1, 2, 3], timeout_s=15.0)
+    c.kill(3)
+    c.wait_until(lambda: corosync_members(c).get(3) == "left", 10.0, "corosync seeing node 3 fail")
+    c.wait_ring([2], members=[1, 2], timeout_s=10.0)
+    start = time.monotonic()
+    assert c.stop(2) == 0
+    c.wait_until(lambda: corosync_members(c).get(2) == "left", 5.0, "corosync seeing node 2 leave")
+    # a leave, not a failure: well below token (1000) + consensus (1200)
+    assert time.monotonic() - start < 1.5
