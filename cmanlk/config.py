@@ -144,12 +144,16 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class CmanlkSettings:
-    """Our own section `cmanlk {}` (falls back to corosync's `system.state_dir`, `totem.keyfile`)."""
+    """Our own section `cmanlk {}` (falls back to corosync's `system.state_dir`, `totem.keyfile`).
+
+    `dbus`: serve org.cmanlk.Cluster on the system bus: yes, no, or auto (when a system bus exists).
+    """
 
     state_dir: str = "/var/lib/cmanlk"
     run_dir: str = "/run/cmanlk"
     ipc_group: str | None = None
     keyfile: str = "/etc/corosync/authkey"
+    dbus: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +449,7 @@ _CMANLK: dict[str, Conv] = {
     "run_dir": _path,
     "ipc_group": _name,
     "keyfile": _path,
+    "dbus": _choice("yes", "no", "auto"),
 }
 _SYSTEM: dict[str, Conv] = {
     "state_dir": _path,
@@ -864,6 +869,7 @@ class _Reader:
             run_dir=_get(v, "run_dir", defaults.run_dir),
             ipc_group=_get(v, "ipc_group", None),
             keyfile=_get(v, "keyfile", _get(tv, "keyfile", defaults.keyfile)),
+            dbus=_get(v, "dbus", defaults.dbus),
         )
 
 

@@ -29,19 +29,20 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from cmanlk.config import ClusterConfig, TransportKind
 from cmanlk.errors import ConfigError, ConfigProblem, UsageError
+from cmanlk.quorum import QuorumState
 from cmanlk.runtime import statedir
 from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.transport import LinkStatus, PeerReachability, Transport
 from cmanlk.runtime.udpu import UdpuTransport
 from cmanlk.service import Notification
-from cmanlk.stack import MembershipChanged, Stack, StackConfig
+from cmanlk.stack import MembershipChanged, RequestResult, Stack, StackConfig
 from cmanlk.totem.actions import (
     ConfigKind,
     Deliver,
@@ -73,6 +74,8 @@ LEAVE_FLUSH_S = 0.05
 datagrams leave the host (sendto on a non-blocking socket only queues them)."""
 MAX_LISTENERS = 64
 """Bound on notification listeners (IPC server, D-Bus service, tests)."""
+MAX_PENDING_REQUESTS = 64
+"""Bound on local requests waiting for the core's answer (each is one admin or client call)."""
 
 
 class Core(Protocol):
@@ -167,7 +170,15 @@ class Node:
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         extra_services: tuple[Any, ...] = (),
+        companions: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = (),
     ) -> None:
+        """Build the node (nothing runs before `run()`).
+
+        `transport` defaults to the one `config` selects; `extra_services` are service factories
+        added to the Stack (cpg); `companions` are coroutine functions run under the node's
+        TaskGroup while it runs (the D-Bus and IPC edges): if one raises, the node stops.
+        Raises ConfigError or OSError when the transport cannot be built.
+        """
         self.config = config
         self.me = me
         self.transport = transport if transport is not None else build_transport(config, me)
@@ -175,6 +186,9 @@ class Node:
         self.notifier = notifier or Notifier({})
         self.rng = rng or random.Random()
         self.extra_services = extra_services
+        self.companions = companions
+        self._requests: dict[int, asyncio.Future[RequestResult]] = {}
+        self._next_request_id = 1
         self.core: Core | None = None
         self.run_dir = Path(config.cmanlk.run_dir)
         self.state_dir = Path(config.cmanlk.state_dir)
@@ -225,6 +239,8 @@ class Node:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.notifier.watchdog_loop(), name="watchdog")
                 tg.create_task(self._status_loop(), name="status")
+                for companion in self.companions:
+                    tg.create_task(companion(), name=getattr(companion, "__name__", "companion"))
                 await self._control_loop()
                 raise _Stop  # cancels the helper tasks
         except* _Stop:
@@ -260,6 +276,29 @@ class Node:
             raise UsageError("not_running", "the node is not running")
         self._feed(event)
 
+    async def request(self, build: Callable[[Instant, int], object], timeout_s: float = 5.0) -> str:
+        """Feed the local request `build(now, request_id)` (SetExpectedVotes, SetVotes, …) and wait
+        for the core's answer.
+
+        Returns the result message ("" when none). Raises UsageError with the core's code when
+        refused, UsageError("busy") past MAX_PENDING_REQUESTS, TimeoutError after `timeout_s`.
+        """
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            raise UsageError("busy", f"{MAX_PENDING_REQUESTS} requests are already pending")
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = future
+        try:
+            self.handle_request(build(_now(), request_id))
+            async with asyncio.timeout(timeout_s):
+                result = await future
+        finally:
+            self._requests.pop(request_id, None)
+        if result.error is not None:
+            raise UsageError(result.error, result.message or result.error)
+        return result.message
+
     def add_listener(self, listener: Listener) -> None:
         """Register a callback for notifications. Raises UsageError past MAX_LISTENERS."""
         if len(self._listeners) >= MAX_LISTENERS:
@@ -270,6 +309,21 @@ class Node:
         """Unregister a callback (no error if absent)."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    @property
+    def quorum_state(self) -> QuorumState | None:
+        """votequorum's current decision (None with a bare Totem core or before the first sync)."""
+        return self.core.quorum if isinstance(self.core, Stack) else None
+
+    @property
+    def ring_id(self) -> RingId:
+        """The ring of the last published membership."""
+        return self._ring_id
+
+    @property
+    def members(self) -> tuple[NodeId, ...]:
+        """The members of the last published membership."""
+        return self._members
 
     def status(self) -> NodeStatus:
         """Return a snapshot of the node's observable state."""
@@ -369,6 +423,11 @@ class Node:
                     self._publish(action)
                 case Deliver():
                     self._delivered += 1
+                    self._publish(action)
+                case RequestResult():
+                    future = self._requests.get(action.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(action)
                     self._publish(action)
                 case Notification():
                     self._on_notification(action)

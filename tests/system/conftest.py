@@ -25,6 +25,8 @@ from tests.system.netns import Lab, address
 
 REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.05
+DEFAULT_CMANLK_EXTRA = "  dbus: no\n"
+"""Daemons under test never touch the host's system bus unless a test gives them a private one."""
 
 
 def _missing_requirements() -> str | None:
@@ -50,6 +52,7 @@ class Cluster:
         listed: list[int] | None = None,
         bind_interface: bool = False,
         totem_extra: str = "",
+        cmanlk_extra: dict[int, str] | None = None,
     ) -> None:
         self.lab = lab
         self.workdir = workdir
@@ -59,6 +62,7 @@ class Cluster:
         self.listed = listed or nodes
         self.bind_interface = bind_interface
         self.totem_extra = totem_extra
+        self.cmanlk_extra = cmanlk_extra or {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         for n in nodes:
             lab.add_node(n)
@@ -89,17 +93,20 @@ class Cluster:
             f"nodelist {{\n{entries}}}\n"
             "quorum {\n  provider: corosync_votequorum\n}\n"
             "logging {\n  to_stderr: yes\n  timestamp: hires\n}\n"
-            f"cmanlk {{\n  state_dir: {self.state_dir(node)}\n  run_dir: {self.run_dir(node)}\n}}\n"
+            f"cmanlk {{\n  state_dir: {self.state_dir(node)}\n  run_dir: {self.run_dir(node)}\n"
+            f"{self.cmanlk_extra.get(node, DEFAULT_CMANLK_EXTRA)}}}\n"
         )
 
     def write_config(self, node: int, listed: list[int]) -> None:
         self.conf_path(node).write_text(self.config_text(node, listed))
 
     # -- processes -------------------------------------------------------------------------------
-    def start(self, node: int, *extra: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, node: int, *extra: str, env_extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         status = self.run_dir(node) / "status.json"
         status.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         env.pop("NOTIFY_SOCKET", None)
         cmd = [sys.executable, "-m", "cmanlk.daemon", "-f", "-c", str(self.conf_path(node)), *extra]
         proc = self.lab.popen(node, cmd, self.log_path(node), env)
