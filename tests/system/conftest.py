@@ -106,8 +106,8 @@ class Cluster:
     ) -> subprocess.Popen[bytes]:
         status = self.run_dir(node) / "status.json"
         status.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-        env.pop("NOTIFY_SOCKET", None)
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env_extra or {})})
         cmd = [sys.executable, "-m", "cmanlk.daemon", "-f", "-c", str(self.conf_path(node)), *extra]
         proc = self.lab.popen(node, cmd, self.log_path(node), env)
         self.procs[node] = proc
