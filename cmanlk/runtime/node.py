@@ -699,7 +699,6 @@ def _native_transport(config: ClusterConfig, me: NodeId) -> Transport:
     from cmanlk.runtime.linkstate import HeartbeatConfig, LinkMode
     from cmanlk.runtime.native import NativeConfig, NativeLink, NativeTransport
 
-    problems: list[ConfigProblem] = []
     mine = config.node(me)
     if mine is None:
         raise ConfigError([ConfigProblem(config.source, 0, "nodelist", f"node {me} is not in the nodelist")])
@@ -715,13 +714,9 @@ def _native_transport(config: ClusterConfig, me: NodeId) -> Transport:
     )
     key: bytes | None = None
     if config.is_crypto_enabled:
-        try:
-            with open(config.cmanlk.keyfile, "rb") as f:
-                key = f.read(1 << 16)
-        except OSError as exc:
-            problems.append(ConfigProblem(config.source, 0, "cmanlk.keyfile", f"cannot read key: {exc}"))
-    if problems:
-        raise ConfigError(problems)
+        from cmanlk.runtime.crypto import load_key_file  # needs the cryptography package
+
+        key = load_key_file(config.cmanlk.keyfile)  # raises ConfigError (size, mode, unreadable)
     link0 = config.link(0)
     extra: dict[str, Any] = {} if link0.pong_count is None else {"pong_count": link0.pong_count}
     heartbeat = HeartbeatConfig.from_token(
