@@ -1,0 +1,845 @@
+"""Closed process groups: corosync 3.1.7's cpg service (service 2), wire-compatible (exec/cpg.c).
+
+corosync-wire.md §9. A process is (nodeid, pid); processes join named groups (≤ 128 bytes) and
+multicast to them in agreed order; every member sees the same sequence of messages and of
+configuration changes (virtual synchrony, Birman's model that Totem's EVS delivers on).
+
+Local processes reach us through a connection `Handle` chosen by the IPC server; one handle may
+join several groups (corosync: one group per connection), each with a pid. Local requests are
+the events `CpgJoin`, `CpgLeave`, `CpgMcast`, `ClientGone`, routed by the Stack's
+`ServiceRequest(service_id=2)`; they are validated here like libcpg's handlers and multicast as
+PROCJOIN / PROCLEAVE / MCAST, so every node applies them at the same point of the total order.
+
+Per-handle state machine (cpg.c's cpd_state table):
+    join  : none → JOIN_STARTED (own PROCJOIN delivered) → JOIN_COMPLETED
+    leave : JOIN_COMPLETED → LEAVE_STARTED (own PROCLEAVE delivered) → gone
+    mcast : allowed in JOIN_STARTED and JOIN_COMPLETED; delivered to JOIN_COMPLETED and
+            LEAVE_STARTED handles, and only when the sender node has a process in the group.
+
+Synchronisation after each regular configuration (sync v2, `sync_*`):
+- sync_init: the downlist is the old members (of the last synchronised ring) missing from the
+  transitional configuration;
+- sync_process: multicast DOWNLIST, then JOINLIST (our local processes; none when we have none);
+- sync_activate (after the barrier): processes of downlist nodes are removed, one confchg per
+  group with reason 3 (node down); processes named in other nodes' JOINLISTs that we did not
+  know join with reason 4 (node up); remote processes named by no JOINLIST are removed with
+  reason 5 (process down; they left while we were apart); then the totem confchg (ring id and
+  members) goes to every handle.
+
+Deviations from corosync, with reasons:
+- corosync 3 applies its *own* downlist (received DOWNLISTs are only logged; the downlist
+  master choice of corosync 2 is gone). We do the same and, rather than ignore received ones,
+  compare them: a peer with the same old membership must name the same nodes, else we count
+  `downlist_mismatch` (a cheap virtual-synchrony canary). corosync-wire.md's "lowest sender"
+  wording describes corosync 2.
+- A PROCLEAVE for a process we do not know produces no confchg (corosync notifies a "left"
+  process that was never a member).
+- corosync's cleanup of a local process after its own LEAVE loops over the joined list (a bug:
+  the handle never returns to UNJOINED); we unjoin the handle once its PROCLEAVE is delivered.
+- corosync pauses IPC during sync; we refuse join/leave/mcast with `try_again` while
+  synchronising (libcpg callers retry CS_ERR_TRY_AGAIN the same way).
+- PARTIAL_MCAST (libcpg's fragments of messages larger than its IPC chunk) is reassembled here
+  and delivered whole, since our clients get whole messages. We never send it: our MCAST carries
+  up to MAX_MESSAGE_BYTES and totempg fragments it.
+- Flow control: corosync reserves totem queue space per IPC message. We count our own MCAST
+  bytes multicast but not yet delivered back to us (self-delivery is guaranteed by EVS while we
+  live) and refuse with `try_again` past MAX_IN_FLIGHT_BYTES, below totem's 4 MiB queue bound,
+  so a client is told to wait instead of the Stack dropping its message. The 8-byte
+  "connection pointer" of MCAST (opaque to receivers) carries our send sequence, so a delivery
+  settles every older send. A new ring settles everything (what was not delivered is still in
+  totem's queue and goes out on the new ring).
+- Byte-swapped peers are not supported (svcwire's module docstring).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NewType
+
+from cmanlk import svcwire
+from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.service import CPG_SERVICE, Notification, SendMessage, ServiceOutput
+from cmanlk.totem.actions import DeliverConfiguration
+from cmanlk.totem.totempg import MESSAGE_SIZE_MAX
+from cmanlk.types import NO_RING, NodeId, RingId
+
+Handle = NewType("Handle", int)
+"""A local client connection (the IPC server's id for it); never reused while the daemon runs."""
+
+# --- wire constants (exec/cpg.c, include/corosync/ipc_cpg.h) --------------------------------------
+
+MESSAGE_REQ_EXEC_CPG_PROCJOIN = 0
+MESSAGE_REQ_EXEC_CPG_PROCLEAVE = 1
+MESSAGE_REQ_EXEC_CPG_JOINLIST = 2
+MESSAGE_REQ_EXEC_CPG_MCAST = 3
+MESSAGE_REQ_EXEC_CPG_DOWNLIST_OLD = 4
+MESSAGE_REQ_EXEC_CPG_DOWNLIST = 5
+MESSAGE_REQ_EXEC_CPG_PARTIAL_MCAST = 6
+
+CPG_MAX_NAME_LENGTH = 128  # bytes of a group name (mar_cpg_name_t.value)
+PROCESSOR_COUNT_MAX = 384  # the DOWNLIST's fixed nodeid array
+
+# libcpg's confchg reasons (cpg.h, CPG_REASON_*).
+REASON_UNDEFINED = 0
+REASON_JOIN = 1
+REASON_LEAVE = 2
+REASON_NODEDOWN = 3
+REASON_NODEUP = 4
+REASON_PROCDOWN = 5
+
+# libcpg's partial-message fragment types (LIBCPG_PARTIAL_*).
+PARTIAL_FIRST = 1
+PARTIAL_CONTINUED = 2
+PARTIAL_LAST = 3
+
+# Layouts: every field aligned(8) (svcwire.aligned_layout). mar_cpg_name_t is {u32 length; char
+# value[128]} with value at +8: 136 bytes.
+NAME_SIZE = 136
+PROCJOIN_SIZE = 168  # header 16, name 16..152, pid 152, reason 160
+MCAST_HEADER_SIZE = 184  # header 16, name 16, msglen 152, pid 160, source {nodeid 168, conn 176}
+PARTIAL_HEADER_SIZE = 200  # name 16, msglen 152, fraglen 160, pid 168, type 176, source 184/192
+JOINLIST_ENTRY_SIZE = 144  # pid 0, name 8..144
+DOWNLIST_SIZE = 16 + 8 + 8 + 4 * PROCESSOR_COUNT_MAX  # 1568
+
+_NAME = struct.Struct("<I4x128s")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_DOWNLIST_HEAD = struct.Struct("<I4xI4x")
+_NODEIDS = struct.Struct(f"<{PROCESSOR_COUNT_MAX}I")
+
+# --- bounds ---------------------------------------------------------------------------------------
+
+GROUP_HEADER_BYTES = 5  # svcwire's one-group header for "a", in front of every service message
+MAX_MESSAGE_BYTES = MESSAGE_SIZE_MAX - MCAST_HEADER_SIZE - GROUP_HEADER_BYTES
+"""Largest payload of one cpg_mcast: totempg's 1 MiB message less the MCAST and group headers."""
+MAX_IN_FLIGHT_BYTES = 2 * MESSAGE_SIZE_MAX
+"""Own MCAST bytes sent and not yet delivered back before we answer try_again: half of totem's
+4 MiB send queue, so votequorum/sync messages behind a burst still find room."""
+MAX_LOCAL_PROCESSES = 4096
+"""Local (handle, group) memberships; 4096 × 144 bytes keeps our JOINLIST well under 1 MiB."""
+MAX_PROCESSES = 65536
+"""Processes known cluster-wide (a peer's PROCJOIN/JOINLIST grows this); past it joins are
+dropped and counted — the same decision on every node, since all see the same order."""
+MAX_JOINLIST_ENTRIES = MAX_PROCESSES
+"""JOINLIST entries stored during one synchronisation."""
+MAX_PARTIAL_ASSEMBLIES = 64
+"""PARTIAL_MCAST messages being reassembled at once, cluster-wide."""
+MAX_PARTIAL_BYTES = 16 * MESSAGE_SIZE_MAX
+"""Bytes held by all PARTIAL_MCAST reassemblies together."""
+
+
+# --- local requests (the `request` of a Stack ServiceRequest for service 2) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpgJoin:
+    """Join `group` as process `pid` over connection `handle` (cpg_join).
+
+    `initial_totem_conf`: also send this handle the totem confchg once its join completes
+    (CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF).
+    """
+
+    handle: Handle
+    group: bytes
+    pid: int
+    initial_totem_conf: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CpgLeave:
+    """Leave `group` (cpg_leave)."""
+
+    handle: Handle
+    group: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CpgMcast:
+    """Multicast `payload` to the members of `group` in agreed order (cpg_mcast_joined)."""
+
+    handle: Handle
+    group: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGone:
+    """Connection `handle` closed: its processes leave every group with reason 5 (process down)."""
+
+    handle: Handle
+
+
+CpgRequest = CpgJoin | CpgLeave | CpgMcast | ClientGone
+
+
+# --- notifications (addressed to local handles) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CpgAddress:
+    """A process in a confchg list; `reason` is REASON_* in left/joined lists, 0 in members."""
+
+    nodeid: NodeId
+    pid: int
+    reason: int = REASON_UNDEFINED
+
+
+@dataclass(frozen=True, slots=True)
+class CpgDeliver(Notification):
+    """A message of `group` from process (nodeid, pid), for each of `handles`."""
+
+    handles: tuple[Handle, ...]
+    group: bytes
+    nodeid: NodeId
+    pid: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CpgConfchg(Notification):
+    """The membership of `group` changed (cpg's confchg callback), for each of `handles`.
+
+    `members` is the new membership in (nodeid, pid) order; `left`/`joined` carry reasons.
+    """
+
+    handles: tuple[Handle, ...]
+    group: bytes
+    members: tuple[CpgAddress, ...]
+    left: tuple[CpgAddress, ...]
+    joined: tuple[CpgAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CpgTotemConfchg(Notification):
+    """The totem membership after a synchronisation (cpg's totem confchg callback)."""
+
+    handles: tuple[Handle, ...]
+    ring_id: RingId
+    members: tuple[NodeId, ...]
+
+
+# --- decoded messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcJoin:
+    """PROCJOIN or PROCLEAVE (same layout)."""
+
+    group: bytes
+    pid: int
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mcast:
+    group: bytes
+    pid: int
+    source_nodeid: NodeId
+    source_conn: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartialMcast:
+    group: bytes
+    msglen: int
+    pid: int
+    kind: int
+    source_nodeid: NodeId
+    source_conn: int
+    fragment: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Downlist:
+    old_members: int
+    left_nodes: tuple[NodeId, ...]
+
+
+def _encode_name(group: bytes) -> bytes:
+    return _NAME.pack(len(group), group)
+
+
+def _decode_name(message: bytes, offset: int, what: str) -> bytes:
+    length, value = _NAME.unpack_from(message, offset)
+    if length == 0 or length > CPG_MAX_NAME_LENGTH:
+        raise MalformedPacket(f"{what}_name_length", f"group name of {length} bytes")
+    return bytes(value[:length])
+
+
+def encode_procjoin(function: int, group: bytes, pid: int, reason: int) -> bytes:
+    """Return a 168-byte PROCJOIN (function 0) or PROCLEAVE (function 1)."""
+    body = bytearray(PROCJOIN_SIZE)
+    message_id = svcwire.service_message_id(CPG_SERVICE, function)
+    body[0:16] = svcwire.encode_request_header(message_id, PROCJOIN_SIZE)
+    body[16:152] = _encode_name(group)
+    _U32.pack_into(body, 152, pid)
+    _U32.pack_into(body, 160, reason)
+    return bytes(body)
+
+
+def decode_procjoin(message: bytes) -> ProcJoin:
+    """Decode a PROCJOIN/PROCLEAVE. Raises MalformedPacket when short or the name is bad."""
+    svcwire.check_size(message, PROCJOIN_SIZE, "cpg_procjoin")
+    group = _decode_name(message, 16, "cpg_procjoin")
+    (pid,) = _U32.unpack_from(message, 152)
+    (reason,) = _U32.unpack_from(message, 160)
+    return ProcJoin(group, pid, reason)
+
+
+def encode_mcast(group: bytes, pid: int, nodeid: NodeId, conn: int, payload: bytes) -> bytes:
+    """Return an MCAST: the 184-byte header then `payload`."""
+    size = MCAST_HEADER_SIZE + len(payload)
+    head = bytearray(MCAST_HEADER_SIZE)
+    head[0:16] = svcwire.encode_request_header(
+        svcwire.service_message_id(CPG_SERVICE, MESSAGE_REQ_EXEC_CPG_MCAST), size
+    )
+    head[16:152] = _encode_name(group)
+    _U32.pack_into(head, 152, len(payload))
+    _U32.pack_into(head, 160, pid)
+    _U32.pack_into(head, 168, nodeid)
+    _U64.pack_into(head, 176, conn)
+    return bytes(head) + payload
+
+
+def decode_mcast(message: bytes) -> Mcast:
+    """Decode an MCAST. Raises MalformedPacket when msglen disagrees with the message length."""
+    svcwire.check_size(message, MCAST_HEADER_SIZE, "cpg_mcast")
+    group = _decode_name(message, 16, "cpg_mcast")
+    (msglen,) = _U32.unpack_from(message, 152)
+    if MCAST_HEADER_SIZE + msglen != len(message):
+        raise MalformedPacket("cpg_mcast_length", f"msglen {msglen} in {len(message)} bytes")
+    (pid,) = _U32.unpack_from(message, 160)
+    (nodeid,) = _U32.unpack_from(message, 168)
+    (conn,) = _U64.unpack_from(message, 176)
+    return Mcast(group, pid, NodeId(nodeid), conn, bytes(message[MCAST_HEADER_SIZE:]))
+
+
+def encode_partial_mcast(
+    group: bytes, msglen: int, pid: int, kind: int, nodeid: NodeId, conn: int, fragment: bytes
+) -> bytes:
+    """Return a PARTIAL_MCAST (we never send one; tests and interop use this)."""
+    head = bytearray(PARTIAL_HEADER_SIZE)
+    head[0:16] = svcwire.encode_request_header(
+        svcwire.service_message_id(CPG_SERVICE, MESSAGE_REQ_EXEC_CPG_PARTIAL_MCAST),
+        PARTIAL_HEADER_SIZE + len(fragment),
+    )
+    head[16:152] = _encode_name(group)
+    for offset, value in ((152, msglen), (160, len(fragment)), (168, pid), (176, kind), (184, nodeid)):
+        _U32.pack_into(head, offset, value)
+    _U64.pack_into(head, 192, conn)
+    return bytes(head) + fragment
+
+
+def decode_partial_mcast(message: bytes) -> PartialMcast:
+    """Decode a PARTIAL_MCAST. Raises MalformedPacket on bad lengths or fragment type."""
+    svcwire.check_size(message, PARTIAL_HEADER_SIZE, "cpg_partial")
+    group = _decode_name(message, 16, "cpg_partial")
+    msglen, fraglen, pid, kind, nodeid = (_U32.unpack_from(message, o)[0] for o in (152, 160, 168, 176, 184))
+    if PARTIAL_HEADER_SIZE + fraglen != len(message) or fraglen > msglen or msglen > MESSAGE_SIZE_MAX:
+        raise MalformedPacket("cpg_partial_length", f"msglen {msglen} fraglen {fraglen} in {len(message)}")
+    if kind not in (PARTIAL_FIRST, PARTIAL_CONTINUED, PARTIAL_LAST):
+        raise MalformedPacket("cpg_partial_type", f"type {kind}")
+    (conn,) = _U64.unpack_from(message, 192)
+    return PartialMcast(group, msglen, pid, kind, NodeId(nodeid), conn, bytes(message[PARTIAL_HEADER_SIZE:]))
+
+
+def encode_joinlist(entries: Iterable[tuple[int, bytes]]) -> bytes:
+    """Return a JOINLIST: 24-byte response header, then 144 bytes per (pid, group)."""
+    items = list(entries)
+    size = svcwire.RESPONSE_HEADER_SIZE + JOINLIST_ENTRY_SIZE * len(items)
+    out = bytearray(size)
+    out[0:24] = svcwire.encode_response_header(
+        svcwire.service_message_id(CPG_SERVICE, MESSAGE_REQ_EXEC_CPG_JOINLIST), size, 0
+    )
+    offset = svcwire.RESPONSE_HEADER_SIZE
+    for pid, group in items:
+        _U32.pack_into(out, offset, pid)
+        out[offset + 8 : offset + JOINLIST_ENTRY_SIZE] = _encode_name(group)
+        offset += JOINLIST_ENTRY_SIZE
+    return bytes(out)
+
+
+def decode_joinlist(message: bytes) -> list[tuple[int, bytes]]:
+    """Return the (pid, group) entries of a JOINLIST. Raises MalformedPacket on a bad size."""
+    _id, size, _error = svcwire.decode_response_header(message)
+    body = len(message) - svcwire.RESPONSE_HEADER_SIZE
+    if size != len(message) or body % JOINLIST_ENTRY_SIZE:
+        raise MalformedPacket("cpg_joinlist_size", f"size {size} in {len(message)} bytes")
+    if body // JOINLIST_ENTRY_SIZE > MAX_JOINLIST_ENTRIES:
+        raise MalformedPacket("cpg_joinlist_entries", f"{body // JOINLIST_ENTRY_SIZE} entries")
+    out: list[tuple[int, bytes]] = []
+    for offset in range(svcwire.RESPONSE_HEADER_SIZE, len(message), JOINLIST_ENTRY_SIZE):
+        (pid,) = _U32.unpack_from(message, offset)
+        out.append((pid, _decode_name(message, offset + 8, "cpg_joinlist")))
+    return out
+
+
+def encode_downlist(old_members: int, left_nodes: tuple[NodeId, ...]) -> bytes:
+    """Return a 1568-byte DOWNLIST (ValueError beyond 384 nodes)."""
+    if len(left_nodes) > PROCESSOR_COUNT_MAX:
+        raise ValueError(f"{len(left_nodes)} left nodes")
+    out = bytearray(DOWNLIST_SIZE)
+    out[0:16] = svcwire.encode_request_header(
+        svcwire.service_message_id(CPG_SERVICE, MESSAGE_REQ_EXEC_CPG_DOWNLIST), DOWNLIST_SIZE
+    )
+    _DOWNLIST_HEAD.pack_into(out, 16, old_members, len(left_nodes))
+    _NODEIDS.pack_into(out, 32, *(left_nodes + (NodeId(0),) * (PROCESSOR_COUNT_MAX - len(left_nodes))))
+    return bytes(out)
+
+
+def decode_downlist(message: bytes) -> Downlist:
+    """Decode a DOWNLIST. Raises MalformedPacket when short or left_nodes exceeds 384."""
+    svcwire.check_size(message, DOWNLIST_SIZE, "cpg_downlist")
+    old_members, left = _DOWNLIST_HEAD.unpack_from(message, 16)
+    if left > PROCESSOR_COUNT_MAX:
+        raise MalformedPacket("cpg_downlist_entries", f"{left} left nodes")
+    nodeids = _NODEIDS.unpack_from(message, 32)[:left]
+    return Downlist(old_members, tuple(NodeId(n) for n in nodeids))
+
+
+# --- the service ------------------------------------------------------------------------------------
+
+
+class LocalState(enum.Enum):
+    JOIN_STARTED = "JOIN_STARTED"
+    JOIN_COMPLETED = "JOIN_COMPLETED"
+    LEAVE_STARTED = "LEAVE_STARTED"
+
+
+@dataclass(slots=True)
+class LocalProcess:
+    """One local membership: connection `handle` is process `pid` in `group`."""
+
+    handle: Handle
+    group: bytes
+    pid: int
+    state: LocalState
+    initial_totem_conf: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group and its members in (nodeid, pid) order (cpg_membership_get, `cmanlk-tool groups`)."""
+
+    name: bytes
+    members: tuple[tuple[NodeId, int], ...]
+
+
+@dataclass(slots=True)
+class _Process:
+    nodeid: NodeId
+    pid: int
+    group: bytes
+
+
+@dataclass(slots=True)
+class _Assembly:
+    msglen: int
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class CpgService:
+    """Service 2 for node `me` (implements Service and LocalRequestHandler of cmanlk.service)."""
+
+    service_id = CPG_SERVICE
+    name = "cpg"
+
+    def __init__(self, me: NodeId) -> None:
+        self.me = me
+        self._processes: list[_Process] = []  # corosync's process_info_list, (nodeid, pid) order
+        self._local: dict[tuple[Handle, bytes], LocalProcess] = {}
+        self._old_members: tuple[NodeId, ...] = ()
+        self._members: tuple[NodeId, ...] = ()
+        self._ring_id: RingId = NO_RING
+        self._downlist: tuple[NodeId, ...] = ()
+        self._joinlists: list[tuple[NodeId, int, bytes]] = []
+        self._syncing = False
+        self._synced_once = False
+        self._sync_step = 0  # 0: send DOWNLIST next, 1: send JOINLIST next, 2: done
+        self._send_seq = 0
+        self._in_flight: dict[int, int] = {}  # send seq → payload bytes, ascending
+        self._in_flight_bytes = 0
+        self._partials: dict[tuple[NodeId, int, bytes, int], _Assembly] = {}
+        self._partial_bytes = 0
+        self.stats: dict[str, int] = {}
+
+    # --- Service: configuration and sync ---------------------------------------------------------
+
+    def on_configuration(self, change: DeliverConfiguration) -> list[ServiceOutput]:
+        """cpg has no confchg handler in corosync 3; membership comes through sync_init."""
+        return []
+
+    def sync_init(
+        self, ring_id: RingId, members: tuple[NodeId, ...], transitional_members: tuple[NodeId, ...]
+    ) -> list[ServiceOutput]:
+        """Compute our downlist: old members missing from the transitional configuration."""
+        self._syncing = True
+        self._sync_step = 0
+        self._ring_id = ring_id
+        self._members = members
+        self._joinlists.clear()
+        kept = set(transitional_members)
+        self._downlist = tuple(n for n in self._old_members if n not in kept)
+        # Totem's queue survives a ring change: what we sent is delivered on the new ring or was
+        # already; stop throttling on it (module docstring, "Flow control").
+        self._in_flight.clear()
+        self._in_flight_bytes = 0
+        return []
+
+    def sync_process(self) -> tuple[bool, list[ServiceOutput]]:
+        """Multicast DOWNLIST then (when we have local processes) JOINLIST; done at once."""
+        out: list[ServiceOutput] = []
+        if self._sync_step == 0:
+            message = encode_downlist(len(self._old_members), self._downlist[:PROCESSOR_COUNT_MAX])
+            out.append(SendMessage(MESSAGE_REQ_EXEC_CPG_DOWNLIST, message))
+            self._sync_step = 1
+        if self._sync_step == 1:
+            entries = [(p.pid, p.group) for p in self._processes if p.nodeid == self.me]
+            if entries:
+                out.append(SendMessage(MESSAGE_REQ_EXEC_CPG_JOINLIST, encode_joinlist(entries)))
+            self._sync_step = 2
+        return True, out
+
+    def sync_activate(self) -> list[ServiceOutput]:
+        """Apply the downlist, merge the joinlists, remove zombies, then the totem confchg."""
+        self._old_members = self._members
+        present = set(self._members)
+        for key in [k for k in self._partials if k[0] not in present]:
+            self._drop_partial(key)  # a departed sender never sends the rest
+        out = self._downlist_inform()
+        out += self._joinlist_inform()
+        self._joinlists.clear()
+        self._syncing = False
+        self._synced_once = True
+        handles = self._all_handles()
+        if handles:
+            out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
+        return out
+
+    def sync_abort(self) -> None:
+        """Forget the joinlists of the interrupted synchronisation."""
+        self._joinlists.clear()
+
+    # --- Service: messages --------------------------------------------------------------------------
+
+    def on_message(self, sender: NodeId, function: int, message: bytes) -> list[ServiceOutput]:
+        """Apply one cpg message in agreed order. Raises MalformedPacket for undecodable ones."""
+        if function == MESSAGE_REQ_EXEC_CPG_PROCJOIN:
+            join = decode_procjoin(message)
+            return self._proc_join(join.group, join.pid, sender, REASON_JOIN)
+        if function == MESSAGE_REQ_EXEC_CPG_PROCLEAVE:
+            leave = decode_procjoin(message)
+            if not REASON_JOIN <= leave.reason <= REASON_PROCDOWN:
+                raise MalformedPacket("cpg_procleave_reason", f"reason {leave.reason}")
+            return self._proc_leave(leave.group, leave.pid, sender, leave.reason)
+        if function == MESSAGE_REQ_EXEC_CPG_JOINLIST:
+            return self._on_joinlist(sender, message)
+        if function == MESSAGE_REQ_EXEC_CPG_MCAST:
+            m = decode_mcast(message)
+            if sender == self.me:
+                self._settle(m.source_conn)
+            return self._deliver(sender, m.group, m.pid, m.payload)
+        if function == MESSAGE_REQ_EXEC_CPG_DOWNLIST:
+            self._check_downlist(sender, decode_downlist(message))
+            return []
+        if function == MESSAGE_REQ_EXEC_CPG_PARTIAL_MCAST:
+            return self._on_partial(sender, decode_partial_mcast(message))
+        if function == MESSAGE_REQ_EXEC_CPG_DOWNLIST_OLD:
+            self._count("downlist_old_ignored")
+            return []
+        raise MalformedPacket("cpg_unknown_function", f"function {function}")
+
+    # --- LocalRequestHandler --------------------------------------------------------------------
+
+    def on_local_request(self, request: object) -> list[ServiceOutput]:
+        """Carry out CpgJoin/CpgLeave/CpgMcast/ClientGone.
+
+        Raises UsageError with libcpg's error as code: invalid_param, name_too_long, exist,
+        busy, not_exist, try_again, too_large, no_resources. Nothing changes on error.
+        """
+        match request:
+            case CpgJoin():
+                return self._local_join(request)
+            case CpgLeave():
+                return self._local_leave(request)
+            case CpgMcast():
+                return self._local_mcast(request)
+            case ClientGone():
+                return self._client_gone(request.handle)
+        raise UsageError("invalid_param", f"cpg does not take {type(request).__name__}")
+
+    # --- queries (IPC, CLI) ------------------------------------------------------------------------
+
+    def groups(self) -> list[GroupInfo]:
+        """Every group with at least one member, sorted by name."""
+        by_group: dict[bytes, list[tuple[NodeId, int]]] = {}
+        for p in self._processes:
+            by_group.setdefault(p.group, []).append((p.nodeid, p.pid))
+        return [GroupInfo(g, tuple(m)) for g, m in sorted(by_group.items())]
+
+    def members_of(self, group: bytes) -> tuple[tuple[NodeId, int], ...]:
+        """The members of `group` in (nodeid, pid) order (empty when unknown)."""
+        return tuple((p.nodeid, p.pid) for p in self._processes if p.group == group)
+
+    def local_processes(self) -> list[LocalProcess]:
+        """Copies of the local memberships, by handle then group."""
+        return [
+            LocalProcess(p.handle, p.group, p.pid, p.state, p.initial_totem_conf)
+            for _key, p in sorted(self._local.items())
+        ]
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Own MCAST payload bytes sent and not yet delivered back (flow control)."""
+        return self._in_flight_bytes
+
+    # --- local requests ------------------------------------------------------------------------------
+
+    def _maybe_refuse_during_sync(self) -> None:
+        if self._syncing or not self._synced_once:
+            raise UsageError("try_again", "cluster membership is being synchronised; retry")
+
+    def _local_join(self, req: CpgJoin) -> list[ServiceOutput]:
+        _check_group(req.group)
+        if not 0 <= req.pid <= 0xFFFFFFFF:
+            raise UsageError("invalid_param", f"pid {req.pid} is not a u32")
+        if any(p.pid == req.pid and p.group == req.group for p in self._local.values()):
+            raise UsageError("exist", f"pid {req.pid} already joined {req.group!r} on this node")
+        current = self._local.get((req.handle, req.group))
+        if current is not None:
+            code = "busy" if current.state is LocalState.LEAVE_STARTED else "exist"
+            raise UsageError(code, f"this connection is already in {req.group!r} ({current.state.value})")
+        if self._find(req.group, req.pid, self.me) is not None:
+            raise UsageError("try_again", f"the previous leave of pid {req.pid} is not delivered yet")
+        if len(self._local) >= MAX_LOCAL_PROCESSES:
+            raise UsageError("no_resources", f"at most {MAX_LOCAL_PROCESSES} local group memberships")
+        self._maybe_refuse_during_sync()
+        self._local[(req.handle, req.group)] = LocalProcess(
+            req.handle, req.group, req.pid, LocalState.JOIN_STARTED, req.initial_totem_conf
+        )
+        message = encode_procjoin(MESSAGE_REQ_EXEC_CPG_PROCJOIN, req.group, req.pid, REASON_JOIN)
+        return [SendMessage(MESSAGE_REQ_EXEC_CPG_PROCJOIN, message)]
+
+    def _local_leave(self, req: CpgLeave) -> list[ServiceOutput]:
+        _check_group(req.group)
+        current = self._local.get((req.handle, req.group))
+        if current is None or current.state is LocalState.LEAVE_STARTED:
+            raise UsageError("not_exist", f"this connection is not in {req.group!r}")
+        if current.state is LocalState.JOIN_STARTED:
+            raise UsageError("busy", f"the join of {req.group!r} is not complete yet")
+        self._maybe_refuse_during_sync()
+        current.state = LocalState.LEAVE_STARTED
+        message = encode_procjoin(MESSAGE_REQ_EXEC_CPG_PROCLEAVE, req.group, current.pid, REASON_LEAVE)
+        return [SendMessage(MESSAGE_REQ_EXEC_CPG_PROCLEAVE, message)]
+
+    def _local_mcast(self, req: CpgMcast) -> list[ServiceOutput]:
+        _check_group(req.group)
+        current = self._local.get((req.handle, req.group))
+        if current is None or current.state is LocalState.LEAVE_STARTED:
+            raise UsageError("not_exist", f"this connection is not in {req.group!r}")
+        if len(req.payload) > MAX_MESSAGE_BYTES:
+            raise UsageError("too_large", f"{len(req.payload)} bytes; at most {MAX_MESSAGE_BYTES}")
+        self._maybe_refuse_during_sync()
+        if self._in_flight_bytes and self._in_flight_bytes + len(req.payload) > MAX_IN_FLIGHT_BYTES:
+            raise UsageError("try_again", f"{self._in_flight_bytes} bytes in flight; retry after deliveries")
+        self._send_seq += 1
+        self._in_flight[self._send_seq] = len(req.payload)
+        self._in_flight_bytes += len(req.payload)
+        message = encode_mcast(req.group, current.pid, self.me, self._send_seq, req.payload)
+        return [SendMessage(MESSAGE_REQ_EXEC_CPG_MCAST, message)]
+
+    def _client_gone(self, handle: Handle) -> list[ServiceOutput]:
+        out: list[ServiceOutput] = []
+        for key in sorted(k for k in self._local if k[0] == handle):
+            proc = self._local.pop(key)
+            if proc.state is not LocalState.LEAVE_STARTED:
+                fn = MESSAGE_REQ_EXEC_CPG_PROCLEAVE
+                out.append(SendMessage(fn, encode_procjoin(fn, proc.group, proc.pid, REASON_PROCDOWN)))
+        return out
+
+    def _settle(self, seq: int) -> None:
+        # Our own messages come back in the order we sent them: `seq` settles it and every older one.
+        for s in [s for s in self._in_flight if s <= seq]:
+            self._in_flight_bytes -= self._in_flight.pop(s)
+
+    # --- process list (do_proc_join / do_proc_leave) -----------------------------------------------
+
+    def _find(self, group: bytes, pid: int, nodeid: NodeId) -> _Process | None:
+        for p in self._processes:
+            if p.nodeid == nodeid and p.pid == pid and p.group == group:
+                return p
+        return None
+
+    def _add_process(self, group: bytes, pid: int, nodeid: NodeId) -> bool:
+        if self._find(group, pid, nodeid) is not None:
+            return False
+        if len(self._processes) >= MAX_PROCESSES:
+            self._count("processes_bound")
+            return False
+        # Insert after every entry with a key <= ours, as do_proc_join keeps the list sorted.
+        index = len(self._processes)
+        for i, p in enumerate(self._processes):
+            if (p.nodeid, p.pid) > (nodeid, pid):
+                index = i
+                break
+        self._processes.insert(index, _Process(nodeid, pid, group))
+        return True
+
+    def _proc_join(self, group: bytes, pid: int, nodeid: NodeId, reason: int) -> list[ServiceOutput]:
+        if not self._add_process(group, pid, nodeid):
+            return []
+        return self._notify(group, joined=(CpgAddress(nodeid, pid, reason),), left=())
+
+    def _proc_leave(self, group: bytes, pid: int, nodeid: NodeId, reason: int) -> list[ServiceOutput]:
+        proc = self._find(group, pid, nodeid)
+        if proc is None:
+            self._count("procleave_unknown")
+            return []
+        self._processes.remove(proc)
+        return self._notify(group, joined=(), left=(CpgAddress(nodeid, pid, reason),))
+
+    def _notify(
+        self, group: bytes, joined: tuple[CpgAddress, ...], left: tuple[CpgAddress, ...]
+    ) -> list[ServiceOutput]:
+        """notify_lib_joinlist: complete local joins, tell the group's handles, unjoin leavers."""
+        completed: list[LocalProcess] = []
+        for addr in joined:
+            if addr.nodeid == self.me:
+                for proc in self._local.values():
+                    if proc.group == group and proc.pid == addr.pid and proc.state is LocalState.JOIN_STARTED:
+                        proc.state = LocalState.JOIN_COMPLETED
+                        completed.append(proc)
+        members = tuple(CpgAddress(p.nodeid, p.pid) for p in self._processes if p.group == group)
+        out: list[ServiceOutput] = []
+        handles = self._group_handles(group)
+        if handles:
+            out.append(CpgConfchg(handles, group, members, left, joined))
+        for addr in left:
+            if addr.nodeid == self.me and addr.reason == REASON_LEAVE:
+                for key, proc in list(self._local.items()):
+                    leaving = proc.state is LocalState.LEAVE_STARTED
+                    if leaving and proc.group == group and proc.pid == addr.pid:
+                        del self._local[key]
+        for proc in completed:
+            if proc.initial_totem_conf:
+                out.append(CpgTotemConfchg((proc.handle,), self._ring_id, self._old_members))
+        return out
+
+    def _group_handles(self, group: bytes) -> tuple[Handle, ...]:
+        live = (LocalState.JOIN_COMPLETED, LocalState.LEAVE_STARTED)
+        return tuple(sorted({p.handle for p in self._local.values() if p.group == group and p.state in live}))
+
+    def _all_handles(self) -> tuple[Handle, ...]:
+        return tuple(sorted({p.handle for p in self._local.values()}))
+
+    # --- sync: joinlists and downlists ----------------------------------------------------------------
+
+    def _on_joinlist(self, sender: NodeId, message: bytes) -> list[ServiceOutput]:
+        entries = decode_joinlist(message)
+        if not self._syncing:
+            self._count("joinlist_outside_sync")
+            return []
+        if len(self._joinlists) + len(entries) > MAX_JOINLIST_ENTRIES:
+            self._count("joinlist_bound")
+            return []
+        self._joinlists.extend((sender, pid, group) for pid, group in entries)
+        return []
+
+    def _check_downlist(self, sender: NodeId, downlist: Downlist) -> None:
+        if sender == self.me or not self._syncing:
+            return
+        # A peer that had our old membership must have lost the same nodes (virtual synchrony).
+        if downlist.old_members == len(self._old_members) and set(downlist.left_nodes) != set(self._downlist):
+            self._count("downlist_mismatch")
+
+    def _downlist_inform(self) -> list[ServiceOutput]:
+        down = set(self._downlist)
+        if not down:
+            return []
+        left_by_group: dict[bytes, list[CpgAddress]] = {}
+        for p in [p for p in self._processes if p.nodeid in down]:
+            left_by_group.setdefault(p.group, []).append(CpgAddress(p.nodeid, p.pid, REASON_NODEDOWN))
+            self._processes.remove(p)
+        out: list[ServiceOutput] = []
+        for group in sorted(left_by_group):  # one confchg per group, groups by name (qb skiplist)
+            out += self._notify(group, joined=(), left=tuple(left_by_group[group]))
+        return out
+
+    def _joinlist_inform(self) -> list[ServiceOutput]:
+        joined_by_group: dict[bytes, list[CpgAddress]] = {}
+        # corosync prepends each stored entry to its list, so it walks them newest first.
+        for sender, pid, group in reversed(self._joinlists):
+            if sender == self.me:
+                continue
+            if self._add_process(group, pid, sender):
+                joined_by_group.setdefault(group, []).append(CpgAddress(sender, pid, REASON_NODEUP))
+        out: list[ServiceOutput] = []
+        for group in sorted(joined_by_group):
+            out += self._notify(group, joined=tuple(joined_by_group[group]), left=())
+        # Zombies: remote processes nobody listed left while we were apart (joinlist_remove_zombie).
+        listed = {(s, pid, g) for s, pid, g in self._joinlists if s != self.me}
+        for p in [p for p in self._processes if p.nodeid != self.me]:
+            if (p.nodeid, p.pid, p.group) not in listed:
+                out += self._proc_leave(p.group, p.pid, p.nodeid, REASON_PROCDOWN)
+        return out
+
+    # --- delivery ------------------------------------------------------------------------------------
+
+    def _deliver(self, sender: NodeId, group: bytes, pid: int, payload: bytes) -> list[ServiceOutput]:
+        handles = self._group_handles(group)
+        if not handles:
+            return []
+        if not any(p.nodeid == sender and p.group == group for p in self._processes):
+            # cpg.c: "Unknown node -> we will not deliver message".
+            self._count("mcast_unknown_node")
+            return []
+        return [CpgDeliver(handles, group, sender, pid, payload)]
+
+    def _on_partial(self, sender: NodeId, part: PartialMcast) -> list[ServiceOutput]:
+        key = (sender, part.pid, part.group, part.source_conn)
+        if part.kind == PARTIAL_FIRST:
+            self._drop_partial(key)
+            if len(self._partials) >= MAX_PARTIAL_ASSEMBLIES:
+                self._count("partial_assemblies_bound")
+                return []
+            self._partials[key] = _Assembly(part.msglen)
+        assembly = self._partials.get(key)
+        if assembly is None:
+            self._count("partial_without_first")
+            return []
+        if assembly.size + len(part.fragment) > assembly.msglen or (
+            self._partial_bytes + len(part.fragment) > MAX_PARTIAL_BYTES
+        ):
+            self._drop_partial(key)
+            self._count("partial_overflow")
+            return []
+        assembly.parts.append(part.fragment)
+        assembly.size += len(part.fragment)
+        self._partial_bytes += len(part.fragment)
+        if part.kind != PARTIAL_LAST:
+            return []
+        self._drop_partial(key)
+        if assembly.size != assembly.msglen:
+            self._count("partial_length_mismatch")
+            return []
+        return self._deliver(sender, part.group, part.pid, b"".join(assembly.parts))
+
+    def _drop_partial(self, key: tuple[NodeId, int, bytes, int]) -> None:
+        assembly = self._partials.pop(key, None)
+        if assembly is not None:
+            self._partial_bytes -= assembly.size
+
+    def _count(self, reason: str) -> None:
+        self.stats[reason] = self.stats.get(reason, 0) + 1
+
+
+def _check_group(group: bytes) -> None:
+    if not group:
+        raise UsageError("invalid_param", "empty group name")
+    if len(group) > CPG_MAX_NAME_LENGTH:
+        raise UsageError("name_too_long", f"group name of {len(group)} bytes; at most {CPG_MAX_NAME_LENGTH}")
