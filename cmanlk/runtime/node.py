@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cmanlk.config import ClusterConfig, TransportKind
+from cmanlk.cpg import CpgService
 from cmanlk.errors import ConfigError, ConfigProblem, UsageError
 from cmanlk.quorum import QuorumState
 from cmanlk.runtime import statedir
@@ -42,7 +43,7 @@ from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.transport import LinkStatus, PeerReachability, Transport
 from cmanlk.runtime.udpu import UdpuTransport
 from cmanlk.service import Notification
-from cmanlk.stack import MembershipChanged, RequestResult, Stack, StackConfig
+from cmanlk.stack import MembershipChanged, RequestResult, Stack, StackConfig, default_services
 from cmanlk.totem.actions import (
     ConfigKind,
     Deliver,
@@ -353,11 +354,10 @@ class Node:
             totem_cfg = replace(totem_cfg, netmtu=payload + 45)
         if self.core_kind is CoreKind.TOTEM:
             return Totem(totem_cfg, self.me, self.rng, ring_seq)
-        services = None
-        if self.extra_services:
-            from cmanlk.stack import default_services
-
-            services = default_services(self.config.quorum, self.config.config_version, self.extra_services)
+        # cpg (service 2) always runs: corosync peers sync it, and local clients use it.
+        services = default_services(
+            self.config.quorum, self.config.config_version, (CpgService, *self.extra_services)
+        )
         stack_cfg = StackConfig(totem_cfg, self.config.quorum, services, self.config.config_version)
         return Stack(stack_cfg, self.me, self.rng, ring_seq)
 
