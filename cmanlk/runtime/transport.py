@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
-from cmanlk.config import NodeAddresses
+from cmanlk.config import ClusterConfig, NodeAddresses, TransportKind
+from cmanlk.errors import ConfigError, ConfigProblem
 from cmanlk.types import NodeId
 
 Deliver = Callable[[bytes, NodeId | None, int], None]
@@ -102,3 +104,129 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Release every socket and task; idempotent."""
         ...
+
+
+def build_transport(config: ClusterConfig, me: NodeId) -> Transport:
+    """Return the transport `config` selects, not yet started.
+
+    Raises ConfigError when it cannot be built (missing key file, bad link set), OSError when our
+    own address cannot be resolved.
+    """
+    if config.transport is TransportKind.UDPU:
+        from cmanlk.runtime.udpu import UdpuTransport  # imported here: udpu imports this module
+
+        return UdpuTransport(
+            me,
+            config.node_addresses(),
+            config.link(0),
+            block_unlisted_ips=config.block_unlisted_ips,
+            ip_version=config.ip_version,
+        )
+    if config.transport is TransportKind.NATIVE:
+        return _native_transport(config, me)
+    raise ConfigError([ConfigProblem(config.source, 0, "totem.transport", f"{config.transport} unsupported")])
+
+
+# -- the native transport, adapted to the Transport protocol ---------------------------------------
+class _NativeAdapter:
+    """NativeTransport reports (peer, link) paths; this folds them into per-link LinkStatus."""
+
+    def __init__(self, native: Any, config: ClusterConfig) -> None:
+        self._native = native
+        self._config = config
+
+    async def start(self, deliver: Callable[[bytes, NodeId | None, int], None]) -> None:
+        await self._native.start(deliver)
+
+    def unicast(self, to: NodeId, data: bytes) -> None:
+        self._native.unicast(to, data)
+
+    def multicast(self, to: tuple[NodeId, ...], data: bytes) -> None:
+        self._native.multicast(to, data)
+
+    def set_nodes(self, nodes: Mapping[NodeId, Any]) -> None:
+        self._native.set_nodes(nodes)
+
+    async def close(self) -> None:
+        await self._native.close()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self._native.max_payload_bytes)
+
+    def links(self) -> list[LinkStatus]:
+        paths = self._native.links()
+        local = self._native.local_links()
+        addrs = self._config.node_addresses()
+        stats = self._native.stats
+        out = []
+        for lk in sorted(local):
+            peers = tuple(
+                PeerReachability(p.node, addrs.get(p.node, {}).get(lk, "?"), p.up, "" if p.up else p.reason)
+                for p in paths
+                if p.link == lk
+            )
+            text = local[lk]
+            out.append(
+                LinkStatus(
+                    index=lk,
+                    interface=self._config.link(lk).interface,
+                    local_address=text.split()[1] if not text.startswith("unbound") else None,
+                    up=not text.startswith("unbound"),
+                    peers=peers,
+                    reason=text,
+                    counters={
+                        "sent": stats.sent,
+                        "received": stats.received,
+                        **{f"dropped_{k}": v for k, v in stats.dropped.items()},
+                    },
+                )
+            )
+        return out
+
+
+def _native_transport(config: ClusterConfig, me: NodeId) -> Transport:
+    from cmanlk.runtime.linkstate import HeartbeatConfig, LinkMode
+    from cmanlk.runtime.native import NativeConfig, NativeLink, NativeTransport
+
+    mine = config.node(me)
+    if mine is None:
+        raise ConfigError([ConfigProblem(config.source, 0, "nodelist", f"node {me} is not in the nodelist")])
+    links = tuple(
+        NativeLink(
+            link=index,
+            interface=config.link(index).interface,
+            local_address=address,
+            port=config.link(index).port,
+            priority=config.link(index).priority,
+        )
+        for index, address in mine.addresses.items()
+    )
+    key: bytes | None = None
+    if config.is_crypto_enabled:
+        from cmanlk.runtime.crypto import load_key_file  # needs the cryptography package
+
+        key = load_key_file(config.cmanlk.keyfile)  # raises ConfigError (size, mode, unreadable)
+    link0 = config.link(0)
+    extra: dict[str, Any] = {} if link0.pong_count is None else {"pong_count": link0.pong_count}
+    heartbeat = HeartbeatConfig.from_token(
+        config.totem.token_ms,
+        ping_interval_ms=link0.ping_interval_ms,
+        timeout_ms=link0.ping_timeout_ms,
+        **extra,
+    )
+    native = NativeTransport(
+        NativeConfig(
+            me=me,
+            links=links,
+            peers=config.node_addresses(),
+            heartbeat=heartbeat,
+            mode=LinkMode(config.link_mode),
+            crypto=config.is_crypto_enabled,
+            key=key,
+            cluster_name=config.cluster_name,
+            rebind_trigger=str(Path(config.cmanlk.run_dir) / "rebind"),
+        )
+    )
+    adapter: Transport = _NativeAdapter(native, config)
+    return adapter
