@@ -1,8 +1,9 @@
 """Interop: Debian's corosync 3 (udpu) and cmanlkd in one ring.
 
-Node 1 runs the real corosync; nodes 2 and 3 run cmanlkd. corosync must list both as joined
-members (corosync-cmapctl runtime.members), count their votes (corosync-quorumtool), and see a
-kill -9 of one as a failure and a SIGTERM of the other as a leave.
+One node runs the real corosync, the other two cmanlkd. With corosync as node 1 it is the ring
+representative (it creates the commit tokens); with corosync as node 3 a cmanlkd node is. corosync
+must list the cmanlkd nodes as joined members (corosync-cmapctl runtime.members), count their
+votes (corosync-quorumtool), and see a kill -9 of one as a failure and a SIGTERM as a leave.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ pytestmark = [pytest.mark.system, pytest.mark.interop]
 COROSYNC_START_S = 10.0
 
 
-@pytest.fixture
-def mixed(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
+@pytest.fixture(params=[1, 3], ids=["corosync-rep", "cmanlkd-rep"])
+def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if shutil.which("corosync") is None or shutil.which("corosync-cmapctl") is None:
         pytest.skip("Debian's corosync is not installed (scripts/setup.sh installs it)")
     c = cluster_factory([1, 2, 3], token_ms=1000)
+    cs = request.param
+    c.corosync = cs  # type: ignore[attr-defined]
+    c.ours = [n for n in (1, 2, 3) if n != cs]  # type: ignore[attr-defined]
     state = c.workdir / "corosync-state"
     state.mkdir()
-    conf = c.config_text(1, [1, 2, 3]).replace("cmanlk {", f"system {{\n  state_dir: {state}\n}}\ncmanlk {{")
-    path = c.workdir / "corosync1.conf"
+    conf = c.config_text(cs, [1, 2, 3]).replace("cmanlk {", f"system {{\n  state_dir: {state}\n}}\ncmanlk {{")
+    path = c.workdir / "corosync.conf"
     path.write_text(conf)
-    proc = c.lab.popen(1, ["corosync", "-f", "-c", str(path)], c.workdir / "corosync1.log")
-    c.procs[1] = proc
+    proc = c.lab.popen(cs, ["corosync", "-f", "-c", str(path)], c.workdir / "corosync.log")
+    c.procs[cs] = proc
     try:
         c.wait_until(
             lambda: "ready to provide service" in _corosync_log(c), COROSYNC_START_S, "corosync ready"
@@ -50,12 +54,12 @@ def mixed(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
 
 
 def _corosync_log(c: Cluster) -> str:
-    return (c.workdir / "corosync1.log").read_text(errors="replace")
+    return (c.workdir / "corosync.log").read_text(errors="replace")
 
 
 def corosync_members(c: Cluster) -> dict[int, str]:
-    """node id → status ("joined"/"left") from corosync-cmapctl runtime.members on node 1."""
-    out = c.lab.run(1, "corosync-cmapctl", "-b", "runtime.members", check=False).stdout
+    """node id → status ("joined"/"left") from corosync-cmapctl runtime.members on corosync's node."""
+    out = c.lab.run(c.corosync, "corosync-cmapctl", "-b", "runtime.members", check=False).stdout
     return {
         int(m.group(1)): m.group(2)
         for m in re.finditer(r"runtime\.members\.(\d+)\.status \(str\) = (\w+)", out)
@@ -63,33 +67,34 @@ def corosync_members(c: Cluster) -> dict[int, str]:
 
 
 def corosync_votes(c: Cluster) -> int | None:
-    out = c.lab.run(1, "corosync-quorumtool", "-s", check=False).stdout
+    out = c.lab.run(c.corosync, "corosync-quorumtool", "-s", check=False).stdout
     m = re.search(r"Total votes:\s+(\d+)", out)
     return int(m.group(1)) if m else None
 
 
 def test_corosync_lists_cmanlkd_nodes_and_counts_their_votes(mixed: Cluster) -> None:
-    c = mixed
-    c.start(2)
-    c.start(3)
-    c.wait_ring([2, 3], members=[1, 2, 3], timeout_s=15.0)
+    c, a, b = mixed, *mixed.ours  # type: ignore[attr-defined]
+    c.start(a)
+    c.start(b)
+    c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
     c.wait_until(
         lambda: corosync_members(c) == {1: "joined", 2: "joined", 3: "joined"}, 10.0, "corosync members"
     )
     c.wait_until(lambda: corosync_votes(c) == 3, 10.0, "corosync counting 3 votes")
-    assert c.status(2)["quorate"] is True  # type: ignore[index]
+    assert c.status(a)["quorate"] is True  # type: ignore[index]
+    assert c.status(a)["ring_rep"] == 1  # type: ignore[index]
 
 
 def test_corosync_sees_a_cmanlkd_failure_and_a_leave(mixed: Cluster) -> None:
-    c = mixed
-    c.start(2)
-    c.start(3)
-    c.wait_ring([2, 3], members=[1, 2, 3], timeout_s=15.0)
-    c.kill(3)
-    c.wait_until(lambda: corosync_members(c).get(3) == "left", 10.0, "corosync seeing node 3 fail")
-    c.wait_ring([2], members=[1, 2], timeout_s=10.0)
+    c, a, b = mixed, *mixed.ours  # type: ignore[attr-defined]
+    c.start(a)
+    c.start(b)
+    c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
+    c.kill(b)
+    c.wait_until(lambda: corosync_members(c).get(b) == "left", 10.0, f"corosync seeing node {b} fail")
+    c.wait_ring([a], members=sorted([a, c.corosync]), timeout_s=10.0)  # type: ignore[attr-defined]
     start = time.monotonic()
-    assert c.stop(2) == 0
-    c.wait_until(lambda: corosync_members(c).get(2) == "left", 5.0, "corosync seeing node 2 leave")
+    assert c.stop(a) == 0
+    c.wait_until(lambda: corosync_members(c).get(a) == "left", 5.0, f"corosync seeing node {a} leave")
     # a leave, not a failure: well below token (1000) + consensus (1200)
     assert time.monotonic() - start < 1.5
