@@ -1,0 +1,320 @@
+"""The benchmark's group client: one per node, run inside the node's namespace.
+
+    python -m bench.driver --backend corosync|cmanlk [--group NAME] [--socket PATH]
+
+It speaks JSON lines: one command on stdin, one answer on stdout (see `Driver.handle`). The same
+driver drives corosync (Debian's libcpg through ctypes, bench/cpg_ctypes.py) and cmanlk (its own
+client library), so both systems pay the same Python client costs.
+
+Every benchmark message starts with a 28-byte header (`HEADER`): magic, round, sender node id,
+kind (data / last), the sender's sequence number and CLOCK_MONOTONIC at send time. All namespaces
+share the host's monotonic clock, so a delivery time minus the send time is a latency, on any
+node. Clock times in answers are monotonic nanoseconds; the orchestrator uses the same clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import select
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+HEADER = struct.Struct("<4sIHHQQ")  # magic, round, sender, kind, seq, t_send_ns
+MAGIC = b"CMKB"
+KIND_DATA = 0
+KIND_LAST = 1
+MAX_EVENTS = 10_000  # configuration changes kept for `events`; a soak drains them regularly
+MAX_LATENCY_SAMPLES = 200_000
+MAX_DELIVERIES_KEPT = 200_000  # (time, sender, seq) kept per round when asked (`keep`)
+SEND_BATCH = 16  # sends between two looks at the socket when sending flat out
+POLL_S = 0.001  # wait on the daemon's fd when flow control says try again
+
+
+class Backend(Protocol):
+    fd: int
+    nodeid: int
+
+    def connect(self, group: str) -> None: ...
+    def mcast(self, data: bytes) -> bool: ...
+    def dispatch(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Round:
+    """Deliveries of one measurement round at this node."""
+
+    number: int
+    senders: set[int]
+    keep: bool
+    received: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    lasts: set[int] = field(default_factory=set)
+    latencies_ns: list[int] = field(default_factory=list)
+    max_gap_ns: int = 0
+    max_gap_at_ns: int = 0
+    deliveries: list[tuple[int, int, int]] = field(default_factory=list)
+    next_seq: dict[int, int] = field(default_factory=dict)
+    out_of_order: int = 0
+
+
+class Driver:
+    def __init__(self, backend_name: str, group: str, socket_path: str | None) -> None:
+        self.backend_name = backend_name
+        self.group = group
+        self.socket_path = socket_path
+        self.backend: Backend | None = None
+        self.events: list[dict[str, Any]] = []
+        self.round: Round | None = None
+        self.me = 0
+        self.error = ""
+
+    # -- backend callbacks -----------------------------------------------------------------------
+    def on_deliver(self, nodeid: int, pid: int, msg: bytes) -> None:
+        now = time.monotonic_ns()
+        rnd = self.round
+        if rnd is None or len(msg) < HEADER.size:
+            return
+        magic, number, sender, kind, seq, t_send = HEADER.unpack_from(msg)
+        if magic != MAGIC or number != rnd.number:
+            return
+        if kind == KIND_LAST:
+            rnd.lasts.add(sender)
+            return
+        if rnd.received == 0:
+            rnd.first_ns = now
+        elif now - rnd.last_ns > rnd.max_gap_ns:
+            rnd.max_gap_ns = now - rnd.last_ns
+            rnd.max_gap_at_ns = rnd.last_ns
+        rnd.received += 1
+        rnd.last_ns = now
+        if rnd.next_seq.get(sender, seq) != seq:
+            rnd.out_of_order += 1
+        rnd.next_seq[sender] = seq + 1
+        if sender == self.me and len(rnd.latencies_ns) < MAX_LATENCY_SAMPLES:
+            rnd.latencies_ns.append(now - t_send)
+        if rnd.keep and len(rnd.deliveries) < MAX_DELIVERIES_KEPT:
+            rnd.deliveries.append((now, sender, seq))
+
+    def on_confchg(
+        self,
+        members: list[tuple[int, int]],
+        left: list[tuple[int, int, int]],
+        joined: list[tuple[int, int, int]],
+    ) -> None:
+        self._event(
+            {
+                "kind": "group",
+                "members": sorted({n for n, _ in members}),
+                "left": [list(x) for x in left],
+                "joined": [list(x) for x in joined],
+            }
+        )
+
+    def on_totem(self, ring: tuple[int, int], members: list[int]) -> None:
+        self._event({"kind": "totem", "ring": list(ring), "members": sorted(members)})
+
+    def _event(self, ev: dict[str, Any]) -> None:
+        ev["t"] = time.monotonic_ns()
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(ev)
+
+    # -- commands ----------------------------------------------------------------------------------
+    def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one command and return its answer (always with "ok")."""
+        op = cmd.get("op")
+        try:
+            if op == "connect":
+                return self.connect()
+            if op == "events":
+                evs, self.events = self.events, []
+                return {"ok": True, "events": evs}
+            if op == "wait_members":
+                return self.wait_members(sorted(cmd["members"]), int(cmd["since"]), float(cmd["timeout"]))
+            if op == "round":
+                return self.run_round(cmd)
+            if op == "ping":
+                return {"ok": True, "connected": self.backend is not None, "t": time.monotonic_ns()}
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        except Exception as exc:  # report to the orchestrator, keep serving
+            self.drop_backend()
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def connect(self) -> dict[str, Any]:
+        self.drop_backend()
+        backend = make_backend(self.backend_name, self, self.socket_path)
+        backend.connect(self.group)
+        self.backend = backend
+        self.me = backend.nodeid
+        return {"ok": True, "nodeid": self.me, "t": time.monotonic_ns()}
+
+    def drop_backend(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def pump(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the daemon's fd and dispatch. Raises on a lost connection."""
+        be = self._need()
+        ready, _, _ = select.select([be.fd], [], [], max(timeout_s, 0.0))
+        if ready:
+            be.dispatch()
+
+    def wait_members(self, want: list[int], since: int, timeout_s: float) -> dict[str, Any]:
+        """Wait for a configuration change at or after `since` whose members are `want`.
+
+        Totem changes are preferred; a backend without them reports group changes. Returns its time.
+        """
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            for ev in self.events[seen:]:
+                if ev["t"] >= since and ev["members"] == want and ev["kind"] in ("totem", "ring"):
+                    return {"ok": True, "t": ev["t"], "event": ev}
+            seen = len(self.events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {"ok": False, "error": "timeout", "events": self.events[-5:]}
+            self.pump(min(left, 0.05))
+
+    def run_round(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Send (if this node is a sender) for `duration` s, then wait for every sender's last marker."""
+        be = self._need()
+        senders = {int(s) for s in cmd["senders"]}
+        rnd = Round(int(cmd["round"]), senders, bool(cmd.get("keep", False)))
+        self.round = rnd
+        size = max(int(cmd["size"]), HEADER.size)
+        rate = float(cmd.get("rate", 0))
+        duration = float(cmd["duration"])
+        pad = b"\0" * (size - HEADER.size)
+        sent = blocked = 0
+        # Every driver gets the command first and starts at the same instant, so no node misses
+        # the first messages of the round.
+        start_at = int(cmd.get("start_at", 0))
+        while time.monotonic_ns() < start_at:
+            self.pump((start_at - time.monotonic_ns()) / 1e9)
+        t0 = time.monotonic_ns()
+        if self.me in senders:
+            end = t0 + int(duration * 1e9)
+            interval = int(1e9 / rate) if rate > 0 else 0
+            next_at = t0
+            while True:
+                now = time.monotonic_ns()
+                if now >= end:
+                    break
+                if interval and now < next_at:
+                    self.pump((next_at - now) / 1e9)
+                    continue
+                msg = HEADER.pack(MAGIC, rnd.number, self.me, KIND_DATA, sent, now) + pad
+                if be.mcast(msg):
+                    sent += 1
+                    next_at += interval
+                    if interval or sent % SEND_BATCH == 0:
+                        self.pump(0)
+                else:
+                    blocked += 1
+                    self.pump(POLL_S)
+            last = HEADER.pack(MAGIC, rnd.number, self.me, KIND_LAST, sent, time.monotonic_ns())
+            deadline_last = time.monotonic() + float(cmd.get("timeout", 30))
+            while not be.mcast(last):
+                if time.monotonic() > deadline_last:
+                    break
+                self.pump(POLL_S)
+        t_sent = time.monotonic_ns()
+        deadline = time.monotonic() + float(cmd.get("timeout", 30))
+        while not senders <= rnd.lasts and time.monotonic() < deadline:
+            self.pump(min(0.05, max(deadline - time.monotonic(), 0)))
+        self.round = None
+        return self._round_answer(rnd, sent, blocked, t0, t_sent, senders <= rnd.lasts)
+
+    def _round_answer(
+        self, rnd: Round, sent: int, blocked: int, t0: int, t_sent: int, complete: bool
+    ) -> dict[str, Any]:
+        lat = sorted(rnd.latencies_ns)
+        ans: dict[str, Any] = {
+            "ok": True,
+            "complete": complete,
+            "sent": sent,
+            "blocked": blocked,
+            "t_start": t0,
+            "t_sent": t_sent,
+            "received": rnd.received,
+            "first_ns": rnd.first_ns,
+            "last_ns": rnd.last_ns,
+            "max_gap_ns": rnd.max_gap_ns,
+            "max_gap_at_ns": rnd.max_gap_at_ns,
+            "out_of_order": rnd.out_of_order,
+            "lat_n": len(lat),
+        }
+        for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99)):
+            ans[f"lat_{name}_ns"] = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+        ans["lat_max_ns"] = lat[-1] if lat else None
+        if rnd.keep:
+            ans["deliveries"] = rnd.deliveries
+        return ans
+
+    def _need(self) -> Backend:
+        if self.backend is None:
+            raise ConnectionError("not connected")
+        return self.backend
+
+    # -- main loop ----------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Answer commands from stdin until EOF; between commands keep dispatching events."""
+        stdin = sys.stdin.buffer
+        buf = b""
+        while True:
+            fds = [stdin.fileno()] + ([self.backend.fd] if self.backend is not None else [])
+            ready, _, _ = select.select(fds, [], [], 1.0)
+            if self.backend is not None and self.backend.fd in ready:
+                try:
+                    self.backend.dispatch()
+                except Exception as exc:  # the daemon went away; say so on the next command
+                    self.error = str(exc)
+                    self.drop_backend()
+            if stdin.fileno() in ready:
+                chunk = os.read(stdin.fileno(), 65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    answer = self.handle(json.loads(line))
+                    sys.stdout.write(json.dumps(answer) + "\n")
+                    sys.stdout.flush()
+
+
+def make_backend(name: str, driver: Driver, socket_path: str | None) -> Backend:
+    """Build the named backend with the driver's callbacks."""
+    if name == "corosync":
+        from bench.cpg_ctypes import Cpg
+
+        return Cpg(driver.on_deliver, driver.on_confchg, driver.on_totem)
+    if name == "cmanlk":
+        # Imported by name: the module needs cmanlk.client, which may not exist in a checkout.
+        module = importlib.import_module("bench.cmanlk_backend")
+        backend: Backend = module.CmanlkBackend(
+            driver.on_deliver, driver.on_confchg, driver.on_totem, socket_path
+        )
+        return backend
+    raise ValueError(f"unknown backend {name}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=("corosync", "cmanlk"), required=True)
+    ap.add_argument("--group", default="cmkbench")
+    ap.add_argument("--socket", default=None, help="cmanlk IPC socket path")
+    args = ap.parse_args()
+    Driver(args.backend, args.group, args.socket).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Pure parts of the benchmark: statistics, figure names, targets, comparisons, the result file.
+
+Nothing here touches processes or the network, so tests/unit/test_bench_stats.py checks it fast.
+The result file layout is documented in docs/bench.md; `validate_result` is its executable form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = "cmanlk-bench/1"
+SIZES = (64, 1024, 16384, 65536)
+MODES = ("1sender", "allsenders")
+MIB = 1024 * 1024
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Return the q-quantile (0 ≤ q ≤ 1) by the nearest-rank method; None for no values.
+
+    Raises ValueError when q is outside [0, 1].
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    data = sorted(values)
+    if not data:
+        return None
+    rank = max(1, math.ceil(q * len(data)))
+    return data[rank - 1]
+
+
+def median(values: Iterable[float]) -> float | None:
+    """Return the median (mean of the two middle values for an even count); None for no values."""
+    data = sorted(values)
+    if not data:
+        return None
+    mid = len(data) // 2
+    return data[mid] if len(data) % 2 else (data[mid - 1] + data[mid]) / 2
+
+
+def rate_per_s(count: int, first_ns: int, last_ns: int) -> float | None:
+    """Messages per second between the first and the last delivery; None when undefined."""
+    if count < 2 or last_ns <= first_ns:
+        return None
+    return (count - 1) / ((last_ns - first_ns) / 1e9)
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    """value / baseline, or None when either is missing or the baseline is 0."""
+    if value is None or baseline is None or baseline == 0:
+        return None
+    return value / baseline
+
+
+def throughput_key(mode: str, size: int, unit: str) -> str:
+    """Figure name of a throughput figure; unit is "msgs_per_s" or "mb_per_s"."""
+    return f"throughput.{mode}.{size}.{unit}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from the issue: `kind` "ratio_min"/"ratio_max" (cmanlk/corosync) or "abs_max" (value)."""
+
+    figure: str
+    kind: str
+    bound: float
+
+    def text(self) -> str:
+        if self.kind == "ratio_min":
+            return f">= {self.bound:g}x"
+        if self.kind == "ratio_max":
+            return f"<= {self.bound:g}x"
+        return f"<= {self.bound:g}"
+
+    def met(self, value: float | None, rat: float | None) -> bool | None:
+        """True/False when it can be judged, None when a figure is missing."""
+        if self.kind == "abs_max":
+            return None if value is None else value <= self.bound
+        if rat is None:
+            return None
+        return rat >= self.bound if self.kind == "ratio_min" else rat <= self.bound
+
+
+def _targets() -> dict[str, Target]:
+    out: dict[str, Target] = {}
+    for mode in MODES:
+        for size, bound in ((64, 1.0), (1024, 1.0), (65536, 0.5)):
+            key = throughput_key(mode, size, "msgs_per_s")
+            out[key] = Target(key, "ratio_min", bound)
+    out["latency.p50_us"] = Target("latency.p50_us", "ratio_max", 2.0)
+    out["reform.median_s"] = Target("reform.median_s", "ratio_max", 1.0)
+    out["failover.gap_ms"] = Target("failover.gap_ms", "abs_max", 100.0)
+    out["rss.max_mib"] = Target("rss.max_mib", "abs_max", 60.0)
+    return out
+
+
+TARGETS = _targets()
+
+
+def figure_names() -> list[str]:
+    """Every figure a system can report, in table order."""
+    names = [throughput_key(m, s, u) for m in MODES for s in SIZES for u in ("msgs_per_s", "mb_per_s")]
+    names += [
+        "latency.p50_us",
+        "latency.p99_us",
+        "reform.median_s",
+        "reform.max_s",
+        "join.median_s",
+        "failover.gap_ms",
+        "cpu.load_pct",
+        "cpu.idle_pct",
+        "rss.max_mib",
+        "rss.peak_mib",
+    ]
+    return names
+
+
+def compare(
+    figures: Mapping[str, float | None], baseline: Mapping[str, float | None], system: str, baseline_name: str
+) -> list[dict[str, Any]]:
+    """One comparison row per figure: values, ratio system/baseline, target text and whether met."""
+    rows = []
+    for name in figure_names():
+        value = figures.get(name)
+        base = baseline.get(name)
+        rat = ratio(value, base)
+        target = TARGETS.get(name)
+        rows.append(
+            {
+                "figure": name,
+                "system": system,
+                "baseline": baseline_name,
+                "value": value,
+                "baseline_value": base,
+                "ratio": rat,
+                "target": target.text() if target else None,
+                "met": target.met(value, rat) if target else None,
+            }
+        )
+    return rows
+
+
+def validate_result(doc: Mapping[str, Any]) -> list[str]:
+    """Return every way `doc` departs from the documented result layout (empty: valid)."""
+    problems = []
+    if doc.get("schema") != SCHEMA:
+        problems.append(f"schema is {doc.get('schema')!r}, want {SCHEMA!r}")
+    for key, kind in (
+        ("started_at", str),
+        ("host", dict),
+        ("settings", dict),
+        ("systems", dict),
+        ("comparisons", list),
+    ):
+        if not isinstance(doc.get(key), kind):
+            problems.append(f"{key}: missing or not a {kind.__name__}")
+    known = set(figure_names())
+    for name, sysdoc in (doc.get("systems") or {}).items():
+        if not isinstance(sysdoc, dict):
+            problems.append(f"systems.{name}: not an object")
+            continue
+        if sysdoc.get("status") not in ("ok", "partial", "error", "skipped"):
+            problems.append(f"systems.{name}.status: {sysdoc.get('status')!r}")
+        for fig, value in (sysdoc.get("figures") or {}).items():
+            if fig not in known:
+                problems.append(f"systems.{name}.figures: unknown figure {fig}")
+            elif value is not None and not isinstance(value, int | float):
+                problems.append(f"systems.{name}.figures.{fig}: not a number")
+    for i, row in enumerate(doc.get("comparisons") or []):
+        for key in ("figure", "system", "baseline", "value", "baseline_value", "ratio", "target", "met"):
+            if not isinstance(row, dict) or key not in row:
+                problems.append(f"comparisons[{i}]: missing {key}")
+                break
+    return problems
+
+
+def fmt(value: float | None) -> str:
+    """Short human form of a figure (3 significant digits, k for thousands)."""
+    if value is None:
+        return "-"
+    if abs(value) >= 10_000:
+        return f"{value / 1000:.1f}k"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(systems: Mapping[str, Mapping[str, float | None]], comparisons: list[dict[str, Any]]) -> str:
+    """The printed table: one row per figure, one column per system, then each ratio and its target."""
+    names = list(systems)
+    pairs = sorted({(r["system"], r["baseline"]) for r in comparisons})
+    head = ["figure", *names] + [f"{s}/{b}" for s, b in pairs] + ["target"]
+    rows = [head]
+    by_key = {(r["figure"], r["system"], r["baseline"]): r for r in comparisons}
+    for fig in figure_names():
+        if all(systems[n].get(fig) is None for n in names):
+            continue
+        row = [fig] + [fmt(systems[n].get(fig)) for n in names]
+        target = ""
+        for s, b in pairs:
+            r = by_key.get((fig, s, b))
+            if r is None or r["ratio"] is None:
+                row.append("-" if r is None or r["met"] is None else ("ok" if r["met"] else "MISS"))
+            else:
+                mark = "" if r["met"] is None else (" ok" if r["met"] else " MISS")
+                row.append(f"{r['ratio']:.2f}x{mark}")
+            if r is not None and r["target"]:
+                target = r["target"]
+        row.append(target or (TARGETS[fig].text() if fig in TARGETS else ""))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
