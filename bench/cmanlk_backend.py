@@ -1,0 +1,91 @@
+"""bench/driver.py's backend for cmanlkd: cmanlk.client's blocking Client, shaped like libcpg.
+
+`mcast` is one `cpg_send` without retries (a `try_again` refusal is flow control, as libcpg's
+CS_ERR_TRY_AGAIN); events the client kept while it waited for a reply are handed on by
+`dispatch`, which also reads what the socket holds, so the driver never waits on buffered events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.cpg_ctypes import Confchg, Deliver, TotemConfchg
+from cmanlk import ipcproto
+from cmanlk.client import Client, ClientError, Event
+
+DRAIN_WAIT_S = 1e-6  # "don't block": Client.next_event(0) would not look at the socket at all
+MAX_EVENTS_PER_DISPATCH = 1_000_000  # a bound, far above what a dispatch meets
+
+
+class CmanlkBackend:
+    def __init__(
+        self, on_deliver: Deliver, on_confchg: Confchg, on_totem: TotemConfchg, socket_path: str | None
+    ) -> None:
+        self._on_deliver = on_deliver
+        self._on_confchg = on_confchg
+        self._on_totem = on_totem
+        self._path = socket_path or ipcproto.DEFAULT_SOCKET_PATH
+        self._client: Client | None = None
+        self._group = ""
+        self.fd = -1
+        self.nodeid = 0
+
+    def connect(self, group: str) -> None:
+        """Connect, join `group` asking for the initial totem configuration. Raises ClientError."""
+        client = Client.connect(self._path)
+        try:
+            self.nodeid = int(client.status().get("node_id", 0))
+            client.cpg_join(group, initial_totem_conf=True)
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+        self._group = group
+        fileno = getattr(client, "fileno", None)
+        self.fd = fileno() if callable(fileno) else client._sock.fileno()
+
+    def mcast(self, data: bytes) -> bool:
+        """Send `data` in agreed order; False on try_again (flow control). Raises ClientError."""
+        client = self._need()
+        try:
+            client.cpg_send(self._group, data, retry_timeout_s=0)
+        except ClientError as exc:
+            if exc.code != ipcproto.E_TRY_AGAIN:
+                raise
+            self.dispatch()
+            return False
+        self.dispatch()
+        return True
+
+    def dispatch(self) -> None:
+        """Hand every event the client holds or the socket has to the callbacks."""
+        client = self._need()
+        for _ in range(MAX_EVENTS_PER_DISPATCH):
+            event = client.next_event(DRAIN_WAIT_S)
+            if event is None:
+                return
+            self._event(event)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.fd = -1
+
+    def _need(self) -> Client:
+        if self._client is None:
+            raise ConnectionError("not connected")
+        return self._client
+
+    def _event(self, event: Event) -> None:
+        data: dict[str, Any] = event.data
+        if event.name == ipcproto.EV_CPG_DELIVER:
+            self._on_deliver(int(data.get("nodeid", 0)), int(data.get("pid", 0)), event.payload)
+        elif event.name == ipcproto.EV_CPG_CONFCHG:
+            members = [(int(a["nodeid"]), int(a["pid"])) for a in data.get("members", [])]
+            left = [(int(a["nodeid"]), int(a["pid"]), int(a["reason"])) for a in data.get("left", [])]
+            joined = [(int(a["nodeid"]), int(a["pid"]), int(a["reason"])) for a in data.get("joined", [])]
+            self._on_confchg(members, left, joined)
+        elif event.name == ipcproto.EV_CPG_TOTEM_CONFCHG:
+            ring = (int(data.get("ring_rep", 0)), int(data.get("ring_seq", 0)))
+            self._on_totem(ring, [int(m) for m in data.get("members", [])])
