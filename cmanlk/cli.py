@@ -1,0 +1,377 @@
+"""cmanlk-tool: the admin command line of cmanlkd, in the spirit of cman_tool and corosync-quorumtool.
+
+    cmanlk-tool [-s SOCKET] [--json] COMMAND [ARGS]
+
+Read commands (each takes --json; the schema is docs/cli-json.md): status, nodes, quorum, links,
+groups, dlm, version. Changes (root): expected N, votes N [-n NODEID], leave, kill NODEID,
+fence-ack NODEID. Live events: monitor [--count N] (--json: one JSON object per line).
+
+Exit codes: 0 success; 1 error (daemon unreachable, request refused — the message names the
+daemon's error code); 2 usage; `quorum` (and `status`) exit 3 when this node is not quorate, as
+corosync-quorumtool -s does with its own code, so scripts can test quorum with one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from cmanlk import __version__, ipcproto
+from cmanlk.client import Client, ClientError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_QUORATE = 3
+
+JSON_SCHEMA_VERSION = 1
+"""Bumped only on an incompatible change of docs/cli-json.md (fields are only ever added)."""
+
+_FLAG_NAMES = (
+    ("two_node", "2Node"),
+    ("wait_for_all", "WaitForAll"),
+    ("last_man_standing", "LastManStanding"),
+    ("auto_tie_breaker", "AutoTieBreaker"),
+    ("allow_downscale", "AllowDownscale"),
+)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run one command; return its exit code (see the module docstring)."""
+    stdout = out or sys.stdout
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE
+    command: Callable[[argparse.Namespace, TextIO], int] = args.run
+    try:
+        return command(args, stdout)
+    except ClientError as exc:
+        print(f"cmanlk-tool: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmanlk-tool", description="Query and control cmanlkd.")
+    parser.add_argument("-s", "--socket", default=ipcproto.DEFAULT_SOCKET_PATH, help="daemon socket path")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (docs/cli-json.md)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, run, text in (
+        ("status", _cmd_status, "quorum and membership summary (exit 3 when not quorate)"),
+        ("nodes", _cmd_nodes, "nodes, their votes and state"),
+        ("quorum", _cmd_quorum, "votequorum state; exit 0 quorate, 3 not quorate"),
+        ("links", _cmd_links, "link state towards each node"),
+        ("groups", _cmd_groups, "closed process groups and their members"),
+        ("dlm", _cmd_dlm, "DLM lockspaces"),
+        ("version", _cmd_version, "versions of this tool and of the daemon"),
+        ("leave", _cmd_leave, "this node leaves the cluster (root)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.set_defaults(run=run)
+    p = sub.add_parser("expected", help="set expected votes (root)")
+    p.add_argument("votes", type=int)
+    p.set_defaults(run=_cmd_expected)
+    p = sub.add_parser("votes", help="set votes of a node, default this one (root)")
+    p.add_argument("votes", type=int)
+    p.add_argument("-n", "--nodeid", type=int, default=0)
+    p.set_defaults(run=_cmd_votes)
+    p = sub.add_parser("kill", help="ask a node to leave the cluster (root)")
+    p.add_argument("nodeid", type=int)
+    p.set_defaults(run=_cmd_kill)
+    p = sub.add_parser("fence-ack", help="confirm a node is fenced so DLM recovery goes on (root)")
+    p.add_argument("nodeid", type=int)
+    p.set_defaults(run=_cmd_fence_ack)
+    p = sub.add_parser("monitor", help="print membership and quorum changes as they happen")
+    p.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.set_defaults(run=_cmd_monitor)
+    return parser
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    return Client.connect(args.socket)
+
+
+def _emit_json(out: TextIO, command: str, body: dict[str, Any]) -> None:
+    out.write(json.dumps({"schema": JSON_SCHEMA_VERSION, "command": command, **body}, sort_keys=True) + "\n")
+
+
+# --- read commands ------------------------------------------------------------------------------------
+
+
+def _quorum_body(q: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "quorate": bool(q.get("quorate", False)),
+        "expected_votes": int(q.get("expected_votes", 0) or 0),
+        "highest_expected": int(q.get("highest_expected", q.get("expected_votes", 0)) or 0),
+        "total_votes": int(q.get("total_votes", 0) or 0),
+        "quorum": int(q.get("quorum", 0) or 0),
+        "flags": [name for key, name in _FLAG_NAMES if q.get(key)],
+        "wait_for_all_status": bool(q.get("wait_for_all_status", False)),
+    }
+
+
+def _node_rows(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "nodeid": int(n.get("nodeid", 0)),
+            "name": str(n.get("name", "")),
+            "votes": int(n.get("votes", 0) or 0),
+            "state": str(n.get("state", "")),
+            "local": bool(n.get("local", False)),
+            "addresses": [str(a) for a in n.get("addresses", [])],
+        }
+        for n in nodes
+    ]
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        status, quorum, nodes = c.status(), _quorum_body(c.quorum()), _node_rows(c.nodes())
+    members = [n for n in nodes if n["state"] == "member"]
+    code = EXIT_OK if quorum["quorate"] else EXIT_NOT_QUORATE
+    if args.json:
+        body = {
+            "node_id": status.get("node_id"),
+            "cluster_name": status.get("cluster_name", ""),
+            "ring_id": status.get("ring_id", ""),
+            "state": status.get("state", ""),
+            "members": [n["nodeid"] for n in members],
+            "quorum": quorum,
+            "nodes": nodes,
+        }
+        _emit_json(out, "status", body)
+        return code
+    _section(out, "Quorum information")
+    _kv(out, "Date", time.strftime("%a %b %d %H:%M:%S %Y"))
+    _kv(out, "Cluster name", status.get("cluster_name", ""))
+    _kv(out, "Node ID", status.get("node_id", ""))
+    _kv(out, "Ring ID", status.get("ring_id", ""))
+    _kv(out, "Totem state", status.get("state", ""))
+    _kv(out, "Quorate", "Yes" if quorum["quorate"] else "No")
+    out.write("\n")
+    _votequorum_block(out, quorum)
+    out.write("\n")
+    _membership_table(out, members)
+    return code
+
+
+def _cmd_quorum(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        raw = c.quorum()
+    quorum = _quorum_body(raw)
+    code = EXIT_OK if quorum["quorate"] else EXIT_NOT_QUORATE
+    if args.json:
+        where = {"node_id": raw.get("node_id"), "ring_id": raw.get("ring_id", "")}
+        _emit_json(out, "quorum", {**quorum, **where})
+        return code
+    _kv(out, "Quorate", "Yes" if quorum["quorate"] else "No")
+    _votequorum_block(out, quorum, header=False)
+    return code
+
+
+def _cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        nodes = _node_rows(c.nodes())
+    if args.json:
+        _emit_json(out, "nodes", {"nodes": nodes})
+        return EXIT_OK
+    out.write(f"{'Nodeid':>10} {'Votes':>6}  {'State':<8} Name\n")
+    for n in nodes:
+        name = n["name"] + (" (local)" if n["local"] else "")
+        out.write(f"{n['nodeid']:>10} {n['votes']:>6}  {n['state']:<8} {name}\n")
+    return EXIT_OK
+
+
+def _cmd_links(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        links = c.links()
+    rows = [
+        {"nodeid": int(lk.get("nodeid", 0)), "link": int(lk.get("link", 0)), "up": bool(lk.get("up", False))}
+        for lk in links
+    ]
+    if args.json:
+        _emit_json(out, "links", {"links": rows})
+        return EXIT_OK
+    out.write(f"{'Nodeid':>10} {'Link':>5}  State\n")
+    for r in rows:
+        out.write(f"{r['nodeid']:>10} {r['link']:>5}  {'up' if r['up'] else 'DOWN'}\n")
+    return EXIT_OK
+
+
+def _cmd_groups(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        groups = c.groups()
+    rows: list[dict[str, Any]] = [
+        {"name": str(g.get("name")), "members": [{"nodeid": n, "pid": p} for n, p in g.get("members", ())]}
+        for g in groups
+    ]
+    if args.json:
+        _emit_json(out, "groups", {"groups": rows})
+        return EXIT_OK
+    out.write(f"{'Group':<32} {'Members':>7}  Processes (nodeid:pid)\n")
+    for g in rows:
+        procs = " ".join(f"{m['nodeid']}:{m['pid']}" for m in g["members"])
+        out.write(f"{g['name']:<32} {len(g['members']):>7}  {procs}\n")
+    return EXIT_OK
+
+
+def _cmd_dlm(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        result = c.dlm()
+    lockspaces: list[dict[str, Any]] = [
+        {**ls, "name": str(ls.get("name", "")), "state": str(ls.get("state", ""))}
+        for ls in result.get("lockspaces", [])
+        if isinstance(ls, dict)
+    ]
+    if args.json:
+        _emit_json(out, "dlm", {"lockspaces": lockspaces})
+        return EXIT_OK
+    out.write(f"{'Lockspace':<32} State\n")
+    for ls in lockspaces:
+        out.write(f"{ls['name']:<32} {ls['state']}\n")
+    return EXIT_OK
+
+
+def _cmd_version(args: argparse.Namespace, out: TextIO) -> int:
+    daemon: dict[str, Any] = {}
+    try:
+        with _connect(args) as c:
+            daemon = dict(c.server)
+    except ClientError as exc:
+        daemon = {"error": exc.code}
+    body = {
+        "tool_version": __version__,
+        "protocol_versions": list(ipcproto.SUPPORTED_VERSIONS),
+        "daemon_version": daemon.get("server_version", ""),
+        "daemon_protocol": daemon.get("version", 0),
+        "daemon_error": daemon.get("error", ""),
+    }
+    if args.json:
+        _emit_json(out, "version", body)
+    else:
+        out.write(f"cmanlk-tool {__version__} (IPC protocol {ipcproto.PROTOCOL_VERSION})\n")
+        if body["daemon_error"]:
+            out.write(f"cmanlkd: not reachable at {args.socket} ({body['daemon_error']})\n")
+        else:
+            out.write(f"cmanlkd {body['daemon_version']} (IPC protocol {body['daemon_protocol']})\n")
+    return EXIT_OK if not body["daemon_error"] else EXIT_ERROR
+
+
+# --- changes ------------------------------------------------------------------------------------------
+
+
+def _cmd_expected(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        c.set_expected(args.votes)
+    out.write(f"expected votes set to {args.votes}\n")
+    return EXIT_OK
+
+
+def _cmd_votes(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        c.set_votes(args.votes, args.nodeid)
+    who = f"node {args.nodeid}" if args.nodeid else "this node"
+    out.write(f"votes of {who} set to {args.votes}\n")
+    return EXIT_OK
+
+
+def _cmd_leave(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        c.leave()
+    out.write("leaving the cluster\n")
+    return EXIT_OK
+
+
+def _cmd_kill(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        c.kill(args.nodeid)
+    out.write(f"node {args.nodeid} asked to leave\n")
+    return EXIT_OK
+
+
+def _cmd_fence_ack(args: argparse.Namespace, out: TextIO) -> int:
+    with _connect(args) as c:
+        c.fence_ack(args.nodeid)
+    out.write(f"fencing of node {args.nodeid} acknowledged\n")
+    return EXIT_OK
+
+
+# --- monitor ------------------------------------------------------------------------------------------
+
+
+def _cmd_monitor(args: argparse.Namespace, out: TextIO) -> int:
+    seen = 0
+    with _connect(args) as c:
+        for event in c.track(quorum=True):
+            if args.json:
+                _emit_json(out, "monitor", {"event": event.name, "data": event.data, "time": time.time()})
+            else:
+                out.write(_describe(event.name, event.data) + "\n")
+            out.flush()
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return EXIT_OK
+
+
+def _describe(name: str, data: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S")
+    if name == ipcproto.EV_TRACK:
+        members = " ".join(str(m.get("nodeid")) for m in data.get("members", []))
+        changes = " ".join(f"{m.get('change')}:{m.get('nodeid')}" for m in data.get("changes", []))
+        what = "current membership" if data.get("current") else "membership changed"
+        return f"{stamp} {what} ring {data.get('ring_id', '')}: members {members}" + (
+            f" ({changes})" if changes else ""
+        )
+    if name == ipcproto.EV_QUORUM:
+        state = "quorate" if data.get("quorate") else "NOT quorate"
+        return f"{stamp} quorum: {state} (total votes {data.get('total_votes')}, quorum {data.get('quorum')})"
+    if name == ipcproto.EV_FLOW:
+        return f"{stamp} flow control: {data.get('state')}"
+    return f"{stamp} {name}: {json.dumps(data, sort_keys=True)}"
+
+
+# --- human output helpers -----------------------------------------------------------------------------
+
+
+def _section(out: TextIO, title: str) -> None:
+    out.write(f"{title}\n{'-' * len(title)}\n")
+
+
+def _kv(out: TextIO, key: str, value: object) -> None:
+    out.write(f"{key + ':':<18}{value}\n")
+
+
+def _votequorum_block(out: TextIO, q: dict[str, Any], header: bool = True) -> None:
+    if header:
+        _section(out, "Votequorum information")
+    _kv(out, "Expected votes", q["expected_votes"])
+    _kv(out, "Highest expected", q["highest_expected"])
+    _kv(out, "Total votes", q["total_votes"])
+    _kv(out, "Quorum", q["quorum"] if q["quorate"] else f"{q['quorum']} Activity blocked")
+    flags = (["Quorate"] if q["quorate"] else []) + list(q["flags"])
+    _kv(out, "Flags", " ".join(flags))
+
+
+def _membership_table(out: TextIO, members: list[dict[str, Any]]) -> None:
+    _section(out, "Membership information")
+    out.write(f"{'Nodeid':>10} {'Votes':>10} Name\n")
+    for n in members:
+        name = n["name"] + (" (local)" if n["local"] else "")
+        out.write(f"{n['nodeid']:>10} {n['votes']:>10} {name}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
