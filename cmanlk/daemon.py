@@ -293,7 +293,29 @@ def _dbus_wanted(config: ClusterConfig) -> bool:
 
 
 def _companions(node: Node, config: ClusterConfig) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
-    """The edges that run beside the node: D-Bus when wanted (and dbus-fast is installed)."""
+    """The edges that run beside the node: the IPC server always, D-Bus when wanted."""
+    from cmanlk.runtime.ipc import IpcConfig, IpcServer
+    from cmanlk.runtime.node import NodeIpcBackend
+
+    ipc_config = IpcConfig(
+        path=str(Path(config.cmanlk.run_dir) / "cmanlk.sock"), group=config.cmanlk.ipc_group
+    )
+
+    async def ipc() -> None:
+        server = IpcServer(NodeIpcBackend(node), ipc_config)
+        await server.start()  # OSError (path held by a live server) stops the daemon: exit 3
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+
+    return (ipc, *_dbus_companions(node, config))
+
+
+def _dbus_companions(
+    node: Node, config: ClusterConfig
+) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
+    """D-Bus when wanted (and dbus-fast is installed)."""
     if not _dbus_wanted(config):
         return ()
     try:

@@ -224,8 +224,12 @@ class Node:
                     tg.create_task(companion(), name=getattr(companion, "__name__", "companion"))
                 await self._control_loop()
                 raise _Stop  # cancels the helper tasks
-        except* _Stop:
-            pass
+        except ExceptionGroup as group:
+            failure = _first_failure(group)
+            if failure is not None:  # a companion (IPC, D-Bus) or helper task failed: stop, cleanly
+                log.critical("stopping: a task failed: %r", failure, exc_info=failure)
+                self._try_leave()
+                self._fatal = self._fatal or failure
         finally:
             self._cancel_timer()
             await self.transport.close()
@@ -596,6 +600,18 @@ class _Stop(Exception):
     """Raised inside the TaskGroup to cancel the helper tasks once the control loop returns."""
 
 
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first exception of a (nested) group that is not our own _Stop, or None."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _first_failure(exc)
+            if inner is not None:
+                return inner
+        elif not isinstance(exc, _Stop):
+            return exc
+    return None
+
+
 def _now() -> Instant:
     return Instant(time.monotonic_ns())
 
@@ -615,3 +631,78 @@ def _plain(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return str(value)
+
+
+class NodeIpcBackend:
+    """`cmanlk.runtime.ipc.IpcBackend` over a running Node: what local clients see of the daemon.
+
+    `status()` is the node's NodeStatus plus the nodelist, the quorum decision, flat per-peer link
+    states and the cpg groups; `submit()` feeds Stack events; `admin()` serves LeaveCluster
+    (graceful leave, then the daemon exits) and refuses the rest with `not_supported`.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def status(self) -> Mapping[str, Any]:
+        """Return the JSON-able snapshot described by IpcBackend."""
+        from cmanlk import __version__
+
+        node = self.node
+        out = node.status().as_dict()
+        q = node.quorum_state
+        votes = dict(q.node_votes) if q is not None else {}
+        out["version"] = __version__
+        out["nodes"] = [
+            {
+                "nodeid": n.nodeid,
+                "name": n.name or "",
+                "addresses": [n.addresses[k] for k in n.addresses],
+                "votes": votes.get(n.nodeid, n.quorum_votes),
+                "state": "member" if n.nodeid in node.members else "dead",
+            }
+            for n in node.config.nodes
+        ]
+        out["quorum"] = {f.name: _plain(getattr(q, f.name)) for f in fields(q)} if q is not None else {}
+        links = node.transport.links()
+        out["link_status"] = [lk.as_dict() for lk in links]
+        out["links"] = [
+            {"nodeid": p.node, "link": lk.index, "up": p.reachable, "address": p.address}
+            for lk in links
+            for p in lk.peers
+        ]
+        out["cpg_groups"] = self._cpg_groups()
+        return out
+
+    def submit(self, event: object) -> None:
+        """Feed a Stack event carrying the server's request id. Raises UsageError("not_running")."""
+        self.node.handle_request(event)
+
+    def subscribe(self, listener: Callable[[object], None]) -> None:
+        """Receive every notification the core publishes."""
+        self.node.add_listener(listener)
+
+    def unsubscribe(self, listener: Callable[[object], None]) -> None:
+        """Stop receiving notifications."""
+        self.node.remove_listener(listener)
+
+    async def admin(self, command: object) -> dict[str, Any]:
+        """LeaveCluster: leave and exit. Anything else raises UsageError("not_supported")."""
+        from cmanlk.runtime.ipc import LeaveCluster
+
+        if isinstance(command, LeaveCluster):
+            self.node.request_leave()
+            return {"result": "leaving", "node_id": self.node.me}
+        raise UsageError("not_supported", f"{type(command).__name__} is not served by this daemon")
+
+    def _cpg_groups(self) -> list[dict[str, object]]:
+        from cmanlk.cpg import CpgService
+
+        core = self.node.core
+        svc = core.services.get(CpgService.service_id) if isinstance(core, Stack) else None
+        if not isinstance(svc, CpgService):
+            return []
+        return [
+            {"name": g.name.decode("utf-8", "backslashreplace"), "members": [list(m) for m in g.members]}
+            for g in svc.groups()
+        ]
