@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from cmanlk import cpg, svcwire
+from cmanlk import cpgwire as cw
 from cmanlk.cpg import (
     REASON_JOIN,
     REASON_LEAVE,
@@ -44,7 +45,7 @@ G = b"dlm:controld"
 
 
 def test_struct_sizes_match_corosync():
-    join = cpg.encode_procjoin(cpg.MESSAGE_REQ_EXEC_CPG_PROCJOIN, G, 4242, REASON_JOIN)
+    join = cw.encode_procjoin(cw.MESSAGE_REQ_EXEC_CPG_PROCJOIN, G, 4242, REASON_JOIN)
     assert len(join) == 168
     header = svcwire.decode_request_header(join)
     assert header.id == (2 << 16) | 0 and header.size == 168
@@ -53,7 +54,7 @@ def test_struct_sizes_match_corosync():
     assert struct.unpack_from("<II", join, 152) == (4242, 0)
     assert struct.unpack_from("<I", join, 160)[0] == REASON_JOIN
 
-    mcast = cpg.encode_mcast(G, 7, N2, 0x1122334455667788, b"hello")
+    mcast = cw.encode_mcast(G, 7, N2, 0x1122334455667788, b"hello")
     assert len(mcast) == 184 + 5 and svcwire.decode_request_header(mcast).size == 189
     assert struct.unpack_from("<I", mcast, 152)[0] == 5
     assert struct.unpack_from("<I", mcast, 160)[0] == 7
@@ -61,46 +62,46 @@ def test_struct_sizes_match_corosync():
     assert struct.unpack_from("<Q", mcast, 176)[0] == 0x1122334455667788
     assert mcast[184:] == b"hello"
 
-    joinlist = cpg.encode_joinlist([(1, b"a"), (2, G)])
+    joinlist = cw.encode_joinlist([(1, b"a"), (2, G)])
     assert len(joinlist) == 24 + 2 * 144
     assert svcwire.decode_response_header(joinlist) == ((2 << 16) | 2, 312, 0)
     assert struct.unpack_from("<I", joinlist, 24 + 144)[0] == 2
     assert struct.unpack_from("<I", joinlist, 24 + 144 + 8)[0] == len(G)
 
-    downlist = cpg.encode_downlist(3, (N3,))
+    downlist = cw.encode_downlist(3, (N3,))
     assert len(downlist) == 1568
     assert struct.unpack_from("<III", downlist, 16)[0::2] == (3, 1)
     assert struct.unpack_from("<II", downlist, 32) == (3, 0)
 
-    partial = cpg.encode_partial_mcast(G, 10, 7, cpg.PARTIAL_FIRST, N1, 5, b"abcd")
+    partial = cw.encode_partial_mcast(G, 10, 7, cw.PARTIAL_FIRST, N1, 5, b"abcd")
     assert len(partial) == 200 + 4
     assert struct.unpack_from("<I", partial, 160)[0] == 4 and struct.unpack_from("<I", partial, 176)[0] == 1
 
 
 def test_codecs_round_trip():
-    assert cpg.decode_procjoin(cpg.encode_procjoin(1, G, 9, REASON_PROCDOWN)) == cpg.ProcJoin(G, 9, 5)
-    m = cpg.decode_mcast(cpg.encode_mcast(G, 9, N1, 3, b"x" * 1000))
+    assert cw.decode_procjoin(cw.encode_procjoin(1, G, 9, REASON_PROCDOWN)) == cw.ProcJoin(G, 9, 5)
+    m = cw.decode_mcast(cw.encode_mcast(G, 9, N1, 3, b"x" * 1000))
     assert (m.group, m.pid, m.source_nodeid, m.source_conn, m.payload) == (G, 9, N1, 3, b"x" * 1000)
-    assert cpg.decode_joinlist(cpg.encode_joinlist([(5, G), (6, b"b")])) == [(5, G), (6, b"b")]
-    assert cpg.decode_joinlist(cpg.encode_joinlist([])) == []
-    assert cpg.decode_downlist(cpg.encode_downlist(4, (N2, N3))) == cpg.Downlist(4, (N2, N3))
-    p = cpg.decode_partial_mcast(cpg.encode_partial_mcast(G, 10, 7, cpg.PARTIAL_LAST, N1, 5, b"ab"))
-    assert (p.msglen, p.kind, p.fragment) == (10, cpg.PARTIAL_LAST, b"ab")
+    assert cw.decode_joinlist(cw.encode_joinlist([(5, G), (6, b"b")])) == [(5, G), (6, b"b")]
+    assert cw.decode_joinlist(cw.encode_joinlist([])) == []
+    assert cw.decode_downlist(cw.encode_downlist(4, (N2, N3))) == cw.Downlist(4, (N2, N3))
+    p = cw.decode_partial_mcast(cw.encode_partial_mcast(G, 10, 7, cw.PARTIAL_LAST, N1, 5, b"ab"))
+    assert (p.msglen, p.kind, p.fragment) == (10, cw.PARTIAL_LAST, b"ab")
 
 
 @pytest.mark.parametrize(
     ("function", "message", "reason"),
     [
-        (0, cpg.encode_procjoin(0, G, 1, 1)[:167], "cpg_procjoin_short"),
-        (0, cpg.encode_procjoin(0, G, 1, 1)[:16] + struct.pack("<I", 129) + bytes(148), "cpg_procjoin_name_length"),  # noqa: E501
-        (1, cpg.encode_procjoin(1, G, 1, 9), "cpg_procleave_reason"),
-        (3, cpg.encode_mcast(G, 1, N1, 0, b"abc")[:-1], "cpg_mcast_length"),
-        (2, cpg.encode_joinlist([(1, G)])[:-1], "cpg_joinlist_size"),
-        (5, cpg.encode_downlist(1, ())[:1000], "cpg_downlist_short"),
-        (5, cpg.encode_downlist(1, ())[:24] + struct.pack("<I", 385) + bytes(1540), "cpg_downlist_entries"),
-        (6, cpg.encode_partial_mcast(G, 10, 7, 4, N1, 5, b"ab"), "cpg_partial_type"),
-        (6, cpg.encode_partial_mcast(G, 1, 7, 1, N1, 5, b"ab"), "cpg_partial_length"),
-        (9, cpg.encode_procjoin(0, G, 1, 1), "cpg_unknown_function"),
+        (0, cw.encode_procjoin(0, G, 1, 1)[:167], "cpg_procjoin_short"),
+        (0, cw.encode_procjoin(0, G, 1, 1)[:16] + struct.pack("<I", 129) + bytes(148), "cpg_procjoin_name_length"),  # noqa: E501
+        (1, cw.encode_procjoin(1, G, 1, 9), "cpg_procleave_reason"),
+        (3, cw.encode_mcast(G, 1, N1, 0, b"abc")[:-1], "cpg_mcast_length"),
+        (2, cw.encode_joinlist([(1, G)])[:-1], "cpg_joinlist_size"),
+        (5, cw.encode_downlist(1, ())[:1000], "cpg_downlist_short"),
+        (5, cw.encode_downlist(1, ())[:24] + struct.pack("<I", 385) + bytes(1540), "cpg_downlist_entries"),
+        (6, cw.encode_partial_mcast(G, 10, 7, 4, N1, 5, b"ab"), "cpg_partial_type"),
+        (6, cw.encode_partial_mcast(G, 1, 7, 1, N1, 5, b"ab"), "cpg_partial_length"),
+        (9, cw.encode_procjoin(0, G, 1, 1), "cpg_unknown_function"),
     ],
 )
 def test_hostile_messages_raise_malformed_packet(function, message, reason):
@@ -204,7 +205,7 @@ def test_flow_control_refuses_past_in_flight_bound_and_recovers_on_delivery():
     assert info.value.code == "try_again"
     assert 0 < svc.in_flight_bytes <= cpg.MAX_IN_FLIGHT_BYTES
     # Delivering the last one settles every older send too.
-    svc.on_message(N1, cpg.MESSAGE_REQ_EXEC_CPG_MCAST, _sent(sends)[-1])
+    svc.on_message(N1, cw.MESSAGE_REQ_EXEC_CPG_MCAST, _sent(sends)[-1])
     assert svc.in_flight_bytes == 0
     assert svc.on_local_request(CpgMcast(H1, G, chunk))
 
@@ -221,26 +222,26 @@ def test_mcast_from_node_without_group_member_is_not_delivered():
     svc = CpgService(N1)
     _synced(svc, (N1, N2))
     _loop(svc, svc.on_local_request(CpgJoin(H1, G, 1)))
-    assert svc.on_message(N2, 3, cpg.encode_mcast(G, 9, N2, 0, b"x")) == []
+    assert svc.on_message(N2, 3, cw.encode_mcast(G, 9, N2, 0, b"x")) == []
     assert svc.stats["mcast_unknown_node"] == 1
-    svc.on_message(N2, 0, cpg.encode_procjoin(0, G, 9, REASON_JOIN))
-    assert svc.on_message(N2, 3, cpg.encode_mcast(G, 9, N2, 0, b"x")) == [CpgDeliver((H1,), G, N2, 9, b"x")]
+    svc.on_message(N2, 0, cw.encode_procjoin(0, G, 9, REASON_JOIN))
+    assert svc.on_message(N2, 3, cw.encode_mcast(G, 9, N2, 0, b"x")) == [CpgDeliver((H1,), G, N2, 9, b"x")]
 
 
 def test_partial_mcast_is_reassembled_and_bounded():
     svc = CpgService(N1)
     _synced(svc, (N1, N2))
     _loop(svc, svc.on_local_request(CpgJoin(H1, G, 1)))
-    svc.on_message(N2, 0, cpg.encode_procjoin(0, G, 9, REASON_JOIN))
-    parts = [(cpg.PARTIAL_FIRST, b"abc"), (cpg.PARTIAL_CONTINUED, b"def"), (cpg.PARTIAL_LAST, b"g")]
+    svc.on_message(N2, 0, cw.encode_procjoin(0, G, 9, REASON_JOIN))
+    parts = [(cw.PARTIAL_FIRST, b"abc"), (cw.PARTIAL_CONTINUED, b"def"), (cw.PARTIAL_LAST, b"g")]
     out = []
     for kind, frag in parts:
-        out += svc.on_message(N2, 6, cpg.encode_partial_mcast(G, 7, 9, kind, N2, 1, frag))
+        out += svc.on_message(N2, 6, cw.encode_partial_mcast(G, 7, 9, kind, N2, 1, frag))
     assert out == [CpgDeliver((H1,), G, N2, 9, b"abcdefg")]
-    assert svc.on_message(N2, 6, cpg.encode_partial_mcast(G, 7, 9, cpg.PARTIAL_LAST, N2, 1, b"x")) == []
+    assert svc.on_message(N2, 6, cw.encode_partial_mcast(G, 7, 9, cw.PARTIAL_LAST, N2, 1, b"x")) == []
     assert svc.stats["partial_without_first"] == 1
-    svc.on_message(N2, 6, cpg.encode_partial_mcast(G, 4, 9, cpg.PARTIAL_FIRST, N2, 1, b"abc"))
-    svc.on_message(N2, 6, cpg.encode_partial_mcast(G, 4, 9, cpg.PARTIAL_CONTINUED, N2, 1, b"de"))
+    svc.on_message(N2, 6, cw.encode_partial_mcast(G, 4, 9, cw.PARTIAL_FIRST, N2, 1, b"abc"))
+    svc.on_message(N2, 6, cw.encode_partial_mcast(G, 4, 9, cw.PARTIAL_CONTINUED, N2, 1, b"de"))
     assert svc.stats["partial_overflow"] == 1
 
 
