@@ -553,6 +553,12 @@ class Node:
         old_timers = replace(old.totem, nodes=())
         if replace(new.totem, nodes=()) != old_timers:
             ignored.append("totem timers")
+        if replace(new.quorum, node_votes=()) != replace(old.quorum, node_votes=()):
+            ignored.append("quorum settings")
+        if new.quorum.node_votes != old.quorum.node_votes:
+            # The Stack takes the nodelist's votes at start; expected votes follow a new nodelist
+            # after a restart (or set them now with set_expected).
+            ignored.append("nodelist votes (expected votes)")
         if ignored:
             log.warning("reload: %s changed; these take effect only after a restart", ", ".join(ignored))
         self.config = replace(old, nodes=new.nodes, logging=new.logging, warnings=new.warnings)
