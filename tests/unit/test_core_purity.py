@@ -25,6 +25,10 @@ CORE_SINGLE_MODULES = (
     "stack.py",
     "dlmctl.py",
     "svcwire.py",
+    "cpgwire.py",
+    "cmapsync.py",
+    "fencing.py",
+    "ipcproto.py",
 )
 
 
