@@ -176,7 +176,14 @@ class NativeConfig:
 
 @dataclass
 class TransportStats:
-    """Counters of the native transport."""
+    """Counters of the native transport.
+
+    The plain fields are transport-wide. `per_link[link]` counts the same events by the link they
+    happened on ("sent", "received", "delivered", "duplicates", "dropped_<reason>"; sent and
+    received include heartbeats, delivered is totem data only); `per_link[None]` holds the
+    drops that belong to no link (too-large, unknown-destination). Summing `per_link` over every
+    key gives the transport-wide sent/received/duplicates/dropped.
+    """
 
     sent: int = 0
     received: int = 0
@@ -185,6 +192,11 @@ class TransportStats:
     resent_after_cut: int = 0
     fragments_sent: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    per_link: dict[int | None, Counter[str]] = field(default_factory=dict)
+
+    def count(self, link: int | None, key: str) -> None:
+        """Add one to `key` of `link` (the per-link view only)."""
+        self.per_link.setdefault(link, Counter())[key] += 1
 
 
 @dataclass
@@ -402,24 +414,25 @@ class NativeTransport:
         bound = self._bound.get(link)
         addr = self._peer_sockaddr(peer, link)
         if bound is None or addr is None:
-            self._drop("no-link", f"node {peer} link {link}")
+            self._drop("no-link", f"node {peer} link {link}", link=link)
             return False
         try:
             bound.sock.sendto(datagram, addr)
         except BlockingIOError:
-            self._drop("send-buffer-full", f"link {link}")
+            self._drop("send-buffer-full", f"link {link}", link=link)
             return False
         except OSError as exc:
             self._on_send_error(peer, link, exc)
             return False
         self.stats.sent += 1
+        self.stats.count(link, "sent")
         return True
 
     def _on_send_error(self, peer: NodeId, link: int, exc: OSError) -> None:
         if exc.errno == errno.EMSGSIZE:
-            self._drop("emsgsize", f"link {link}: datagram exceeds the path MTU")
+            self._drop("emsgsize", f"link {link}: datagram exceeds the path MTU", link=link)
             return
-        self._drop("send-error", f"node {peer} link {link}: {exc}")
+        self._drop("send-error", f"node {peer} link {link}: {exc}", link=link)
         if exc.errno in (errno.ENETDOWN, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENXIO):
             self._apply(self._table.on_send_error(peer, link))
             self._reconcile(link)
@@ -439,13 +452,14 @@ class NativeTransport:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._drop("recv-error", f"link {link}: {exc}")
+                self._drop("recv-error", f"link {link}: {exc}", link=link)
                 return
             self._on_datagram(link, data, addr)
 
     def _on_datagram(self, link: int, data: bytes, addr: Any) -> None:
         """Authenticate, decode and dispatch one datagram. Remote input never raises out of here."""
         self.stats.received += 1
+        self.stats.count(link, "received")
         now = Instant(self._clock())
         try:
             if self._opener is not None:
@@ -456,9 +470,10 @@ class NativeTransport:
         except MalformedPacket as exc:
             if exc.reason == "replay":  # the same sealed frame over two links: a duplicate, not an attack
                 self.stats.duplicates += 1
+                self.stats.count(link, "duplicates")
                 return
             detail = exc.detail or exc.reason
-            self._drop(exc.reason, f"from {_host(addr)} on link {link}: {detail}", loud=True)
+            self._drop(exc.reason, f"from {_host(addr)} on link {link}: {detail}", loud=True, link=link)
             return
         if not self._is_listed(frame, sender, link, addr):
             return
@@ -471,38 +486,42 @@ class NativeTransport:
                 sent_at, _ = parse_heartbeat(frame.body)
                 self._apply(self._table.on_pong(frame.src, link, sent_at, now))
             case FrameType.NOTICE:
-                self._on_notice(frame, now)
+                self._on_notice(frame, now, link)
 
     def _is_listed(self, frame: InnerFrame, sender: NodeId | None, link: int, addr: Any) -> bool:
         if sender is not None and sender != frame.src:
-            self._drop("sender-mismatch", f"sealed by {sender}, header says {frame.src}", loud=True)
+            mismatch = f"sealed by {sender}, header says {frame.src}"
+            self._drop("sender-mismatch", mismatch, loud=True, link=link)
             return False
         expected = self._peer_addrs.get(frame.src, {}).get(link)
         if expected is None or frame.link != link:
-            self._drop("unlisted-source", f"node {frame.src} link {frame.link} from {_host(addr)}", loud=True)
+            where = f"node {frame.src} link {frame.link} from {_host(addr)}"
+            self._drop("unlisted-source", where, loud=True, link=link)
             return False
         if ipaddress.ip_address(_host(addr)) != ipaddress.ip_address(expected.split("%")[0]):
             where = f"node {frame.src} from {_host(addr)}, expected {expected}"
-            self._drop("unlisted-source", where, loud=True)
+            self._drop("unlisted-source", where, loud=True, link=link)
             return False
         return True
 
     def _on_data(self, frame: InnerFrame, link: int) -> None:
         if not self._dedup.accept(frame.src, frame.epoch, frame.seq):
             self.stats.duplicates += 1
+            self.stats.count(link, "duplicates")
             return
         payload = self._reasm.feed(frame)
         if payload is None:
             return
         self.stats.delivered += 1
+        self.stats.count(link, "delivered")
         if self._deliver is not None:
             self._deliver(payload, frame.src, link)
 
-    def _on_notice(self, frame: InnerFrame, now: Instant) -> None:
+    def _on_notice(self, frame: InnerFrame, now: Instant, via: int) -> None:
         try:
             link, up = parse_notice(frame.body)
         except MalformedPacket as exc:
-            self._drop(exc.reason, f"from node {frame.src}", loud=True)
+            self._drop(exc.reason, f"from node {frame.src}", loud=True, link=via)
             return
         changes = self._table.on_peer_notice(frame.src, link, up)
         self._apply(changes)
@@ -714,9 +733,11 @@ class NativeTransport:
             self._trigger_mtime = mtime
             self.rebind()
 
-    def _drop(self, reason: str, detail: str, loud: bool = False) -> None:
-        """Count a drop; `loud` ones (authentication, unlisted sources) get a rate-limited log line."""
+    def _drop(self, reason: str, detail: str, loud: bool = False, link: int | None = None) -> None:
+        """Count a drop (also under `link`); `loud` ones (authentication, unlisted sources) get a
+        rate-limited log line."""
         self.stats.dropped[reason] += 1
+        self.stats.count(link, f"dropped_{reason}")
         if not loud:
             return
         self._log_pending[reason] += 1

@@ -21,6 +21,7 @@ Contract shared by every transport:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,14 +176,20 @@ class _NativeAdapter:
                     up=not text.startswith("unbound"),
                     peers=peers,
                     reason=text,
-                    counters={
-                        "sent": stats.sent,
-                        "received": stats.received,
-                        **{f"dropped_{k}": v for k, v in stats.dropped.items()},
-                    },
+                    # This link's own counts; drops tied to no link go with the first link, so the
+                    # sum over links (status.json stats.transport) is the transport-wide total.
+                    counters={"sent": 0, "received": 0, **_link_counters(stats, lk, lk == min(local))},
                 )
             )
         return out
+
+
+def _link_counters(stats: Any, link: int, with_unattributed: bool) -> dict[str, int]:
+    """Return NativeTransport's per-link counters of `link` (plus link-less drops when asked)."""
+    own: Counter[str] = Counter(stats.per_link.get(link, {}))
+    if with_unattributed:
+        own.update(stats.per_link.get(None, {}))
+    return dict(own)
 
 
 def _native_transport(config: ClusterConfig, me: NodeId) -> Transport:
