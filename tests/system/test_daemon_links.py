@@ -159,9 +159,14 @@ def snapshot(c: Cluster) -> Snapshot:
     return out
 
 
-def received(c: Cluster, node: int) -> int:
+def delivered_per_link(c: Cluster, node: int) -> dict[int, int]:
+    """Totem datagrams delivered per link, from a status.json written after this call."""
+    asked = time.time()
+    c.wait_until(lambda: (c.status(node) or {}).get("updated_at", 0) > asked, STATUS_WAIT_S,
+                 f"a fresh status.json of node {node}")
     st = c.status(node)
-    return int(st["stats"]["transport"].get("received", 0)) if st else 0
+    assert st is not None
+    return {lk["index"]: int(lk["counters"].get("delivered", 0)) for lk in st["links"]}
 
 
 def log_text(c: Cluster, node: int) -> str:
@@ -230,15 +235,23 @@ def test_link0_down_fails_over_to_link1_without_reforming_the_ring(
 ) -> None:
     c = start_two_link_ring(cluster_factory)
     before = snapshot(c)
-    rx_before = received(c, 1)
+    d_start = delivered_per_link(c, 1)
+    d_cut = delivered_per_link(c, 1)
+    on0, on1 = d_cut[0] - d_start[0], d_cut[1] - d_start[1]
+    print(f"\nbefore the cut node 1 received {on0} totem datagrams on link 0, {on1} on link 1")
+    assert on0 > 5 * on1 and on0 > 0, "passive mode: link 0 (priority 2) should carry the traffic"
 
     failover_ms = cut_and_measure(c, lambda: c.lab.run(1, "ip", "link", "set", "dev", "eth0", "down"),
                                   "ip link set eth0 down on node 1")
     assert failover_ms < FAILOVER_BUDGET_MS
     assert link_local_down(c, 1, 0)
     assert link_usable(c, 1, 1), "link 1 of node 1 should carry the traffic now"
+    d_down = delivered_per_link(c, 1)
     assert_whole_and_unchanged(c, before, "link 0 down")
-    c.wait_until(lambda: received(c, 1) > rx_before + 20, STATUS_WAIT_S, "node 1 still receiving (on link 1)")
+    d_later = delivered_per_link(c, 1)
+    on0, on1 = d_later[0] - d_down[0], d_later[1] - d_down[1]
+    print(f"with link 0 down node 1 received {on0} totem datagrams on link 0, {on1} on link 1")
+    assert on0 == 0 and on1 > 0, "traffic should continue on link 1 only"
 
     c.lab.run(1, "ip", "link", "set", "dev", "eth0", "up")
     took = c.wait_until(lambda: all(link_usable(c, n, 0) for n in c.nodes), STATUS_WAIT_S, "link 0 back up")
