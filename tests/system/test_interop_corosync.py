@@ -8,16 +8,20 @@ votes (corosync-quorumtool), and see a kill -9 of one as a failure and a SIGTERM
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import Cluster
+from cmanlk.client import Client
+from tests.system.conftest import REPO, Cluster
 
 pytestmark = [pytest.mark.system, pytest.mark.interop]
 
@@ -98,3 +102,58 @@ def test_corosync_sees_a_cmanlkd_failure_and_a_leave(mixed: Cluster) -> None:
     c.wait_until(lambda: corosync_members(c).get(a) == "left", 5.0, f"corosync seeing node {a} leave")
     # a leave, not a failure: well below token (1000) + consensus (1200)
     assert time.monotonic() - start < 1.5
+
+
+CPG_MESSAGES = 50
+
+
+def test_cpg_messages_between_libcpg_and_cmanlk_clients_share_one_order(mixed: Cluster) -> None:
+    """L3 interop: a libcpg client on corosync and a cmanlk.client on cmanlkd in one group."""
+    c, a, b = mixed, *mixed.ours  # type: ignore[attr-defined]
+    if not Path("/usr/lib/x86_64-linux-gnu/libcpg.so.4").exists():
+        pytest.skip("libcpg4 is not installed")
+    c.start(a)
+    c.start(b)
+    c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
+    out = c.workdir / "cpg_peer.out"
+    peer = c.lab.popen(
+        c.corosync,  # type: ignore[attr-defined]
+        [
+            "env",
+            f"PYTHONPATH={REPO}",
+            sys.executable,
+            "-m",
+            "tests.system.cpg_peer",
+            "interop",
+            "--members",
+            "2",
+            "--send",
+            str(CPG_MESSAGES),
+            "--expect",
+            str(2 * CPG_MESSAGES),
+            "--timeout",
+            "30",
+        ],
+        out,
+    )
+    with Client.connect(str(c.run_dir(a) / "cmanlk.sock")) as client:
+        client.cpg_join("interop")
+        c.wait_until(
+            lambda: any(g["name"] == "interop" and len(g["members"]) == 2 for g in client.groups()),
+            15.0,
+            "both clients in the group",
+        )
+        for i in range(CPG_MESSAGES):
+            client.cpg_send("interop", f"m:{i}".encode())
+        ours: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(ours) < 2 * CPG_MESSAGES and time.monotonic() < deadline:
+            event = client.cpg_receive(0.5)
+            if event is not None and event.name == "cpg_deliver":
+                ours.append(f"{event.data['nodeid']}/{event.payload.decode()}")
+    peer.wait(timeout=40)
+    theirs = json.loads(out.read_text().strip().splitlines()[-1])["received"]
+    assert len(ours) == 2 * CPG_MESSAGES, ours[-5:]
+    assert ours == theirs  # the same agreed order on both implementations
+    assert [m for m in ours if "/m:" in m] == [f"{a}/m:{i}" for i in range(CPG_MESSAGES)]
+    assert [m for m in ours if "/c:" in m] == [f"{c.corosync}/c:{i}" for i in range(CPG_MESSAGES)]  # type: ignore[attr-defined]
