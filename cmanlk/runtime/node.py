@@ -572,6 +572,7 @@ class Node:
         from cmanlk.runtime.logsetup import setup_logging
 
         setup_logging(new.logging, debug=logging.getLogger().level == logging.DEBUG)
+        self._write_status()
 
     # -- status ----------------------------------------------------------------------------------
     async def _status_loop(self) -> None:

@@ -150,3 +150,20 @@ def test_sighup_with_a_broken_file_keeps_running(cluster_factory: Callable[..., 
     assert c.alive(1)
     assert "totem.token" in c.log_path(1).read_text()
     assert c.members(1) == [1, 2]
+
+
+def test_sighup_removing_a_stopped_node_keeps_the_ring(cluster_factory: Callable[..., Cluster]) -> None:
+    c = cluster_factory([1, 2, 3])
+    c.start_all()
+    c.wait_ring([1, 2, 3])
+    assert c.stop(3) == 0
+    c.wait_ring([1, 2])
+    ring = c.ring(1)
+    for n in (1, 2):
+        c.write_config(n, [1, 2])
+        c.signal(n, signal.SIGHUP)
+    c.wait_until(lambda: "reload: nodelist now [1 2]" in c.log_path(2).read_text(), 5.0, "reload on node 2")
+    time.sleep(1.0)
+    assert c.ring(1) == ring and c.members(2) == [1, 2]
+    st = c.status(1)
+    assert st is not None and [p["node"] for p in st["links"][0]["peers"]] == [2]
