@@ -571,7 +571,7 @@ class NativeTransport:
             force or info is None or address is None
             or info.index != bound.ifindex or info.name != bound.ifname or address != bound.address
         ):
-            self._unbind(link, why or "interface changed")
+            self._unbind(link, why or ("rebind requested" if force else "interface changed"))
             bound = None
         if bound is None and info is not None and address is not None:
             bound = self._bind(spec, info, address)

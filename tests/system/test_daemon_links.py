@@ -313,6 +313,14 @@ def test_link0_renamed_deleted_readdressed_is_rebound_and_the_ring_stays_whole(
     cycle("delete eth0", [("ip", "link", "del", "eth0")], lambda: recreate_eth0(c.lab, 1))
     cycle("remove eth0's address", [("ip", "addr", "del", f"{ipv4(1)}/24", "dev", "eth0")],
           lambda: c.lab.run(1, "ip", "addr", "add", f"{ipv4(1)}/24", "dev", "eth0"))
+
+    # What udev/60-cmanlk-net.rules and `cmanlk-tool rebind` do: touch <run_dir>/rebind. Every link
+    # is re-bound in place; the ring does not notice.
+    t_touch = time.time()
+    (c.run_dir(1) / "rebind").touch()
+    c.wait_until(lambda: first_log_time(c, 1, "rebind requested", t_touch) is not None, 5.0, "trigger seen")
+    assert_whole_and_unchanged(c, before, "rebind trigger")
+    assert all(link_usable(c, 1, lk) for lk in (0, 1))
     assert_never_bound_to_lo(c)
 
 
