@@ -122,3 +122,24 @@ def test_unknown_local_address_exits_with_a_config_error(cluster_factory: Callab
         check=False,
     )
     assert proc.returncode == 1 and "--nodeid 1 is not in the nodelist" in proc.stderr
+
+
+def test_without_foreground_the_daemon_detaches_and_leaves_on_sigterm(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    c = cluster_factory([1, 2])
+    c.start(2)
+    conf = c.conf_path(1).read_text().replace("logging {\n", "logging {\n  to_logfile: yes\n  logfile: LOG\n")
+    c.conf_path(1).write_text(conf.replace("LOG", str(c.workdir / "detached.log")))
+    started = time.monotonic()
+    proc = c.lab.run(
+        1, "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "cmanlk.daemon", "-c", str(c.conf_path(1))
+    )
+    assert proc.returncode == 0 and time.monotonic() - started < 10  # the parent returned at once
+    c.wait_ring([1, 2])
+    pid = int((c.run_dir(1) / "cmanlkd.pid").read_text())
+    assert c.status(1)["pid"] == pid  # type: ignore[index]
+    os.kill(pid, 15)
+    c.wait_ring([2], timeout_s=5.0)
+    c.wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5.0, "detached daemon exit")
+    assert "left the cluster; exiting" in (c.workdir / "detached.log").read_text()
