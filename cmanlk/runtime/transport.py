@@ -3,7 +3,9 @@
 Two implementations: `cmanlk.runtime.udpu.UdpuTransport` (corosync 3's udpu, wire-compatible, no
 crypto) and `cmanlk.runtime.native.NativeTransport` (our multi-link encrypted transport, what
 `transport: knet` selects). The runtime (`cmanlk.runtime.node`) only talks to this protocol, so a
-transport is chosen once from the configuration and nothing else changes.
+transport is chosen once from the configuration (`build_transport(config, me)`) and nothing else
+changes. NativeTransport reports per-(peer, link) paths; `_NativeAdapter` folds them into the
+per-link `LinkStatus` of this protocol.
 
 Contract shared by every transport:
 - `start(deliver)` binds what can be bound and then calls `deliver(data, src, link)` for each
