@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from cmanlk.cmapsync import ConfigVersionMismatch
 from cmanlk.config import ClusterConfig
 from cmanlk.cpg import CpgService
 from cmanlk.errors import UsageError
@@ -64,6 +65,7 @@ from cmanlk.totem.events import (
     Started,
 )
 from cmanlk.types import NO_RING, Instant, NodeId, RingId
+from cmanlk.votequorum import QuorumChanged
 
 log = logging.getLogger("cmanlk.node")
 
@@ -484,20 +486,23 @@ class Node:
         self._write_status()
 
     def _on_notification(self, note: Notification) -> None:
-        name = type(note).__name__
-        if name == "QuorumChanged":
-            quorate = bool(getattr(note, "quorate", False))
-            state = getattr(note, "state", None)
-            if quorate != self._quorate:
-                log.info("quorum: %s", "quorate" if quorate else "NOT quorate")
-            self._quorate = quorate
-            if state is not None:
-                self._quorum = {k: _plain(getattr(state, k)) for k in getattr(state, "__slots__", ())}
-            self._status_dirty = True
-        elif name == "ConfigVersionMismatch":
-            log.error("config_version mismatch with a peer: %s", note)
-        else:
-            log.debug("notification %s", note)
+        match note:
+            case QuorumChanged(quorate=quorate, state=state):
+                if quorate != self._quorate:
+                    log.info(
+                        "quorum: %s (%d of %d votes, quorum %d)",
+                        "quorate" if quorate else "NOT quorate",
+                        state.total_votes,
+                        state.expected_votes,
+                        state.quorum,
+                    )
+                self._quorate = quorate
+                self._quorum = {f.name: _plain(getattr(state, f.name)) for f in fields(state)}
+                self._status_dirty = True
+            case ConfigVersionMismatch():
+                log.error("totem.config_version differs from a peer's: %s", note)
+            case _:
+                log.debug("notification %s", note)
 
     def _publish(self, item: object) -> None:
         for listener in list(self._listeners):
