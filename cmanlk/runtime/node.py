@@ -71,6 +71,8 @@ log = logging.getLogger("cmanlk.node")
 
 STATUS_REFRESH_S = 2.0
 """status.json is also rewritten this often, so its counters stay fresh for admins and tests."""
+STATUS_DIRTY_DELAY_S = 0.2
+"""A state change reaches status.json within this delay (membership changes are written at once)."""
 LEAVE_FLUSH_S = 0.05
 """After the leave JOIN is handed to the kernel, wait this long before closing sockets so the
 datagrams leave the host (sendto on a non-blocking socket only queues them)."""
@@ -581,9 +583,14 @@ class Node:
 
     # -- status ----------------------------------------------------------------------------------
     async def _status_loop(self) -> None:
+        # State changes (GATHER, quorum) mark the status dirty; it is written within
+        # STATUS_DIRTY_DELAY_S, and in any case every STATUS_REFRESH_S for fresh counters.
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(STATUS_REFRESH_S)
-            self._write_status()
+            await asyncio.sleep(STATUS_DIRTY_DELAY_S)
+            if self._status_dirty or time.monotonic() - last >= STATUS_REFRESH_S:
+                self._write_status()
+                last = time.monotonic()
 
     def _write_status(self) -> None:
         try:
