@@ -154,6 +154,14 @@ class CmanlkSettings:
     ipc_group: str | None = None
     keyfile: str = "/etc/corosync/authkey"
     dbus: str = "auto"
+    dlm: str = "no"
+    """Drive the kernel DLM as dlm_controld does (cmanlk.runtime.dlmd): yes, no, or auto (when the
+    dlm module or /sys/kernel/config/dlm exists). Off by default: one kernel has one DLM cluster,
+    and a second daemon (dlm_controld, or another cmanlkd in a network namespace) must not share it."""
+    dlm_fencing: bool = True
+    """Keep a lockspace stopped after a member failure until the node is fenced or acknowledged."""
+    dlm_fence_agent: str | None = None
+    """Fence agent run for every failed node (stdin: action=off, nodename=<nodelist name>)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +458,9 @@ _CMANLK: dict[str, Conv] = {
     "ipc_group": _name,
     "keyfile": _path,
     "dbus": _choice("yes", "no", "auto"),
+    "dlm": _choice("yes", "no", "auto"),
+    "dlm_fencing": _bool,
+    "dlm_fence_agent": _path,
 }
 _SYSTEM: dict[str, Conv] = {
     "state_dir": _path,
@@ -870,6 +881,9 @@ class _Reader:
             ipc_group=_get(v, "ipc_group", None),
             keyfile=_get(v, "keyfile", _get(tv, "keyfile", defaults.keyfile)),
             dbus=_get(v, "dbus", defaults.dbus),
+            dlm=_get(v, "dlm", defaults.dlm),
+            dlm_fencing=_get(v, "dlm_fencing", defaults.dlm_fencing),
+            dlm_fence_agent=_get(v, "dlm_fence_agent", None),
         )
 
 
