@@ -41,8 +41,11 @@ install-data:
 	for f in udev/*.rules; do [ -e "$$f" ] || continue; \
 		install -D -m 0644 "$$f" "$(DESTDIR)$(UDEVDIR)/$$(basename $$f)"; done
 	install -D -m 0644 packaging/cmanlk.conf.example "$(DESTDIR)/usr/share/doc/cmanlk/examples/cmanlk.conf"
-	for page in packaging/man/*.[0-9]; do [ -e "$$page" ] || continue; \
-		sec=$${page##*.}; install -D -m 0644 "$$page" "$(DESTDIR)$(PREFIX)/share/man/man$$sec/$$(basename $$page)"; done
+	install -d "$(DESTDIR)$(PREFIX)/share/man/man8" "$(DESTDIR)$(PREFIX)/share/man/man5"
+	$(PYTHON) scripts/md2man.py docs/cmanlkd.8.md cmanlkd 8 | gzip -9n > "$(DESTDIR)$(PREFIX)/share/man/man8/cmanlkd.8.gz"
+	$(PYTHON) scripts/md2man.py docs/cmanlk-tool.8.md cmanlk-tool 8 | gzip -9n > "$(DESTDIR)$(PREFIX)/share/man/man8/cmanlk-tool.8.gz"
+	$(PYTHON) scripts/md2man.py docs/config.md cmanlk.conf 5 "cmanlk configuration, in corosync.conf syntax" \
+		| gzip -9n > "$(DESTDIR)$(PREFIX)/share/man/man5/cmanlk.conf.5.gz"
 
 test:
 	bash scripts/test.sh

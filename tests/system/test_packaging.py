@@ -30,6 +30,9 @@ EXPECTED = [
     "./usr/share/doc/cmanlk/examples/cmanlk.conf",
     "./usr/lib/cmanlk/site/cmanlk/daemon.py",
     "./usr/lib/cmanlk/site/pyroute2/__init__.py",
+    "./usr/share/man/man8/cmanlkd.8.gz",
+    "./usr/share/man/man8/cmanlk-tool.8.gz",
+    "./usr/share/man/man5/cmanlk.conf.5.gz",
 ]
 
 
@@ -63,6 +66,11 @@ def test_deb_installs_and_systemd_accepts_the_unit(deb: Path) -> None:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert verify.returncode == 0, verify.stdout + verify.stderr
+        for page in ("cmanlkd", "cmanlk-tool", "cmanlk.conf"):
+            shown = subprocess.run(["man", "--warnings", "-P", "cat", page], capture_output=True, text=True,
+                                   timeout=60, check=False, env={**os.environ, "MANWIDTH": "80"})  # fmt: skip
+            assert shown.returncode == 0 and "cmanlk" in shown.stdout, shown.stderr
+            assert "warning" not in shown.stderr, shown.stderr
         keygen = subprocess.run(
             ["/usr/sbin/cmanlk-keygen", "--help"], capture_output=True, text=True, timeout=60, check=False
         )
