@@ -32,6 +32,9 @@ KIND_LAST = 1
 MAX_EVENTS = 10_000  # configuration changes kept for `events`; a soak drains them regularly
 MAX_LATENCY_SAMPLES = 200_000
 MAX_DELIVERIES_KEPT = 200_000  # (time, sender, seq) kept per round when asked (`keep`)
+MAX_HISTORY = 2_000_000  # soak records between two `history` drains (the chaos runner drains often)
+SOAK_PREFIX = b"CMKS"
+SOAK_RECONNECT_S = 0.2  # how often a soak client tries to reconnect to a restarted daemon
 SEND_BATCH = 16  # sends between two looks at the socket when sending flat out
 POLL_S = 0.001  # wait on the daemon's fd when flow control says try again
 
@@ -75,10 +78,21 @@ class Driver:
         self.round: Round | None = None
         self.me = 0
         self.error = ""
+        # Soak mode (bench/chaos.py): paced sends between commands, history records, reconnects.
+        self.soak: dict[str, Any] | None = None
+        self.history: list[list[Any]] = []
+        self.incarnation = -1
+        self.soak_seq = 0
+        self.next_send_ns = 0
+        self.next_connect_ns = 0
+        self.ring: tuple[int, int] = (0, 0)
 
     # -- backend callbacks -----------------------------------------------------------------------
     def on_deliver(self, nodeid: int, pid: int, msg: bytes) -> None:
         now = time.monotonic_ns()
+        if self.soak is not None and msg.startswith(SOAK_PREFIX):
+            self._record(["deliver", now, self.ring[0], self.ring[1], nodeid, msg.hex()])
+            return
         rnd = self.round
         if rnd is None or len(msg) < HEADER.size:
             return
@@ -119,7 +133,16 @@ class Driver:
         )
 
     def on_totem(self, ring: tuple[int, int], members: list[int]) -> None:
+        self.ring = ring
         self._event({"kind": "totem", "ring": list(ring), "members": sorted(members)})
+        if self.soak is not None:
+            self._record(["config", time.monotonic_ns(), ring[0], ring[1], sorted(members)])
+
+    def _record(self, rec: list[Any]) -> None:
+        if len(self.history) < MAX_HISTORY:
+            self.history.append(rec)
+        elif self.soak is not None:
+            self.soak["overflow"] = True
 
     def _event(self, ev: dict[str, Any]) -> None:
         ev["t"] = time.monotonic_ns()
@@ -140,6 +163,15 @@ class Driver:
                 return self.wait_members(sorted(cmd["members"]), int(cmd["since"]), float(cmd["timeout"]))
             if op == "round":
                 return self.run_round(cmd)
+            if op == "soak":
+                return self.set_soak(cmd)
+            if op == "history":
+                recs, self.history = self.history, []
+                return {
+                    "ok": True,
+                    "records": recs,
+                    "overflow": bool(self.soak and self.soak.get("overflow")),
+                }
             if op == "ping":
                 return {"ok": True, "connected": self.backend is not None, "t": time.monotonic_ns()}
             return {"ok": False, "error": f"unknown op {op!r}"}
@@ -149,9 +181,15 @@ class Driver:
 
     def connect(self) -> dict[str, Any]:
         self.drop_backend()
+        self.ring = (0, 0)  # deliveries before this incarnation's first configuration show as such
         backend = make_backend(self.backend_name, self, self.socket_path)
         backend.connect(self.group)
+        # Callbacks run only from dispatch(), so nothing of this connection was seen before here.
         self.backend = backend
+        if self.soak is not None:
+            # A new client incarnation (an EVS process).
+            self.incarnation += 1
+            self._record(["boot", time.monotonic_ns()])
         self.me = backend.nodeid
         return {"ok": True, "nodeid": self.me, "t": time.monotonic_ns()}
 
@@ -159,6 +197,52 @@ class Driver:
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+            if self.soak is not None:
+                self._record(["crash", time.monotonic_ns()])
+
+    def set_soak(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Start (rate > 0) or stop (rate 0) soak sending; start also sets the node id for payloads."""
+        rate = float(cmd.get("rate", 0))
+        if self.soak is None:
+            self.soak = {"node": int(cmd["node"])}
+        self.soak.update({"rate": rate, "size": int(cmd.get("size", 64)), "reconnect": True})
+        self.next_send_ns = time.monotonic_ns()
+        return {"ok": True, "connected": self.backend is not None}
+
+    def soak_step(self) -> float:
+        """Send the soak messages that are due, reconnect when disconnected; return seconds to wait."""
+        soak = self.soak
+        assert soak is not None
+        now = time.monotonic_ns()
+        if self.backend is None:
+            if now >= self.next_connect_ns:
+                self.next_connect_ns = now + int(SOAK_RECONNECT_S * 1e9)
+                try:
+                    self.connect()
+                except Exception as exc:  # the daemon is not (yet) back; try again soon
+                    self.error = f"{type(exc).__name__}: {exc}"
+            return SOAK_RECONNECT_S
+        if soak["rate"] <= 0:
+            return 1.0
+        interval = int(1e9 / soak["rate"])
+        while now >= self.next_send_ns and self.backend is not None:
+            payload = f"n{soak['node']}.{self.incarnation}.{self.soak_seq}|".encode()
+            payload = SOAK_PREFIX + payload + b"." * max(0, soak["size"] - len(payload) - len(SOAK_PREFIX))
+            t = time.monotonic_ns()
+            try:
+                ok = self.backend.mcast(payload)
+            except Exception as exc:  # daemon gone mid-send: it may or may not have been sent
+                self._record(["sent", t, payload.hex()])
+                self.soak_seq += 1
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.drop_backend()
+                return SOAK_RECONNECT_S
+            if not ok:
+                break  # flow control: try this one again at the next step (same seq, not yet sent)
+            self._record(["sent", t, payload.hex()])
+            self.soak_seq += 1
+            self.next_send_ns = max(self.next_send_ns + interval, now - 10 * interval)
+        return max(0.0, (self.next_send_ns - time.monotonic_ns()) / 1e9)
 
     def pump(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for the daemon's fd and dispatch. Raises on a lost connection."""
@@ -271,8 +355,9 @@ class Driver:
         stdin = sys.stdin.buffer
         buf = b""
         while True:
+            wait = self.soak_step() if self.soak is not None else 1.0
             fds = [stdin.fileno()] + ([self.backend.fd] if self.backend is not None else [])
-            ready, _, _ = select.select(fds, [], [], 1.0)
+            ready, _, _ = select.select(fds, [], [], min(wait, 1.0))
             if self.backend is not None and self.backend.fd in ready:
                 try:
                     self.backend.dispatch()

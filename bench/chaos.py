@@ -1,0 +1,389 @@
+"""Chaos soak: real cmanlkd daemons in namespaces, random faults, EVS invariants on what clients saw.
+
+    sudo .venv/bin/python -m bench.chaos --duration 120 [--nodes 4] [--seed N] [--transport udpu|knet]
+                                          [--token 300] [--rate 50] [--keep-workdir]
+
+One group client per node (bench/driver.py in soak mode) sends small uniquely named messages at
+`--rate` per second and records its history: (re)connections, sends, deliveries and the totem
+configuration changes CPG reports. Meanwhile faults are drawn from a seeded random.Random:
+kill -9 of a daemon, restart, clean stop (SIGTERM), a partition (nftables inside the namespaces),
+a carrier loss on a link, and random packet loss, each held for a random time; at most
+`--max-faults` at once. After `--duration` seconds every fault is healed, every daemon restarted,
+the ring must re-form within a bound, traffic flows for a while and then stops.
+
+The histories are turned into the simulator's records (cmanlk/sim/history.py: one client
+connection = one EVS process; a lost connection = a crash) and checked by the simulator's own
+checker, cmanlk/sim/invariants.py, with `settled=True` and a liveness bound. Two properties are
+not observable through CPG and are therefore not judged on real histories:
+- ``transitional``: CPG clients see only regular configurations; the adapter inserts the
+  transitional configuration the client can infer (old ∩ new members) so the shape checks hold,
+  but its exact membership is not what a client can verify;
+- ``agreed`` for a ring whose members did not all move on to the same next ring: without the
+  transitional marker, gaps that EVS allows after a partition look like agreed-order gaps.
+Everything else — config agreement, ring seqs growing across restarts, delivery in a
+configuration holding the sender, no spurious or duplicate delivery, one total order, FIFO,
+virtual synchrony, self-delivery and liveness — is checked as in the simulator.
+
+Prints `violations=0`, or the first violation with its history excerpt (and the count). Exit
+status 0 only without violations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import systems
+from bench.cluster import BenchCluster, DriverError
+from bench.netns import Lab
+from cmanlk.sim.history import Booted, Crashed, Delivered, Installed, Record, Sent
+from cmanlk.sim.invariants import LivenessSpec, Violation, check
+from cmanlk.totem.actions import ConfigKind
+from cmanlk.types import Duration, Instant, NodeId, RingId
+
+HISTORY_DRAIN_S = 2.0  # drain driver histories this often (bounded driver memory)
+SETTLE_TRAFFIC_S = 3.0  # traffic after the final ring formed, all of which must be delivered everywhere
+DRAIN_S = 3.0  # quiet time after traffic stops, so the last messages reach every client
+UNJUDGED = ("transitional",)
+
+
+# -- adapting driver records to simulator histories (pure) ----------------------------------------
+def to_history(records: Iterable[list[Any]]) -> list[Record]:
+    """Convert one node's driver records into simulator history records.
+
+    Records: ["boot", t], ["crash", t], ["sent", t, hex], ["deliver", t, rep, seq, sender, hex],
+    ["config", t, rep, seq, members]. A configuration after the first one of an incarnation is
+    preceded by the transitional configuration the client can infer (previous ∩ new members).
+    Raises ValueError on an unknown record kind.
+    """
+    out: list[Record] = []
+    prev: tuple[NodeId, ...] | None = None
+    for rec in records:
+        kind, t = rec[0], Instant(int(rec[1]))
+        if kind == "boot":
+            out.append(Booted(t, 0))
+            prev = None
+        elif kind == "crash":
+            out.append(Crashed(t))
+            prev = None
+        elif kind == "sent":
+            out.append(Sent(t, bytes.fromhex(rec[2])))
+        elif kind == "deliver":
+            ring = RingId(int(rec[3]), NodeId(int(rec[2])))
+            out.append(Delivered(t, ring, NodeId(int(rec[4])), bytes.fromhex(rec[5])))
+        elif kind == "config":
+            ring = RingId(int(rec[3]), NodeId(int(rec[2])))
+            members = tuple(NodeId(int(m)) for m in sorted(rec[4]))
+            if prev is not None:
+                trans = tuple(m for m in members if m in prev)
+                out.append(Installed(t, ConfigKind.TRANSITIONAL, ring, trans))
+            out.append(Installed(t, ConfigKind.REGULAR, ring, members))
+            prev = members
+        else:
+            raise ValueError(f"unknown history record {kind!r}")
+    return out
+
+
+def split_rings(histories: dict[NodeId, list[Record]]) -> set[str]:
+    """Rings (as printed) whose members did not all go on to one same next configuration."""
+    nexts: dict[str, set[str]] = {}
+    for recs in histories.values():
+        current: str | None = None
+        for rec in recs:
+            if isinstance(rec, Installed) and rec.kind is ConfigKind.REGULAR:
+                if current is not None:
+                    nexts.setdefault(current, set()).add(str(rec.ring_id))
+                current = str(rec.ring_id)
+            elif isinstance(rec, Crashed | Booted):
+                if current is not None:
+                    nexts.setdefault(current, set()).add("<end>")
+                current = None
+        if current is not None:
+            nexts.setdefault(current, set()).add("<end-of-run>")
+    return {ring for ring, after in nexts.items() if len(after) > 1}
+
+
+def judge(
+    histories: dict[NodeId, list[Record]], liveness: LivenessSpec | None
+) -> tuple[list[Violation], int]:
+    """Run the simulator's checker; return (violations judged, violations set aside as unobservable)."""
+    found = check(histories, settled=True, liveness=liveness)
+    split = split_rings(histories)
+    kept = [v for v in found if v.prop not in UNJUDGED and not (v.prop == "agreed" and v.config in split)]
+    return kept, len(found) - len(kept)
+
+
+# -- the fault schedule --------------------------------------------------------------------------
+@dataclass
+class Faults:
+    """What is currently broken, so every fault is undone exactly once."""
+
+    dead: set[int] = field(default_factory=set)
+    partitioned: set[int] = field(default_factory=set)
+    lossy: set[int] = field(default_factory=set)
+    cut: set[tuple[int, int]] = field(default_factory=set)  # (node, link) without carrier
+    log: list[str] = field(default_factory=list)
+
+    def count(self) -> int:
+        return len(self.dead) + (1 if self.partitioned else 0) + len(self.lossy) + len(self.cut)
+
+
+class Chaos:
+    def __init__(self, cluster: BenchCluster, rng: random.Random, max_faults: int, links: int) -> None:
+        self.c = cluster
+        self.rng = rng
+        self.max_faults = max_faults
+        self.links = links
+        self.f = Faults()
+        self.t0 = time.monotonic()
+
+    def note(self, text: str) -> None:
+        line = f"{time.monotonic() - self.t0:7.2f}s {text}"
+        self.f.log.append(line)
+        print("  " + line, flush=True)
+
+    def step(self) -> None:
+        """Break or repair one thing at random."""
+        nodes = self.c.nodes
+        choices = ["heal"]
+        if self.f.count() < self.max_faults:
+            alive = [n for n in nodes if n not in self.f.dead]
+            if len(alive) > 1:
+                choices += ["kill", "kill", "stop", "partition", "loss", "carrier"]
+        if self.f.dead:
+            choices += ["restart", "restart"]
+        what = self.rng.choice(choices)
+        getattr(self, f"_{what}")()
+
+    def _alive_pick(self) -> int:
+        return self.rng.choice([n for n in self.c.nodes if n not in self.f.dead])
+
+    def _kill(self) -> None:
+        n = self._alive_pick()
+        self.c.kill(n)
+        self.f.dead.add(n)
+        self.note(f"kill -9 node {n}")
+
+    def _stop(self) -> None:
+        n = self._alive_pick()
+        proc = self.c.daemons[n]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except Exception:  # a daemon that does not leave in time is killed
+            systems.kill9(proc)
+        self.f.dead.add(n)
+        self.note(f"SIGTERM node {n} (clean leave)")
+
+    def _restart(self) -> None:
+        n = self.rng.choice(sorted(self.f.dead))
+        self.c.start(n)
+        self.f.dead.discard(n)
+        self.note(f"restart node {n}")
+
+    def _partition(self) -> None:
+        nodes = list(self.c.nodes)
+        self.rng.shuffle(nodes)
+        cut = self.rng.randint(1, len(nodes) - 1)
+        side_a, side_b = sorted(nodes[:cut]), sorted(nodes[cut:])
+        for n in side_a:
+            self.c.lab.partition(n, side_b)
+            self.f.partitioned.add(n)
+        self.note(f"partition {side_a} | {side_b}")
+
+    def _loss(self) -> None:
+        n = self.rng.choice(self.c.nodes)
+        pct = self.rng.choice((5, 10, 20, 30))
+        self.c.lab.loss(n, pct)
+        self.f.lossy.add(n)
+        self.note(f"{pct}% loss into node {n}")
+
+    def _carrier(self) -> None:
+        n = self.rng.choice(self.c.nodes)
+        link = self.rng.randrange(self.links)
+        self.c.lab.carrier(n, link, up=False)
+        self.f.cut.add((n, link))
+        self.note(f"carrier down node {n} link {link}")
+
+    def _heal(self) -> None:
+        options = (["net"] if self.f.partitioned or self.f.lossy else []) + (
+            ["carrier"] if self.f.cut else []
+        )
+        if not options:
+            return
+        if self.rng.choice(options) == "carrier":
+            n, link = self.rng.choice(sorted(self.f.cut))
+            self.c.lab.carrier(n, link, up=True)
+            self.f.cut.discard((n, link))
+            self.note(f"carrier up node {n} link {link}")
+            return
+        # Partition and loss rules share one nftables table per node: heal them together.
+        for n in sorted(self.f.partitioned | self.f.lossy):
+            self.c.lab.heal(n)
+        self.f.partitioned.clear()
+        self.f.lossy.clear()
+        self.note("partition and loss healed")
+
+    def heal_all(self) -> None:
+        for n, link in sorted(self.f.cut):
+            self.c.lab.carrier(n, link, up=True)
+        for n in self.c.nodes:
+            self.c.lab.heal(n)
+        for n in sorted(self.f.dead):
+            self.c.start(n)
+        self.f = Faults(log=self.f.log)
+        self.note("everything healed, every daemon running")
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def collect(cluster: BenchCluster, into: dict[int, list[list[Any]]]) -> None:
+    for n, ans in cluster.call_all(cluster.nodes, {"op": "history"}, 30).items():
+        if not ans.get("ok"):
+            raise DriverError(f"node {n}: history: {ans}")
+        if ans.get("overflow"):
+            raise DriverError(f"node {n}: history overflowed; drain more often")
+        into.setdefault(n, []).extend(ans["records"])
+
+
+def wait_full_ring(cluster: BenchCluster, raw: dict[int, list[list[Any]]], timeout_s: float) -> float:
+    """Seconds until every client's latest configuration is the full ring (same ring everywhere)."""
+    t0 = time.monotonic()
+    want = sorted(cluster.nodes)
+    while time.monotonic() - t0 < timeout_s:
+        collect(cluster, raw)
+        last = {}
+        for n in cluster.nodes:
+            configs = [r for r in raw.get(n, []) if r[0] in ("config", "boot", "crash")]
+            last[n] = configs[-1] if configs else None
+        if all(r is not None and r[0] == "config" and sorted(r[4]) == want for r in last.values()):
+            if len({(r[2], r[3]) for r in last.values() if r is not None}) == 1:
+                return time.monotonic() - t0
+        time.sleep(0.2)
+    raise DriverError(f"the full ring did not form within {timeout_s} s after healing")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, required=True, help="seconds of faults")
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--transport", choices=("udpu", "knet"), default="udpu")
+    ap.add_argument("--token", type=int, default=300)
+    ap.add_argument("--rate", type=float, default=50.0, help="messages/s per client")
+    ap.add_argument("--max-faults", type=int, default=2)
+    ap.add_argument("--step", type=float, default=1.5, help="mean seconds between fault events")
+    ap.add_argument("--keep-workdir", action="store_true")
+    ap.add_argument("--save", type=Path, default=None, help="write the raw histories (JSON) here")
+    ap.add_argument("--recheck", type=Path, default=None, help="judge a saved run again; start nothing")
+    ap.add_argument("--all", action="store_true", help="print every violation, not only the first")
+    args = ap.parse_args(argv)
+    if args.recheck is not None:
+        saved = json.loads(args.recheck.read_text())
+        return report(saved, args.all)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    rng = random.Random(seed)
+    system = systems.CMANLK_NATIVE if args.transport == "knet" else systems.CMANLK_UDPU
+    nodes = list(range(1, args.nodes + 1))
+    token_eff = args.token + max(0, len(nodes) - 2) * 650
+    bound_s = 4 * token_eff / 1000 + 20  # token + consensus per round, a few rounds, start-up
+    workdir = Path(tempfile.mkdtemp(prefix="cmkchaos-"))
+    print(
+        f"chaos: seed={seed} nodes={len(nodes)} transport={system.transport} token={args.token} ms "
+        f"duration={args.duration} s",
+        flush=True,
+    )
+    raw: dict[int, list[list[Any]]] = {}
+    try:
+        with Lab(links=system.links) as lab:
+            c = BenchCluster(lab, system, nodes, workdir, args.token)
+            for n in nodes:
+                c.start(n)
+            for n in nodes:
+                c.start_driver(n)
+                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": 64})
+            chaos = Chaos(c, rng, args.max_faults, system.links)
+            wait_full_ring(c, raw, bound_s + 30)
+            chaos.note("ring of all nodes formed; faults start")
+            end = time.monotonic() + args.duration
+            last_drain = time.monotonic()
+            while time.monotonic() < end:
+                time.sleep(min(rng.expovariate(1 / args.step), max(0.0, end - time.monotonic())))
+                if time.monotonic() >= end:
+                    break
+                chaos.step()
+                if time.monotonic() - last_drain > HISTORY_DRAIN_S:
+                    collect(c, raw)
+                    last_drain = time.monotonic()
+            chaos.heal_all()
+            quiet_from = time.monotonic_ns()
+            took = wait_full_ring(c, raw, bound_s)
+            chaos.note(f"full ring again after {took:.2f} s")
+            time.sleep(SETTLE_TRAFFIC_S)
+            traffic_until = time.monotonic_ns()
+            for n in nodes:
+                c.drivers[n].call({"op": "soak", "node": n, "rate": 0})
+            time.sleep(DRAIN_S)
+            collect(c, raw)
+    except (DriverError, OSError) as exc:
+        print(f"chaos run failed: {type(exc).__name__}: {exc}", flush=True)
+        print(f"seed={seed}")
+        return 2
+    finally:
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    saved = {
+        "seed": seed,
+        "nodes": nodes,
+        "transport": system.transport,
+        "token_ms": args.token,
+        "faults": chaos.f.log,
+        "quiet_from": quiet_from,
+        "bound_ns": int(bound_s * 1e9),
+        "traffic_until": traffic_until,
+        "records": {str(n): recs for n, recs in raw.items()},
+    }
+    if args.save is not None:
+        args.save.write_text(json.dumps(saved) + "\n")
+    return report(saved, args.all)
+
+
+def report(saved: dict[str, Any], show_all: bool) -> int:
+    """Judge a run (live or saved); print the verdict; return the exit status."""
+    histories = {NodeId(int(n)): to_history(recs) for n, recs in saved["records"].items()}
+    spec = LivenessSpec(
+        Instant(saved["quiet_from"]), Duration(saved["bound_ns"]), Instant(saved["traffic_until"])
+    )
+    violations, set_aside = judge(histories, spec)
+    sent = sum(1 for h in histories.values() for r in h if isinstance(r, Sent))
+    delivered = sum(1 for h in histories.values() for r in h if isinstance(r, Delivered))
+    configs = sum(
+        1 for h in histories.values() for r in h if isinstance(r, Installed) and r.kind is ConfigKind.REGULAR
+    )
+    print(
+        f"seed={saved['seed']} faults={len(saved['faults'])} sent={sent} delivered={delivered} "
+        f"configurations={configs} unjudged={set_aside}"
+    )
+    if violations:
+        shown = violations if show_all else violations[:1]
+        print(f"violations={len(violations)}; {'all' if show_all else 'the first'}:")
+        print("\n".join(str(v) for v in shown))
+        return 1
+    print("violations=0")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
