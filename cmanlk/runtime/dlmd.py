@@ -1,0 +1,496 @@
+"""cmanlkd's own dlm_controld: drives the kernel DLM from the node's membership, quorum and cpg.
+
+`DlmDaemon` is a companion of the `Node` (it runs under the node's TaskGroup). It owns one pure
+`cmanlk.dlmctl.DlmCtl` and is its runtime, the way `node.py` is the Stack's:
+
+- inputs: the node's notifications (`MembershipChanged`, `QuorumChanged` → `ClusterChanged` with
+  the nodelist's addresses; `CpgConfchg`/`CpgDeliver` of our own groups → `GroupConfchg`/
+  `GroupMessage`), kernel uevents (online/offline/remove of /kernel/dlm/<ls> → `LockspaceOnline`/
+  `LockspaceOffline`/`LockspaceRemoved`; lost uevents → `KernelLockspaces` from sysfs), fence
+  agent exits, admin fence acks, one timer at `next_deadline`;
+- outputs, in dlmctl's order: configfs/sysfs actions (`kernel_glue.configfs.carry_out`), cpg
+  requests on the node's Stack with one daemon-internal handle (group "dlm:ls:<name>" per
+  lockspace, plus "cmanlk:dlm" where fencing results are announced), fence agent runs
+  (`cmanlk.runtime.fence.FenceRunner`).
+
+Startup (dlm_controld's order, shared/reference/dlm-controld-protocol.md §3): load configfs and
+dlm, mount configfs, remove a cluster a previous daemon left behind, open the uevent socket,
+then join the lockspaces the kernel already waits for and configure the cluster once quorate.
+`cmanlk { dlm: auto }` does nothing on a host without the dlm module (a daemon without DLM is
+normal); `dlm: yes` fails the daemon when the kernel DLM cannot be set up.
+
+Cpg requests are sent in order by one task: the Stack refuses joins and sends with `try_again`
+while a new membership is synchronised (libcpg callers retry the same way), so each request is
+retried every GROUP_RETRY_S until accepted or GROUP_RETRY_LIMIT_S passed.
+
+A kernel action that fails is logged and counted (`kernel_errors`) and the rest of the batch
+still runs: ENOENT on a lockspace attribute means its last user went away meanwhile (the
+remove uevent follows), anything else is a disagreement with the kernel an admin must see.
+
+Shutdown (the node stops: the companion is cancelled): `ShutdownRequested` removes comms and
+cluster (dlmctl refuses while lockspaces exist — the kernel still needs them), agents are
+killed, the uevent socket closed.
+
+Deviation from dlm_controld: no dlm-monitor/plock devices and no dlm_tool socket; status and
+fence acks go through cmanlkd's IPC (`cmanlk-tool dlm`, `cmanlk-tool fence-ack N`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cmanlk import dlmctl
+from cmanlk.config import ClusterConfig
+from cmanlk.cpg import CpgConfchg, CpgDeliver, CpgJoin, CpgLeave, CpgMcast, CpgRequest, Handle
+from cmanlk.dlmctl import (
+    ClusterChanged,
+    DeadlineReached,
+    DlmCtl,
+    DlmEvent,
+    DlmSettings,
+    FenceAck,
+    FenceAgentExited,
+    FencedElsewhere,
+    GroupConfchg,
+    GroupMessage,
+    JoinGroup,
+    KernelLockspaces,
+    LeaveGroup,
+    LockspaceOffline,
+    LockspaceOnline,
+    LockspaceRemoved,
+    SendGroupMessage,
+    ShutdownRequested,
+)
+from cmanlk.errors import KernelError, UsageError
+from cmanlk.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
+from cmanlk.runtime.fence import FenceDevice, FenceRunner
+from cmanlk.service import CPG_SERVICE
+from cmanlk.stack import MembershipChanged, ServiceRequest
+from cmanlk.types import Instant, NodeId
+from cmanlk.votequorum import QuorumChanged
+from kernel_glue.configfs import carry_out, clear_stale
+from kernel_glue.dlm_protocol import DlmControl, DlmSysfs, DlmUeventSource, LockspaceUevent, UeventsLost
+
+log = logging.getLogger("cmanlk.dlmd")
+
+DLMD_HANDLE = Handle(1 << 48)
+"""Our cpg connection handle: the IPC server numbers its clients from 1 upwards."""
+FENCE_GROUP = b"cmanlk:dlm"
+"""Daemon-wide cpg group: fencing results are announced here (dlm_controld uses "dlm:controld")."""
+FENCED_MAGIC = b"cmanlk-dlm-fenced "
+GROUP_RETRY_S = 0.05
+"""Pause before re-sending a cpg request refused with try_again/busy (a sync takes ~ms)."""
+GROUP_RETRY_LIMIT_S = 60.0
+"""A request still refused after this long is dropped and logged (a sync never lasts this long
+unless the ring keeps re-forming; the lockspace then shows what it waits for)."""
+MAX_PENDING_GROUP_OPS = 4096
+"""cpg requests queued for the sender: a few per lockspace change, MAX_LOCKSPACES lockspaces."""
+GROUP_REQUEST_TIMEOUT_S = 5.0
+RETRYABLE = frozenset({"try_again", "busy"})
+"""cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
+DLM_CONFIGFS = "/sys/kernel/config/dlm"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class NodeLike(Protocol):
+    """What DlmDaemon needs of the running node (cmanlk.runtime.node.Node fits)."""
+
+    me: NodeId
+
+    def add_listener(self, listener: Callable[[object], None]) -> None: ...
+
+    def remove_listener(self, listener: Callable[[object], None]) -> None: ...
+
+    def request(self, build: Callable[[Instant, int], object], timeout_s: float = ...) -> Awaitable[str]: ...
+
+
+@dataclass
+class DlmdStats:
+    """Counters shown by `cmanlk-tool dlm --json` (key "daemon")."""
+
+    kernel_errors: dict[str, int] = field(default_factory=dict)
+    group_requests: int = 0
+    group_retries: int = 0
+    group_dropped: int = 0
+    uevents: int = 0
+    uevents_lost: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the counters as plain data."""
+        return {"kernel_errors": dict(self.kernel_errors), "group_requests": self.group_requests,
+                "group_retries": self.group_retries, "group_dropped": self.group_dropped,
+                "uevents": self.uevents, "uevents_lost": self.uevents_lost}
+
+
+class DlmDaemon:
+    """The DLM control companion of one node. `await run()` under the node's TaskGroup."""
+
+    def __init__(
+        self,
+        node: NodeLike,
+        settings: DlmSettings,
+        *,
+        control: DlmControl,
+        sysfs: DlmSysfs,
+        uevents: DlmUeventSource,
+        addrs: Mapping[NodeId, tuple[IPAddress, ...]],
+        fence_devices: Mapping[NodeId, FenceDevice] | None = None,
+        prepare: Callable[[], object] | None = None,
+        optional: bool = False,
+    ) -> None:
+        """Build the companion (nothing runs before `run()`).
+
+        `prepare` makes the kernel DLM usable (kmod.ensure_dlm_kernel; run in a thread, may raise
+        KernelError). `optional` (`dlm: auto`): a kernel that cannot be set up disables the
+        companion instead of stopping the node. Raises ConfigError when a fence device is invalid.
+        """
+        self.node = node
+        self.ctl = DlmCtl(settings)
+        self.control = control
+        self.sysfs = sysfs
+        self.uevents = uevents
+        self.addrs = {n: tuple(a) for n, a in addrs.items()}
+        self.fence = FenceRunner(fence_devices or {}, self._on_agent_exit)
+        self.prepare = prepare
+        self.optional = optional
+        self.stats = DlmdStats()
+        self.ready = False
+        self.members: tuple[NodeId, ...] = ()
+        self.quorate = False
+        self._outbox: asyncio.Queue[CpgRequest] = asyncio.Queue(MAX_PENDING_GROUP_OPS)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: Instant | None = None
+        self._stopped = False
+
+    # -- public API -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Set up the kernel, then serve until cancelled; cleans up on the way out.
+
+        Raises KernelError when the kernel DLM cannot be set up (the node then stops).
+        """
+        self.node.add_listener(self._on_notification)
+        try:
+            try:
+                await self._setup_kernel()
+            except KernelError as exc:
+                if not self.optional:
+                    raise
+                log.warning("dlm: auto: kernel DLM not usable (%s); DLM control disabled", exc)
+                return
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._send_loop(), name="dlmd-cpg")
+                self._queue(CpgJoin(DLMD_HANDLE, FENCE_GROUP, os.getpid()))
+                self.ready = True
+                self._feed(self._cluster_changed())
+                # lockspaces created before us wait for an answer we may never get a uevent for
+                self._feed(KernelLockspaces(_now(), tuple(self.sysfs.lockspaces())))
+                await self._uevent_loop()
+        finally:
+            self._shutdown()
+            await self.fence.close()
+            await self.uevents.close()
+
+    async def _setup_kernel(self) -> None:
+        if self.prepare is not None:
+            await asyncio.to_thread(self.prepare)
+        removed = clear_stale(self.control)
+        if removed:
+            log.warning("dlm: removed a cluster left by a previous daemon: %s", ", ".join(removed))
+        await self.uevents.start()
+        log.info("dlm: kernel DLM ready (cluster %s, fencing %s)", self.ctl.settings.cluster_name,
+                 "on" if self.ctl.settings.fencing.enabled else "off")
+
+    def status(self) -> dict[str, Any]:
+        """Return dlmctl's state plus the daemon's counters (the `dlm` IPC reply)."""
+        out = self.ctl.status(_now())
+        out["daemon"] = {**self.stats.as_dict(), "ready": self.ready, "node_id": int(self.node.me),
+                         "fence_agents": {str(n): {"exit_code": o.exit_code, "seconds": round(o.seconds, 3),
+                                                   "output_tail": o.output_tail[-200:]}
+                                          for n, o in self.fence.last.items()}}
+        return out
+
+    def fence_ack(self, nodeid: NodeId) -> dict[str, Any]:
+        """An admin confirms `nodeid` is off: recovery may go on. Returns the reply."""
+        if nodeid == self.node.me:
+            raise UsageError("invalid_param", "a node cannot acknowledge its own fencing")
+        log.warning("fencing of node %d acknowledged by an administrator", nodeid)
+        self._feed(FenceAck(_now(), nodeid))
+        return {"result": "acknowledged", "nodeid": int(nodeid),
+                "waiting": {ls["name"]: ls["waiting_for"] for ls in self.status()["lockspaces"]}}
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def _on_notification(self, item: object) -> None:
+        match item:
+            case MembershipChanged():
+                self.members = item.members
+                self._feed_if_ready(self._cluster_changed)
+            case QuorumChanged():
+                self.quorate = item.quorate
+                self._feed_if_ready(self._cluster_changed)
+            case CpgConfchg() if DLMD_HANDLE in item.handles:
+                self._on_confchg(item)
+            case CpgDeliver() if DLMD_HANDLE in item.handles:
+                self._on_deliver(item)
+            case _:
+                pass
+
+    def _feed_if_ready(self, build: Callable[[], DlmEvent]) -> None:
+        if self.ready and not self._stopped:
+            self._feed(build())
+
+    def _cluster_changed(self) -> ClusterChanged:
+        members = self.members
+        return ClusterChanged(_now(), members, self.quorate,
+                              tuple((n, self.addrs.get(n, ())) for n in members))
+
+    def _on_confchg(self, note: CpgConfchg) -> None:
+        if note.group == FENCE_GROUP:
+            return
+        group = note.group.decode("utf-8", "replace")
+        members = tuple(sorted({a.nodeid for a in note.members}))
+        joined = tuple(sorted({a.nodeid for a in note.joined}))
+        left = tuple(sorted({(a.nodeid, a.reason) for a in note.left}))
+        self._feed_if_ready(lambda: GroupConfchg(_now(), group, members, joined, left))
+
+    def _on_deliver(self, note: CpgDeliver) -> None:
+        if note.group == FENCE_GROUP:
+            parsed = _decode_fenced(note.payload)
+            if parsed is not None and note.nodeid != self.node.me:
+                nodeid, how = parsed
+                self._feed_if_ready(lambda: FencedElsewhere(_now(), nodeid, how))
+            return
+        group = note.group.decode("utf-8", "replace")
+        self._feed_if_ready(lambda: GroupMessage(_now(), group, note.nodeid, note.payload))
+
+    def _on_agent_exit(self, nodeid: NodeId, exit_code: int) -> None:
+        self._feed_if_ready(lambda: FenceAgentExited(_now(), nodeid, exit_code))
+
+    async def _uevent_loop(self) -> None:
+        async for ev in self.uevents.events():
+            self.stats.uevents += 1
+            match ev:
+                case LockspaceUevent(action="online", lockspace=name):
+                    log.info("lockspace %s: join requested by the kernel", name)
+                    self._feed(LockspaceOnline(_now(), name))
+                case LockspaceUevent(action="offline", lockspace=name):
+                    log.info("lockspace %s: leave requested by the kernel", name)
+                    self._feed(LockspaceOffline(_now(), name))
+                case LockspaceUevent(action="remove", lockspace=name):
+                    self._feed(LockspaceRemoved(_now(), name))
+                case UeventsLost():
+                    self.stats.uevents_lost += 1
+                    self._feed(KernelLockspaces(_now(), tuple(self.sysfs.lockspaces())))
+                case _:
+                    log.debug("uevent %s", ev)
+
+    # -- the core and its actions ---------------------------------------------------------------
+    def _feed(self, event: DlmEvent) -> None:
+        """Hand `event` to dlmctl and carry out its actions in order; re-arm the timer."""
+        for action in self.ctl.handle(event):
+            self._carry_out(action)
+        self._arm_timer()
+
+    def _carry_out(self, action: dlmctl.DlmAction) -> None:
+        match action:
+            case JoinGroup(group):
+                self._queue(CpgJoin(DLMD_HANDLE, group.encode(), os.getpid()))
+            case LeaveGroup(group):
+                self._queue(CpgLeave(DLMD_HANDLE, group.encode()))
+            case SendGroupMessage(group, payload):
+                self._queue(CpgMcast(DLMD_HANDLE, group.encode(), payload))
+            case RunFenceAgent():
+                self.fence.carry_out(action)
+            case AnnounceFenced(nodeid, how):
+                log.warning("node %d is fenced (%s)", nodeid, how)
+                self._queue(CpgMcast(DLMD_HANDLE, FENCE_GROUP, _encode_fenced(nodeid, how)))
+            case _:
+                self._kernel(action)
+
+    def _kernel(self, action: dlmctl.KernelAction) -> None:
+        try:
+            carry_out(action, self.control, self.sysfs)
+            log.debug("dlm: %s", action)
+        except KernelError as exc:
+            key = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.stats.kernel_errors[key] = self.stats.kernel_errors.get(key, 0) + 1
+            gone = isinstance(action, dlmctl.SysfsWrite) and exc.errno == errno.ENOENT
+            log.log(logging.INFO if gone else logging.ERROR, "dlm: %s failed: %s", type(action).__name__, exc)
+
+    def _queue(self, request: CpgRequest) -> None:
+        try:
+            self._outbox.put_nowait(request)
+        except asyncio.QueueFull:
+            self.stats.group_dropped += 1
+            log.error("dlm: %d cpg requests pending; %s dropped", MAX_PENDING_GROUP_OPS,
+                      type(request).__name__)
+
+    async def _send_loop(self) -> None:
+        """Send cpg requests in order; each is retried while the Stack answers try_again."""
+        while True:
+            request = await self._outbox.get()
+            self.stats.group_requests += 1
+            deadline = time.monotonic() + GROUP_RETRY_LIMIT_S
+            build = _cpg_request(request)
+            while True:
+                try:
+                    await self.node.request(build, GROUP_REQUEST_TIMEOUT_S)
+                    break
+                except UsageError as exc:
+                    if exc.code == "not_running":
+                        return  # the node left: nothing more to send
+                    if exc.code not in RETRYABLE or time.monotonic() > deadline:
+                        self.stats.group_dropped += 1
+                        log.error("dlm: cpg %s refused: %s (%s)", type(request).__name__, exc, exc.code)
+                        break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        self.stats.group_dropped += 1
+                        log.error("dlm: cpg %s not answered", type(request).__name__)
+                        break
+                self.stats.group_retries += 1
+                await asyncio.sleep(GROUP_RETRY_S)
+
+    def _arm_timer(self) -> None:
+        deadline = None if self._stopped else self.ctl.next_deadline
+        if deadline == self._timer_at and (deadline is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._feed_if_ready(lambda: DeadlineReached(_now()))
+
+    def _shutdown(self) -> None:
+        if self._stopped:
+            return
+        self.node.remove_listener(self._on_notification)
+        if self.ready:
+            if self.ctl.lockspaces:
+                log.warning("dlm: lockspaces %s still exist; the kernel keeps the cluster configured",
+                            ", ".join(sorted(self.ctl.lockspaces)))
+            for action in self.ctl.handle(ShutdownRequested(_now())):
+                if isinstance(action, dlmctl.ConfigfsMkdir | dlmctl.ConfigfsWrite | dlmctl.ConfigfsRmdir
+                              | dlmctl.SysfsWrite):
+                    self._kernel(action)
+        self._stopped = True
+        self.ready = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _cpg_request(request: CpgRequest) -> Callable[[Instant, int], object]:
+    def build(now: Instant, request_id: int) -> object:
+        return ServiceRequest(now, CPG_SERVICE, request, request_id)
+
+    return build
+
+
+# -- fencing announcements ---------------------------------------------------------------------
+
+
+def _encode_fenced(nodeid: NodeId, how: str) -> bytes:
+    return FENCED_MAGIC + f"{int(nodeid)} {how[:32]}".encode()
+
+
+def _decode_fenced(payload: bytes) -> tuple[NodeId, str] | None:
+    """Return (nodeid, how) of a fencing announcement, None for anything else (never raises)."""
+    if not payload.startswith(FENCED_MAGIC) or len(payload) > len(FENCED_MAGIC) + 64:
+        return None
+    text = payload[len(FENCED_MAGIC):].decode("ascii", "replace")
+    nodeid, _, how = text.partition(" ")
+    if not nodeid.isdigit() or not 0 < int(nodeid) < 1 << 32:
+        return None
+    return NodeId(int(nodeid)), how or "unknown"
+
+
+# -- building it from the configuration ---------------------------------------------------------
+
+
+def dlm_available() -> bool:
+    """Is the kernel DLM here or loadable (configfs dir, loaded module, or a module file)?"""
+    if os.path.isdir(DLM_CONFIGFS) or os.path.isdir("/sys/module/dlm"):
+        return True
+    release = os.uname().release
+    base = f"/lib/modules/{release}"
+    try:
+        with open(f"{base}/modules.dep", encoding="utf-8", errors="replace") as f:
+            return any(line.split(":", 1)[0].rsplit("/", 1)[-1].startswith("dlm.ko") for line in f)
+    except OSError:
+        return False
+
+
+def node_ip_addresses(config: ClusterConfig) -> dict[NodeId, tuple[IPAddress, ...]]:
+    """Return each nodelist node's link addresses as IP addresses, in link order.
+
+    Names are resolved once (the DLM's comms need addresses); an unresolvable one is skipped
+    and logged, so that node's kernel connections cannot form until the name resolves.
+    """
+    out: dict[NodeId, tuple[IPAddress, ...]] = {}
+    for node in config.nodes:
+        addrs: list[IPAddress] = []
+        for link in node.addresses:
+            text = node.addresses[link].partition("%")[0]
+            try:
+                addrs.append(ipaddress.ip_address(text))
+                continue
+            except ValueError:
+                pass
+            try:
+                info = socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.error("dlm: cannot resolve %s of node %d: %s", text, node.nodeid, exc)
+                continue
+            addrs.append(ipaddress.ip_address(str(info[0][4][0]).partition("%")[0]))
+        out[node.nodeid] = tuple(dict.fromkeys(addrs))
+    return out
+
+
+def build_dlm_daemon(node: NodeLike, config: ClusterConfig) -> DlmDaemon | None:
+    """Return the companion `config` asks for (`cmanlk { dlm: ... }`), or None when DLM is off.
+
+    `auto` is off on a host without the dlm module. Raises ConfigError on a bad fence device.
+    """
+    wanted = config.cmanlk.dlm
+    if wanted == "no":
+        return None
+    if wanted == "auto" and not dlm_available():
+        log.info("dlm: auto: no dlm kernel module here; DLM control disabled")
+        return None
+    from kernel_glue.configfs import ConfigfsDlm
+    from kernel_glue.kmod import ensure_dlm_kernel
+    from kernel_glue.sysfs import SysfsDlm
+    from kernel_glue.uevents import DlmUeventWatch
+
+    devices: dict[NodeId, FenceDevice] = {}
+    agent = config.cmanlk.dlm_fence_agent
+    if agent is not None:
+        devices = {n.nodeid: FenceDevice(agent, n.name or str(n.nodeid)) for n in config.nodes}
+    policy = FencingPolicy(enabled=config.cmanlk.dlm_fencing, nodes_with_agent=frozenset(devices))
+    settings = DlmSettings(cluster_name=config.cluster_name, me=node.me, fencing=policy)
+    return DlmDaemon(node, settings, control=ConfigfsDlm(), sysfs=SysfsDlm(), uevents=DlmUeventWatch(),
+                     addrs=node_ip_addresses(config), fence_devices=devices, prepare=ensure_dlm_kernel,
+                     optional=wanted == "auto")
+
+
+def _now() -> Instant:
+    return Instant(time.monotonic_ns())
+
+
+__all__ = ["DLMD_HANDLE", "FENCE_GROUP", "DlmDaemon", "NodeLike", "build_dlm_daemon", "dlm_available",
+           "node_ip_addresses"]
