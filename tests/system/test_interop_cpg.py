@@ -1,0 +1,134 @@
+"""Interop of closed process groups: Debian's corosync 3 (udpu) and cmanlkd in one ring.
+
+A real libcpg client (bench/cpg_ctypes.py over libcpg.so.4) on the corosync node and a
+cmanlk.client process on each cmanlkd node join one group. Each sees the others join (confchg),
+each sends MESSAGES_PER_CLIENT messages, and every one of them delivers the same sequence of
+confchgs and messages from the last join on: corosync's cpg service and ours agree on the order.
+Run with corosync as node 1 (it represents the ring) and as node 3 (a cmanlkd node does).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.system import cpghelpers as h
+from tests.system.conftest import Cluster
+
+pytestmark = [pytest.mark.system, pytest.mark.interop]
+
+COROSYNC_START_S = 10.0
+MESSAGES_PER_CLIENT = 1_000
+CLIENT_TIMEOUT_S = 90.0
+REASON_JOIN = 1
+
+
+def _missing() -> str | None:
+    if shutil.which("corosync") is None:
+        return "Debian's corosync is not installed (scripts/setup.sh installs it)"
+    if ctypes.util.find_library("cpg") is None:
+        return "Debian's libcpg (libcpg4) is not installed"
+    return None
+
+
+@pytest.fixture(params=[1, 3], ids=["corosync-rep", "cmanlkd-rep"])
+def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Nodes 1..3; `request.param` runs corosync, the others cmanlkd (all started)."""
+    why = _missing()
+    if why:
+        pytest.skip(why)
+    c = cluster_factory([1, 2, 3], token_ms=1000)
+    cs: int = request.param
+    state = c.workdir / "corosync-state"
+    state.mkdir()
+    conf = c.config_text(cs, [1, 2, 3]).replace("cmanlk {", f"system {{\n  state_dir: {state}\n}}\ncmanlk {{")
+    path = c.workdir / "corosync.conf"
+    path.write_text(conf)
+    log = c.workdir / "corosync.log"
+    proc = c.lab.popen(cs, ["corosync", "-f", "-c", str(path)], log)
+    c.procs[cs] = proc
+    try:
+        c.wait_until(
+            lambda: "ready to provide service" in log.read_text(errors="replace"),
+            COROSYNC_START_S,
+            "corosync ready",
+        )
+        ours = [n for n in (1, 2, 3) if n != cs]
+        for n in ours:
+            c.start(n)
+        c.wait_ring(ours, members=[1, 2, 3], timeout_s=20.0)
+        c.corosync = cs  # type: ignore[attr-defined]
+        yield c
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # let corosync remove its libqb shared memory files
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def group_members(c: Cluster, node: int) -> dict[int, int]:
+    """nodeid → pid of the processes in group "interop", as `cmanlk-tool groups` on `node` lists them."""
+    groups = h.tool_json(c.lab.ns(node), h.socket_path(c.run_dir(node)), "groups")[1]["groups"]
+    return {m["nodeid"]: m["pid"] for g in groups if g["name"] == "interop" for m in g["members"]}
+
+
+def _has_members(c: Cluster, node: int, count: int) -> bool:
+    return len(group_members(c, node)) == count
+
+
+def test_libcpg_and_cmanlk_clients_see_each_other_and_deliver_one_order(mixed: Cluster) -> None:
+    c = mixed
+    cs: int = c.corosync  # type: ignore[attr-defined]
+    ours = [n for n in (1, 2, 3) if n != cs]
+    outs: dict[int, Path] = {}
+    pids: dict[int, int] = {}
+    # one after another, so that each client sees the later ones join
+    for n in (1, 2, 3):
+        outs[n] = c.workdir / f"cpg{n}.json"
+        opts: dict[str, object] = {
+            "group": "interop",
+            "me": n,
+            "count": MESSAGES_PER_CLIENT,
+            "members": 3,
+            "timeout": CLIENT_TIMEOUT_S,
+        }
+        if n == cs:
+            cmd = h.client_command("libcpg", outs[n], **opts)
+        else:
+            cmd = h.client_command("cmanlk", outs[n], socket=h.socket_path(c.run_dir(n)), **opts)
+        c.lab.popen(n, cmd, c.workdir / f"cpg{n}.log", h.child_env())
+        c.wait_until(partial(_has_members, c, ours[0], n), 15.0, f"client {n} in the group")
+        pids[n] = group_members(c, ours[0])[n]
+    results = h.wait_results(outs, CLIENT_TIMEOUT_S + 10)
+    logs = "".join((c.workdir / f"cpg{n}.log").read_text(errors="replace") for n in (1, 2, 3))
+    for n, r in results.items():
+        assert r["error"] == "", f"client on node {n}: {r['error']}\n{logs}\n" + c.logs()
+
+    seqs = {n: h.from_barrier(r["events"], 3) for n, r in results.items()}
+    assert all(seqs.values()), "a client never saw all three processes in the group"
+    for n, r in results.items():
+        confchgs = [e for e in r["events"] if e.startswith("C ")]
+        # its first view: itself and the clients started before it, named by their real pids
+        assert confchgs[0].split()[1] == "members=" + ",".join(f"{m}:{pids[m]}" for m in range(1, n + 1))
+        # then it sees each later client join, with libcpg's reason 1 (join)
+        later = [f"joined={m}:{pids[m]}:{REASON_JOIN}" for m in range(n + 1, 4)]
+        assert [e.split()[-1] for e in confchgs[1:]] == later, confchgs
+    total = 3 * MESSAGES_PER_CLIENT
+    for n, seq in seqs.items():
+        got = h.deliveries(seq)
+        assert len(got) == total, f"node {n} delivered {len(got)} of {total}"
+    hashes = {n: h.digest(seq) for n, seq in seqs.items()}
+    first = min(r["first_send"] for r in results.values())
+    took = max(r["done"] for r in results.values()) - first
+    rate = f"{total} messages in {took:.2f} s = {total / took:.0f} msg/s"
+    print(f"\ncpg interop (corosync node {cs}): {rate}; {hashes}")
+    assert seqs[1] == seqs[2] == seqs[3], hashes
