@@ -670,8 +670,6 @@ class _Reader:
                         "nodelist.node.ring1_addr",
                         f"node {node.nodeid}: transport {name} supports only ring0_addr",
                     )
-        if kind is TransportKind.UDP:
-            self.error(line, "totem.transport", "transport udp (IP multicast) is not supported; use udpu")
         if _get(tv, "crypto_cipher", "none") != "none" and _get(tv, "crypto_hash", "none") == "none":
             self.error(tv["crypto_cipher"][1], "totem.crypto_hash", "crypto_cipher requires crypto_hash")
         return kind

@@ -125,6 +125,17 @@ def build_transport(config: ClusterConfig, me: NodeId) -> Transport:
             block_unlisted_ips=config.block_unlisted_ips,
             ip_version=config.ip_version,
         )
+    if config.transport is TransportKind.UDP:
+        from cmanlk.runtime.udpmcast import UdpMcastTransport
+
+        return UdpMcastTransport(
+            me,
+            config.node_addresses(),
+            config.link(0),
+            cluster_name=config.totem.cluster_name,
+            block_unlisted_ips=config.block_unlisted_ips,
+            ip_version=config.ip_version,
+        )
     if config.transport is TransportKind.NATIVE:
         return _native_transport(config, me)
     raise ConfigError([ConfigProblem(config.source, 0, "totem.transport", f"{config.transport} unsupported")])

@@ -437,8 +437,13 @@ def test_udpu_allows_only_link_zero() -> None:
     assert any("only ring0_addr" in p.message for p in problems_of(text))
 
 
-def test_udp_multicast_transport_is_refused() -> None:
-    assert any("not supported" in p.message for p in problems_of(nodelist("10.0.0.1", transport="udp")))
+def test_udp_multicast_transport_is_accepted_with_its_group() -> None:
+    text = nodelist("10.0.0.1", "10.0.0.2", transport="udp").replace(
+        "transport: udp\n", "transport: udp\n  interface {\n    mcastaddr: 239.192.7.7\n    ttl: 2\n  }\n"
+    )
+    config = parse_config(text, "t.conf")
+    assert config.transport.value == "udp"
+    assert config.link(0).mcastaddr == "239.192.7.7" and config.link(0).ttl == 2
 
 
 def test_duplicate_addresses_and_mixed_families_are_errors() -> None:
