@@ -294,22 +294,25 @@ def _dbus_wanted(config: ClusterConfig) -> bool:
 
 def _companions(node: Node, config: ClusterConfig) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
     """The edges that run beside the node: the IPC server always, D-Bus when wanted."""
+    from cmanlk.runtime.dlmd import build_dlm_daemon
     from cmanlk.runtime.ipc import IpcConfig, IpcServer
     from cmanlk.runtime.node import NodeIpcBackend
 
+    dlmd = build_dlm_daemon(node, config)  # None unless cmanlk { dlm: yes|auto } (docs/config.md)
     ipc_config = IpcConfig(
         path=str(Path(config.cmanlk.run_dir) / "cmanlk.sock"), group=config.cmanlk.ipc_group
     )
 
     async def ipc() -> None:
-        server = IpcServer(NodeIpcBackend(node), ipc_config)
+        server = IpcServer(NodeIpcBackend(node, dlmd), ipc_config)
         await server.start()  # OSError (path held by a live server) stops the daemon: exit 3
         try:
             await asyncio.Event().wait()
         finally:
             await server.close()
 
-    return (ipc, *_dbus_companions(node, config))
+    dlm = (dlmd.run,) if dlmd is not None else ()
+    return (ipc, *dlm, *_dbus_companions(node, config))
 
 
 def _dbus_companions(

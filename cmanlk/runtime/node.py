@@ -660,8 +660,10 @@ class NodeIpcBackend:
     (graceful leave, then the daemon exits) and refuses the rest with `not_supported`.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, dlm: Any = None) -> None:
         self.node = node
+        self.dlm = dlm
+        """The DLM companion (cmanlk.runtime.dlmd.DlmDaemon) serving DlmStatus and FenceAck, or None."""
 
     def status(self) -> Mapping[str, Any]:
         """Return the JSON-able snapshot described by IpcBackend."""
@@ -712,6 +714,12 @@ class NodeIpcBackend:
         if isinstance(command, LeaveCluster):
             self.node.request_leave()
             return {"result": "leaving", "node_id": self.node.me}
+        from cmanlk.runtime.ipc import DlmStatus, FenceAck
+
+        if self.dlm is not None and isinstance(command, DlmStatus):
+            return dict(self.dlm.status())
+        if self.dlm is not None and isinstance(command, FenceAck):
+            return dict(self.dlm.fence_ack(command.nodeid))
         raise UsageError("not_supported", f"{type(command).__name__} is not served by this daemon")
 
     def _cpg_groups(self) -> list[dict[str, object]]:

@@ -384,3 +384,71 @@ def test_auto_without_a_kernel_dlm_disables_itself_without_stopping_the_node() -
         assert node.listeners == []
 
     run(body())
+
+
+def test_real_node_on_loopback_answers_a_join_through_its_own_cpg(tmp_path: Path) -> None:
+    """A one-node cmanlkd Node (udpu on 127.0.0.1, the real Stack and cpg) drives a fake kernel."""
+    import random
+    import socket
+
+    from cmanlk.config import parse_config
+    from cmanlk.runtime.ipc import DlmStatus, FenceAck
+    from cmanlk.runtime.node import Node, NodeIpcBackend
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = parse_config(f"""
+totem {{
+  version: 2
+  cluster_name: klab
+  transport: udpu
+  token: 300
+  interface {{
+    linknumber: 0
+    mcastport: {port}
+  }}
+}}
+nodelist {{
+  node {{
+    ring0_addr: 127.0.0.1
+    nodeid: 1
+  }}
+}}
+quorum {{
+  provider: corosync_votequorum
+}}
+cmanlk {{
+  state_dir: {tmp_path}/state
+  run_dir: {tmp_path}/run
+  dbus: no
+}}
+""")
+    kernel = FakeDlmKernel()
+
+    async def body() -> None:
+        node = Node(config, NodeId(1), rng=random.Random(1))
+        daemon = DlmDaemon(node, DlmSettings("klab", NodeId(1)), control=kernel.configfs, sysfs=kernel.sysfs,
+                           uevents=kernel.uevents(), addrs={NodeId(1): (ipaddress.ip_address("127.0.0.1"),)})
+        node.companions = (daemon.run,)
+        running = asyncio.create_task(node.run())
+        try:
+            await until(lambda: daemon.ctl.cluster_ready, 10)
+            req = kernel.request_join("lab1")
+            await until(lambda: req.done, 5)
+            assert req.result == 0
+            backend = NodeIpcBackend(node, daemon)
+            reply = await backend.admin(DlmStatus())
+            assert [(ls["name"], ls["state"]) for ls in reply["lockspaces"]] == [("lab1", "started")]
+            assert reply["daemon"]["kernel_errors"] == {}
+            groups = {g["name"] for g in backend.status()["cpg_groups"]}
+            assert {"dlm:ls:lab1", "cmanlk:dlm"} <= groups
+            assert (await backend.admin(FenceAck(NodeId(7))))["result"] == "acknowledged"
+            leave = kernel.request_leave("lab1")
+            await until(lambda: leave.done, 5)
+        finally:
+            node.request_leave()
+            await asyncio.wait_for(running, 5)
+        assert not kernel.configfs.exists("cluster")
+
+    asyncio.run(asyncio.wait_for(body(), 30))
