@@ -14,7 +14,8 @@ every message of every sender that is still a member (a sender named as left in 
 done), and writes what it saw to `--out` as JSON:
 
     {"events": ["D <nodeid> <payload>", "C members=… left=… joined=…", …],
-     "first_send": t, "last_send": t, "done": t, "delivered": n, "error": ""}
+     "first_send": t, "last_send": t, "done": t, "delivered": n, "error": "",
+     "marks": [time of every PROGRESS_EVERY-th delivery]}
 
 (times are time.monotonic(), the same clock in every namespace). Recording stops at the delivery
 that completes the run, which is the same point of the agreed order on every member, so the
@@ -62,6 +63,7 @@ class Recorder:
     done: bool = False
     error: str = ""
     delivered: int = 0
+    marks: list[float] = field(default_factory=list)
 
     def deliver(self, nodeid: int, payload: bytes) -> None:
         if self.done:
@@ -76,6 +78,8 @@ class Recorder:
                 self.error = self.error or f"from {s}: got counter {counter}, expected {want}"
             self.got[s] = int(counter) + 1
         self.delivered += 1
+        if self.delivered % PROGRESS_EVERY == 0:
+            self.marks.append(time.monotonic())
         if self.progress is not None and self.delivered % PROGRESS_EVERY == 0:
             tmp = self.progress.with_suffix(".tmp")
             tmp.write_text(str(self.delivered))
@@ -209,6 +213,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         "first_send": times.get("first_send", 0.0),
         "last_send": times.get("last_send", 0.0),
         "error": rec.error,
+        "marks": rec.marks,
     }
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))

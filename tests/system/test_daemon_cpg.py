@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,10 @@ def throughput(results: dict[int, dict[str, Any]], total: int) -> str:
     first = min(r["first_send"] for r in results.values())
     last = max(r["done"] for r in results.values())
     took = last - first
-    return f"{total} messages in {took:.2f} s = {total / took:.0f} msg/s delivered per client"
+    marks = results[min(results)]["marks"]
+    windows = [h.PROGRESS_EVERY / (b - a) for a, b in itertools.pairwise(marks) if b > a]
+    spread = f" (per {h.PROGRESS_EVERY}: {min(windows):.0f}..{max(windows):.0f} msg/s)" if windows else ""
+    return f"{total} messages in {took:.2f} s = {total / took:.0f} msg/s delivered per client{spread}"
 
 
 def test_three_clients_deliver_30000_messages_in_one_agreed_order(
