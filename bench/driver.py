@@ -190,6 +190,9 @@ class Driver:
             # A new client incarnation (an EVS process).
             self.incarnation += 1
             self._record(["boot", time.monotonic_ns()])
+        # Events that came with the join's reply are held by the client library: hand them on now,
+        # since the socket will not wake us for them.
+        backend.dispatch()
         self.me = backend.nodeid
         return {"ok": True, "nodeid": self.me, "t": time.monotonic_ns()}
 

@@ -211,6 +211,7 @@ class SystemRun:
             "rate": FAILOVER_RATE,
             "start_at": start_at,
             "timeout": ROUND_SLACK_S,
+            "keep": True,
         }
         for n in self.c.nodes:
             self.c.drivers[n].send(cmd)
@@ -221,9 +222,17 @@ class SystemRun:
             answers = {n: self.c.drivers[n].recv(duration + 2 * ROUND_SLACK_S) for n in self.c.nodes}
         finally:
             self.c.lab.carrier(victim, 0, up=True)
-        gaps = {n: a.get("max_gap_ns", 0) / 1e6 for n, a in answers.items()}
-        at = {n: (a.get("max_gap_at_ns", 0) - t_down) / 1e6 for n, a in answers.items()}
-        gap = max(gaps.values())
+        gaps: dict[int, float | None] = {}
+        starts: dict[int, float | None] = {}
+        before: dict[int, float] = {}
+        for n, a in answers.items():
+            times = [d[0] for d in a.get("deliveries", [])]
+            pause = stats.longest_pause(times, t_down)
+            gaps[n] = None if pause is None else pause[0] / 1e6
+            starts[n] = None if pause is None else (pause[1] - t_down) / 1e6
+            before[n] = stats.longest_pause_before(times, t_down) / 1e6
+        measured = [g for g in gaps.values() if g is not None]
+        gap = max(measured) if measured else None
         self.figures["failover.gap_ms"] = gap
         events = self.c.call_all(self.c.nodes, {"op": "events"}, 10)
         changes = [e for a in events.values() for e in a.get("events", []) if e["t"] >= t_down]
@@ -231,7 +240,8 @@ class SystemRun:
             "victim": victim,
             "link": 0,
             "gap_ms_per_node": gaps,
-            "gap_start_after_pull_ms": at,
+            "gap_start_after_pull_ms": starts,
+            "longest_pause_before_pull_ms": before,
             "stream_rate": FAILOVER_RATE,
             "membership_changes_after_pull": len(changes),
             "received": {n: a.get("received") for n, a in answers.items()},

@@ -6,6 +6,7 @@ The result file layout is documented in docs/bench.md; `validate_result` is its 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,26 @@ def rate_per_s(count: int, first_ns: int, last_ns: int) -> float | None:
     if count < 2 or last_ns <= first_ns:
         return None
     return (count - 1) / ((last_ns - first_ns) / 1e9)
+
+
+def longest_pause(times_ns: Iterable[int], after_ns: int) -> tuple[int, int] | None:
+    """The longest interval between two consecutive deliveries that ends after `after_ns`.
+
+    Returns (length ns, start ns), or None with fewer than two deliveries. A pause that began
+    before `after_ns` counts (the stream may have been waiting for the token when the cable went).
+    """
+    data = sorted(times_ns)
+    best: tuple[int, int] | None = None
+    for a, b in itertools.pairwise(data):
+        if b > after_ns and (best is None or b - a > best[0]):
+            best = (b - a, a)
+    return best
+
+
+def longest_pause_before(times_ns: Iterable[int], before_ns: int) -> int:
+    """The longest interval between consecutive deliveries that ended by `before_ns` (0 if none)."""
+    data = sorted(t for t in times_ns if t <= before_ns)
+    return max((b - a for a, b in itertools.pairwise(data)), default=0)
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:

@@ -100,3 +100,12 @@ def test_table_shows_each_system_and_the_ratio_column():
     row = next(line for line in lines if line.startswith("throughput.1sender.64.msgs_per_s"))
     assert "10.0k" in row and "5000" in row and "0.50x MISS" in row and ">= 1x" in row
     assert not any(line.startswith("join.median_s") for line in lines)  # no system has it
+
+
+def test_longest_pause_is_the_one_ending_after_the_cable_pull():
+    times = [0, 10, 20, 100, 110, 400, 410]  # a 90 ns pause before the mark, 290 after it
+    assert stats.longest_pause(times, 105) == (290, 110)
+    assert stats.longest_pause(times, 50) == (290, 110)
+    assert stats.longest_pause(times, 500) is None
+    assert stats.longest_pause_before(times, 105) == 80
+    assert stats.longest_pause([5], 0) is None
