@@ -72,5 +72,12 @@ SCENARIOS: dict[str, Scenario] = {
             timeout_s=300.0,
             shared_disk_mb=256,
         ),
+        Scenario(
+            "cmanlkd-dlm",
+            "2 VMs run the real cmanlkd (udpu) instead of corosync + dlm_controld: its DLM companion "
+            "answers dlm_tool join on both; EX conflict across nodes; SIGTERM removes the configfs cluster",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "cmanlkd_dlm.py"), (str(n),), node=n) for n in (1, 2)),
+            timeout_s=300.0,
+        ),
     )
 }
