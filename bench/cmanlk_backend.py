@@ -7,13 +7,14 @@ CS_ERR_TRY_AGAIN); events the client kept while it waited for a reply are handed
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from bench.cpg_ctypes import Confchg, Deliver, TotemConfchg
 from cmanlk import ipcproto
 from cmanlk.client import Client, ClientError, Event
 
-DRAIN_WAIT_S = 1e-6  # "don't block": Client.next_event(0) would not look at the socket at all
+FRAME_WAIT_S = 0.05  # the socket is readable: the rest of a frame follows at once
 MAX_EVENTS_PER_DISPATCH = 1_000_000  # a bound, far above what a dispatch meets
 
 
@@ -58,12 +59,22 @@ class CmanlkBackend:
         return True
 
     def dispatch(self) -> None:
-        """Hand every event the client holds or the socket has to the callbacks."""
+        """Hand every event the client holds or the socket has to the callbacks; never waits idle.
+
+        `next_event(0)` returns what the library already holds without touching the socket; the
+        socket is read only when select says it is readable (a tiny positive timeout would not do:
+        Python rounds socket timeouts up to whole milliseconds).
+        """
         client = self._need()
         for _ in range(MAX_EVENTS_PER_DISPATCH):
-            event = client.next_event(DRAIN_WAIT_S)
+            event = client.next_event(0)
             if event is None:
-                return
+                readable, _, _ = select.select([self.fd], [], [], 0)
+                if not readable:
+                    return
+                event = client.next_event(FRAME_WAIT_S)
+                if event is None:
+                    continue
             self._event(event)
 
     def close(self) -> None:
