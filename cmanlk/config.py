@@ -577,6 +577,12 @@ class _Reader:
         self._check_addresses(nodes, links, transport, totem_vals)
         if self.errors or totem is None:
             return None
+        # The native transport encrypts unless the file says otherwise: a cluster whose file names
+        # no crypto at all gets AES-256-GCM with the key file (`crypto_cipher: none` turns it off).
+        explicit = "crypto_cipher" in totem_vals or "crypto_hash" in totem_vals
+        default_crypto = ("none", "none")
+        if transport is TransportKind.NATIVE and not explicit:
+            default_crypto = ("aes256", "sha256")
         return ClusterConfig(
             source=self.source,
             cluster_name=_get(totem_vals, "cluster_name", ""),
@@ -588,8 +594,8 @@ class _Reader:
             logging=logging_cfg,
             cmanlk=cmanlk,
             quorum_provider=provider,
-            crypto_cipher=_get(totem_vals, "crypto_cipher", "none"),
-            crypto_hash=_get(totem_vals, "crypto_hash", "none"),
+            crypto_cipher=_get(totem_vals, "crypto_cipher", default_crypto[0]),
+            crypto_hash=_get(totem_vals, "crypto_hash", default_crypto[1]),
             link_mode=_get(totem_vals, "link_mode", "passive"),
             ip_version=_get(totem_vals, "ip_version", "ipv6-4"),
             block_unlisted_ips=_get(totem_vals, "block_unlisted_ips", True),

@@ -244,7 +244,8 @@ def test_link0_down_fails_over_to_link1_without_reforming_the_ring(
     failover_ms = cut_and_measure(c, lambda: c.lab.run(1, "ip", "link", "set", "dev", "eth0", "down"),
                                   "ip link set eth0 down on node 1")
     assert failover_ms < FAILOVER_BUDGET_MS
-    assert link_local_down(c, 1, 0)
+    # status.json follows the log by up to a refresh: wait for node 1's own view of the cut.
+    c.wait_until(lambda: link_local_down(c, 1, 0), STATUS_WAIT_S, "node 1's status shows link 0 down")
     assert link_usable(c, 1, 1), "link 1 of node 1 should carry the traffic now"
     d_down = delivered_per_link(c, 1)
     assert_whole_and_unchanged(c, before, "link 0 down")
@@ -268,6 +269,8 @@ def test_carrier_loss_from_the_far_end_fails_over(cluster_factory: Callable[...,
     failover_ms = cut_and_measure(c, lambda: sh("ip", "-n", c.lab.switch, "link", "set", "p1", "down"),
                                   "carrier loss on node 1's eth0 (peer end down)")
     assert failover_ms < FAILOVER_BUDGET_MS
+    c.wait_until(lambda: link_status(c, 1, 0).get("reason", "").endswith("no carrier"), STATUS_WAIT_S,
+                 "node 1's status shows link 0 without carrier")  # fmt: skip
     lk = link_status(c, 1, 0)
     assert lk["up"] and lk["reason"].endswith("no carrier"), lk
     assert_whole_and_unchanged(c, before, "carrier loss")

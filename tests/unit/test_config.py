@@ -557,3 +557,12 @@ def test_check_config_accepts_a_good_file_and_prints_warnings(tmp_path: Path) ->
     result = run_check(path)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout and "quorum.colour" in result.stderr
+
+
+def test_native_transport_encrypts_unless_the_file_turns_crypto_off() -> None:
+    assert parse_config(nodelist("10.0.0.1", transport="knet"), "t.conf").is_crypto_enabled
+    off = nodelist("10.0.0.1", transport="knet").replace(
+        "  version: 2\n", "  version: 2\n  crypto_cipher: none\n  crypto_hash: none\n"
+    )
+    assert not parse_config(off, "t.conf").is_crypto_enabled
+    assert not parse_config(nodelist("10.0.0.1", transport="udpu"), "t.conf").is_crypto_enabled
