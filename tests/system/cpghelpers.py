@@ -11,7 +11,8 @@ It joins the group, waits until `--members` processes are in it (the start barri
 its own confchgs), sends `--count` messages "<me>:<counter>" one after another (waiting out flow
 control) while it records every delivery and confchg, then keeps reading until it has delivered
 every message of every sender that is still a member (a sender named as left in a confchg is
-done), and writes what it saw to `--out` as JSON:
+done). With `--extra N`, once a confchg names a member as left, each live client sends N more
+messages, so some are surely ordered after the change. It writes what it saw to `--out` as JSON:
 
     {"events": ["D <nodeid> <payload>", "C members=… left=… joined=…", …],
      "first_send": t, "last_send": t, "done": t, "delivered": n, "error": "",
@@ -54,6 +55,7 @@ class Recorder:
     count: int
     members: int
     progress: Path | None
+    extra: int = 0
     events: list[str] = field(default_factory=list)
     got: dict[int, int] = field(default_factory=dict)
     departed: set[int] = field(default_factory=set)
@@ -104,9 +106,13 @@ class Recorder:
         self.departed |= {n for n, _, _ in left}
         self._check_done()
 
+    def wanted(self) -> int:
+        """Messages each live sender sends: `count`, plus `extra` once a member has left."""
+        return self.count + (self.extra if self.departed else 0)
+
     def _check_done(self) -> None:
         if self.started and self.senders and all(
-            self.got.get(s, 0) >= self.count or s in self.departed for s in self.senders
+            self.got.get(s, 0) >= self.wanted() or s in self.departed for s in self.senders
         ):
             self.done = True
 
@@ -141,8 +147,15 @@ def _run_cmanlk(args: argparse.Namespace, rec: Recorder, times: dict[str, float]
             client.cpg_send(args.group, f"{args.me}:{i}".encode())
             while (event := client.next_event(0)) is not None:
                 record(event)
-        times["last_send"] = time.monotonic()
+        sent = args.count
         while not rec.done and time.monotonic() < deadline:
+            if sent < rec.wanted():  # a member left: send `extra` more, after the change
+                client.cpg_send(args.group, f"{args.me}:{sent}".encode())
+                sent += 1
+                while (event := client.next_event(0)) is not None:
+                    record(event)
+                continue
+            times["last_send"] = time.monotonic()
             record(client.cpg_receive(0.2))
 
 
@@ -169,14 +182,17 @@ def _run_libcpg(args: argparse.Namespace, rec: Recorder, times: dict[str, float]
         if not rec.started:
             raise TimeoutError(f"only {rec.in_group} of {rec.members} members joined")
         times["first_send"] = time.monotonic()
-        for i in range(args.count):
-            while not cpg.mcast(f"{args.me}:{i}".encode()):  # CS_ERR_TRY_AGAIN: flow control
-                if time.monotonic() > deadline:
-                    raise TimeoutError("cpg_mcast_joined kept answering try again")
-                pump(0.01)
-            pump(0)
-        times["last_send"] = time.monotonic()
+        sent = 0
         while not rec.done and time.monotonic() < deadline:
+            if sent < rec.wanted():  # `count`, and `extra` more after a member left
+                while not cpg.mcast(f"{args.me}:{sent}".encode()):  # CS_ERR_TRY_AGAIN: flow control
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("cpg_mcast_joined kept answering try again")
+                    pump(0.01)
+                sent += 1
+                pump(0)
+                continue
+            times["last_send"] = time.monotonic()
             pump(0.2)
     finally:
         cpg.close()
@@ -191,11 +207,12 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--me", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--members", type=int, required=True)
+    parser.add_argument("--extra", type=int, default=0, help="more messages to send once a member left")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--progress", type=Path)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
-    rec = Recorder(args.me, args.count, args.members, args.progress)
+    rec = Recorder(args.me, args.count, args.members, args.progress, args.extra)
     times: dict[str, float] = {}
     run: Callable[[argparse.Namespace, Recorder, dict[str, float]], None] = (
         _run_cmanlk if args.flavour == "cmanlk" else _run_libcpg

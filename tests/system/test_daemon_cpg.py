@@ -29,10 +29,12 @@ MESSAGES_PER_CLIENT = 10_000
 KILL_RUN_MESSAGES = 4_000
 CLIENT_TIMEOUT_S = 150.0
 REASON_NODEDOWN = 3
+AFTER_CHANGE_MESSAGES = 500
+"""Each survivor sends this many more once it has seen the node-down confchg: surely after it."""
 
 
 def start_clients(
-    c: Cluster, nodes: list[int], group: str, count: int
+    c: Cluster, nodes: list[int], group: str, count: int, extra: int = 0
 ) -> tuple[dict[int, Path], dict[int, Path]]:
     outs: dict[int, Path] = {}
     progress: dict[int, Path] = {}
@@ -41,7 +43,7 @@ def start_clients(
         progress[n] = c.workdir / f"cpg{n}.progress"
         cmd = h.client_command(
             "cmanlk", outs[n], socket=h.socket_path(c.run_dir(n)), group=group, me=n, count=count,
-            members=len(nodes), progress=progress[n], timeout=CLIENT_TIMEOUT_S,
+            members=len(nodes), progress=progress[n], timeout=CLIENT_TIMEOUT_S, extra=extra,
         )
         c.lab.popen(n, cmd, c.workdir / f"cpg{n}.log", h.child_env())
     return outs, progress
@@ -87,7 +89,7 @@ def test_kill9_mid_stream_survivors_deliver_the_same_sequence_and_confchg(
     c = cluster_factory([1, 2, 3])
     c.start_all()
     c.wait_ring([1, 2, 3])
-    outs, progress = start_clients(c, [1, 2, 3], "kill", KILL_RUN_MESSAGES)
+    outs, progress = start_clients(c, [1, 2, 3], "kill", KILL_RUN_MESSAGES, extra=AFTER_CHANGE_MESSAGES)
     total = 3 * KILL_RUN_MESSAGES
     c.wait_until(lambda: h.read_progress(progress[1]) >= total // 3, 60.0, "a third of the messages")
     killed_at = time.monotonic()
@@ -117,3 +119,5 @@ def test_kill9_mid_stream_survivors_deliver_the_same_sequence_and_confchg(
     got3 = [e for e in h.deliveries(a) if e.startswith("D 3 ")]
     assert 0 < len(got3) < KILL_RUN_MESSAGES  # it really died in the middle
     assert all(e.startswith(("D 1 ", "D 2 ")) for e in h.deliveries(a[at1:]))
+    for s in (1, 2):  # the extra messages, sent after the change, are delivered after it
+        assert f"D {s} {s}:{KILL_RUN_MESSAGES + AFTER_CHANGE_MESSAGES - 1}" in a[at1:]
