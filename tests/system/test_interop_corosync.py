@@ -87,6 +87,19 @@ def test_corosync_lists_cmanlkd_nodes_and_counts_their_votes(mixed: Cluster) -> 
     c.wait_until(lambda: corosync_votes(c) == 3, 10.0, "corosync counting 3 votes")
     assert c.status(a)["quorate"] is True  # type: ignore[index]
     assert c.status(a)["ring_rep"] == 1  # type: ignore[index]
+    links = c.lab.run(c.corosync, "corosync-cfgtool", "-s", check=False)  # type: ignore[attr-defined]
+    assert links.returncode == 0, links.stderr
+    for n in (a, b):
+        assert re.search(rf"nodeid:\s+{n}:\s+connected", links.stdout), links.stdout
+
+
+def test_cmanlkd_nodes_reform_when_corosync_is_killed(mixed: Cluster) -> None:
+    c, a, b = mixed, *mixed.ours  # type: ignore[attr-defined]
+    c.start(a)
+    c.start(b)
+    c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
+    c.kill(c.corosync)  # type: ignore[attr-defined]
+    c.wait_ring([a, b], members=sorted([a, b]), timeout_s=10.0)
 
 
 def test_corosync_sees_a_cmanlkd_failure_and_a_leave(mixed: Cluster) -> None:
