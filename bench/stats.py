@@ -213,7 +213,7 @@ def fmt(value: float | None) -> str:
 def table(systems: Mapping[str, Mapping[str, float | None]], comparisons: list[dict[str, Any]]) -> str:
     """The printed table: one row per figure, one column per system, then each ratio and its target."""
     names = list(systems)
-    pairs = sorted({(r["system"], r["baseline"]) for r in comparisons})
+    pairs = list(dict.fromkeys((r["system"], r["baseline"]) for r in comparisons))
     head = ["figure", *names] + [f"{s}/{b}" for s, b in pairs] + ["target"]
     rows = [head]
     by_key = {(r["figure"], r["system"], r["baseline"]): r for r in comparisons}
