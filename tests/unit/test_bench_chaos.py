@@ -79,3 +79,38 @@ def test_split_rings_are_those_whose_members_moved_apart():
     hist = {NodeId(n): to_history(r) for n, r in raw.items()}
     assert "1.8" in split_rings(hist)
     assert "1.c" not in split_rings(hist)
+
+
+def test_late_join_rings_are_first_configurations_of_an_incarnation():
+    from bench.chaos import late_join_rings
+
+    raw = {
+        1: [["boot", 1], ["config", 2, 1, 8, [1, 2]], ["config", 3, 1, 12, [1, 2]]],
+        2: [
+            ["boot", 1],
+            ["config", 2, 1, 8, [1, 2]],
+            ["crash", 3],
+            ["boot", 4],
+            ["config", 5, 1, 12, [1, 2]],
+        ],
+    }
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    assert late_join_rings(hist) == {"1.8", "1.c"}
+
+
+def test_judge_sets_aside_what_cpg_cannot_show_but_keeps_real_faults():
+    # Node 2 joined ring 1.8 after node 1 had delivered "a": not a virtual-synchrony fault.
+    raw = {
+        1: [["boot", 1], ["config", 2, 1, 8, [1, 2]], ["sent", 3, _p("a")], ["deliver", 4, 1, 8, 1, _p("a")]],
+        2: [["boot", 5], ["config", 6, 1, 8, [1, 2]]],
+    }
+    for recs in raw.values():
+        recs.append(["config", 9, 1, 12, [1, 2]])
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    violations, unjudged = judge(hist, None)
+    assert violations == [] and unjudged >= 1
+    # A message from a node outside the configuration is still a violation.
+    raw[2] += [["deliver", 10, 1, 12, 3, _p("x")]]
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    violations, _ = judge(hist, None)
+    assert {v.prop for v in violations} >= {"delivery-config", "spurious"}
