@@ -335,9 +335,13 @@ class Membership(TotemBase):
         prev = set(old.members) if self.installed_any else set()
         joined = tuple(n for n in new.members if n not in prev)
         left_all = tuple(sorted(n for n in prev if n not in new.members))
-        # A message whose fragments straddle the change is dropped by every receiver and sent again,
-        # whole, on the new ring: newcomers could not assemble its head, so nobody may.
-        self.unpacker.reset()
+        # Half-assembled messages of members that left are dropped; those of members that came along
+        # stay, so a sender that continues a split message on the new ring (corosync's totempg does)
+        # is still understood. Our own half-sent message is sent again whole instead: newcomers could
+        # not assemble its head, and a fresh start replaces the half every survivor holds.
+        for n in old.members:
+            if n not in trans:
+                self.unpacker.forget(n)
         self.packer.restart_partial()
         self._out.append(DeliverConfiguration(ConfigKind.REGULAR, new.ring_id, new.members, left_all, joined))
         self.installed_any = True
