@@ -11,8 +11,8 @@ Faults, all inside a node's namespace or on its switch port:
 - `partition`, `loss`: nftables rules in table `inet cmkbench` of the node's namespace.
 
 Cleanup is guaranteed: `Lab` is a context manager, and `destroy()` (idempotent, never raises)
-kills every process started through it and deletes every namespace it created. SIGTERM and SIGHUP
-are turned into KeyboardInterrupt while a Lab is open, so Ctrl-C, a kill of the runner and
+kills every process started through it and deletes every namespace it created. SIGINT, SIGTERM and
+SIGHUP are turned into KeyboardInterrupt while a Lab is open, so Ctrl-C, a kill of the runner and
 exceptions all leave the machine clean. `reap_stale()` removes namespaces of earlier runs whose
 process is gone (a runner killed with SIGKILL).
 """
@@ -81,7 +81,9 @@ class Lab:
 
     def __enter__(self) -> Lab:
         reap_stale()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT too: a runner started in the background by a non-interactive shell inherits
+        # SIGINT ignored, and Python then installs no handler of its own.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, _raise_interrupt)
         try:
             self._add_namespace(self.switch)
