@@ -153,23 +153,27 @@ class SystemRun:
                     flush=True,
                 )
         elapsed = time.monotonic() - t0
-        self.figures["cpu.load_pct"] = self._cpu_pct(pids, cpu0, elapsed)
+        self.figures["cpu.load_pct"] = self._cpu_pct(pids, cpu0, elapsed, "cpu_load_pct_per_node")
         self.details["throughput"] = details
         self.memory(pids)
 
-    def _cpu_pct(self, pids: dict[int, int], cpu0: dict[int, float | None], elapsed: float) -> float | None:
-        used = []
+    def _cpu_pct(
+        self, pids: dict[int, int], cpu0: dict[int, float | None], elapsed: float, what: str
+    ) -> float | None:
+        """Mean CPU % of one core per daemon since `cpu0`; per-node values go to details[what]."""
+        used: dict[int, float] = {}
         for n, pid in pids.items():
             now, before = systems.cpu_seconds(pid), cpu0[n]
             if now is not None and before is not None:
-                used.append((now - before) / elapsed * 100)
-        return sum(used) / len(used) if used else None
+                used[n] = (now - before) / elapsed * 100
+        self.details[what] = used
+        return sum(used.values()) / len(used) if used else None
 
     def idle_cpu(self) -> None:
         pids = {n: self.c.pid(n) for n in self.c.nodes}
         cpu0 = {n: systems.cpu_seconds(p) for n, p in pids.items()}
         time.sleep(self.s.idle_s)
-        self.figures["cpu.idle_pct"] = self._cpu_pct(pids, cpu0, self.s.idle_s)
+        self.figures["cpu.idle_pct"] = self._cpu_pct(pids, cpu0, self.s.idle_s, "cpu_idle_pct_per_node")
 
     def memory(self, pids: dict[int, int]) -> None:
         mem = {n: systems.memory_kib(p) for n, p in pids.items()}
