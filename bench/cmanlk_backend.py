@@ -8,6 +8,7 @@ CS_ERR_TRY_AGAIN); events the client kept while it waited for a reply are handed
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 from bench.cpg_ctypes import Confchg, Deliver, TotemConfchg
@@ -30,6 +31,7 @@ class CmanlkBackend:
         self._group = ""
         self.fd = -1
         self.nodeid = 0
+        self.last_call_ns = 0
 
     def connect(self, group: str) -> None:
         """Connect, join `group` asking for the initial totem configuration. Raises ClientError."""
@@ -48,8 +50,10 @@ class CmanlkBackend:
     def mcast(self, data: bytes) -> bool:
         """Send `data` in agreed order; False on try_again (flow control). Raises ClientError."""
         client = self._need()
+        t0 = time.monotonic_ns()
         try:
             client.cpg_send(self._group, data, retry_timeout_s=0)
+            self.last_call_ns = time.monotonic_ns() - t0
         except ClientError as exc:
             if exc.code != ipcproto.E_TRY_AGAIN:
                 raise

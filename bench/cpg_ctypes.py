@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 from collections.abc import Callable
 
 LIBCPG = "libcpg.so.4"
@@ -132,6 +133,7 @@ class Cpg:
         self._buf: ctypes.Array[ctypes.c_char] | None = None
         self.fd = -1
         self.nodeid = 0
+        self.last_call_ns = 0
 
     def connect(self, group: str) -> None:
         """Initialise, join `group`, fetch the fd and local node id. Raises CpgError."""
@@ -163,7 +165,9 @@ class Cpg:
         ctypes.memmove(self._buf, data, len(data))
         self._iov.iov_base = ctypes.cast(self._buf, ctypes.c_void_p)
         self._iov.iov_len = len(data)
+        t0 = time.monotonic_ns()
         rc = self._lib.cpg_mcast_joined(self.handle, CPG_TYPE_AGREED, ctypes.byref(self._iov), 1)
+        self.last_call_ns = time.monotonic_ns() - t0
         if rc == CS_OK:
             return True
         if rc == CS_ERR_TRY_AGAIN:

@@ -42,6 +42,7 @@ POLL_S = 0.001  # wait on the daemon's fd when flow control says try again
 class Backend(Protocol):
     fd: int
     nodeid: int
+    last_call_ns: int  # duration of the last mcast's library call alone (the IPC round trip)
 
     def connect(self, group: str) -> None: ...
     def mcast(self, data: bytes) -> bool: ...
@@ -66,6 +67,7 @@ class Round:
     deliveries: list[tuple[int, int, int]] = field(default_factory=list)
     next_seq: dict[int, int] = field(default_factory=dict)
     out_of_order: int = 0
+    calls_ns: list[int] = field(default_factory=list)
 
 
 class Driver:
@@ -302,6 +304,8 @@ class Driver:
                 msg = HEADER.pack(MAGIC, rnd.number, self.me, KIND_DATA, sent, now) + pad
                 if be.mcast(msg):
                     sent += 1
+                    if len(rnd.calls_ns) < MAX_LATENCY_SAMPLES:
+                        rnd.calls_ns.append(be.last_call_ns)
                     next_at += interval
                     if interval or sent % SEND_BATCH == 0:
                         self.pump(0)
@@ -343,6 +347,9 @@ class Driver:
         for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99)):
             ans[f"lat_{name}_ns"] = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
         ans["lat_max_ns"] = lat[-1] if lat else None
+        calls = sorted(rnd.calls_ns)
+        for name, q in (("p50", 0.50), ("p99", 0.99)):
+            ans[f"call_{name}_ns"] = calls[min(len(calls) - 1, int(q * len(calls)))] if calls else None
         if rnd.keep:
             ans["deliveries"] = rnd.deliveries
         return ans

@@ -190,8 +190,20 @@ class SystemRun:
         for q in ("p50", "p99"):
             v = a.get(f"lat_{q}_ns")
             self.figures[f"latency.{q}_us"] = None if v is None else v / 1000
+        call = a.get("call_p50_ns")
+        self.figures["latency.send_call_p50_us"] = None if call is None else call / 1000
         self.details["latency"] = {
-            k: a.get(k) for k in ("lat_n", "lat_p50_ns", "lat_p90_ns", "lat_p99_ns", "lat_max_ns", "complete")
+            k: a.get(k)
+            for k in (
+                "lat_n",
+                "lat_p50_ns",
+                "lat_p90_ns",
+                "lat_p99_ns",
+                "lat_max_ns",
+                "call_p50_ns",
+                "call_p99_ns",
+                "complete",
+            )
         }
         print(
             f"  latency p50 {stats.fmt(self.figures['latency.p50_us'])} us"

@@ -126,6 +126,7 @@ def figure_names() -> list[str]:
     names += [
         "latency.p50_us",
         "latency.p99_us",
+        "latency.send_call_p50_us",
         "reform.median_s",
         "reform.max_s",
         "join.median_s",
