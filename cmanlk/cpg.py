@@ -259,6 +259,7 @@ class CpgService:
         self._processes: list[_Process] = []  # corosync's process_info_list, (nodeid, pid) order
         self._local: dict[tuple[Handle, bytes], LocalProcess] = {}
         self._old_members: tuple[NodeId, ...] = ()
+        self._active_ring_id = NO_RING  # the ring whose members are _old_members
         self._members: tuple[NodeId, ...] = ()
         self._ring_id: RingId = NO_RING
         self._downlist: tuple[NodeId, ...] = ()
@@ -313,6 +314,7 @@ class CpgService:
     def sync_activate(self) -> list[ServiceOutput]:
         """Apply the downlist, merge the joinlists, remove zombies, then the totem confchg."""
         self._old_members = self._members
+        self._active_ring_id = self._ring_id
         present = set(self._members)
         for key in [k for k in self._partials if k[0] not in present]:
             self._drop_partial(key)  # a departed sender never sends the rest
@@ -532,7 +534,9 @@ class CpgService:
                         del self._local[key]
         for proc in completed:
             if proc.initial_totem_conf:
-                out.append(CpgTotemConfchg((proc.handle,), self._ring_id, self._old_members))
+                # The last configuration clients were told of, as a consistent pair (corosync too):
+                # during a sync the new ring's id must not go out with the old ring's members.
+                out.append(CpgTotemConfchg((proc.handle,), self._active_ring_id, self._old_members))
         return out
 
     def _group_handles(self, group: bytes) -> tuple[Handle, ...]:
