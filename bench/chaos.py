@@ -306,7 +306,15 @@ def wait_full_ring(cluster: BenchCluster, raw: dict[int, list[list[Any]]], timeo
             if len({(r[2], r[3]) for r in last.values() if r is not None}) == 1:
                 return time.monotonic() - t0
         time.sleep(0.2)
-    raise DriverError(f"the full ring did not form within {timeout_s} s after healing")
+    raise DriverError(f"no client saw the full ring within {timeout_s} s")
+
+
+def diagnose(c: BenchCluster, raw: dict[int, list[list[Any]]]) -> None:
+    """Print what each node's daemon and client were doing (for a ring that did not form)."""
+    for n in c.nodes:
+        last = [r for r in raw.get(n, []) if r[0] in ("config", "boot", "crash")][-1:]
+        print(f"  node {n}: daemon {'up' if c.alive(n) else 'DOWN'}, last client record {last}")
+    print(c.describe(), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
                 c.start_driver(n)
                 c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": 64})
             chaos = Chaos(c, rng, args.max_faults, system.links)
-            wait_full_ring(c, raw, bound_s + 30)
+            try:
+                wait_full_ring(c, raw, bound_s + 30)
+            except DriverError:
+                diagnose(c, raw)
+                raise
             chaos.note("ring of all nodes formed; faults start")
             end = time.monotonic() + args.duration
             last_drain = time.monotonic()
@@ -363,8 +375,13 @@ def main(argv: list[str] | None = None) -> int:
                     last_drain = time.monotonic()
             chaos.heal_all()
             quiet_from = time.monotonic_ns()
-            took = wait_full_ring(c, raw, bound_s)
-            chaos.note(f"full ring again after {took:.2f} s")
+            try:
+                took = wait_full_ring(c, raw, bound_s)
+                chaos.note(f"full ring again after {took:.2f} s")
+            except DriverError as exc:
+                # Not fatal to the run: the liveness check reports it, with the histories.
+                chaos.note(f"NOT re-formed: {exc}")
+                diagnose(c, raw)
             time.sleep(SETTLE_TRAFFIC_S)
             traffic_until = time.monotonic_ns()
             for n in nodes:
