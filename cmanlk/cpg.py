@@ -120,6 +120,9 @@ MAX_PARTIAL_BYTES = 16 * MESSAGE_SIZE_MAX
 # --- local requests (the `request` of a Stack ServiceRequest for service 2) -----------------------
 
 
+MAX_HELD_OUTPUTS = 65_536  # notifications held during one sync; past it they go out at once (counted).
+
+
 @dataclass(frozen=True, slots=True)
 class CpgJoin:
     """Join `group` as process `pid` over connection `handle` (cpg_join).
@@ -265,6 +268,7 @@ class CpgService:
         self._downlist: tuple[NodeId, ...] = ()
         self._joinlists: list[tuple[NodeId, int, bytes]] = []
         self._syncing = False
+        self._held: list[ServiceOutput] = []  # client notifications of the new ring, until its confchg
         self._synced_once = False
         self._sync_step = 0  # 0: send DOWNLIST next, 1: send JOINLIST next, 2: done
         self._send_seq = 0
@@ -326,6 +330,10 @@ class CpgService:
         handles = self._all_handles()
         if handles:
             out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
+        # A held initial totem confchg (a join completed during the sync) is stale now: its client
+        # is among `handles` and has just been told the new ring.
+        out += [o for o in self._held if not isinstance(o, CpgTotemConfchg)]
+        self._held = []
         return out
 
     def sync_abort(self) -> None:
@@ -335,7 +343,21 @@ class CpgService:
     # --- Service: messages --------------------------------------------------------------------------
 
     def on_message(self, sender: NodeId, function: int, message: bytes) -> list[ServiceOutput]:
-        """Apply one cpg message in agreed order. Raises MalformedPacket for undecodable ones."""
+        """Apply one cpg message in agreed order. Raises MalformedPacket for undecodable ones.
+
+        While a new ring is being synchronised, the state changes apply at once but what clients
+        are told is held back until the ring's totem confchg has gone out (sync_activate): a client
+        never sees a message of the new ring before the configuration that contains its sender.
+        """
+        out = self._apply_message(sender, function, message)
+        if self._syncing and out and len(self._held) < MAX_HELD_OUTPUTS:
+            self._held.extend(out)
+            return []
+        if self._syncing and out:
+            self._count("held_outputs_overflow")
+        return out
+
+    def _apply_message(self, sender: NodeId, function: int, message: bytes) -> list[ServiceOutput]:
         if function == MESSAGE_REQ_EXEC_CPG_PROCJOIN:
             join = decode_procjoin(message)
             return self._proc_join(join.group, join.pid, sender, REASON_JOIN)
