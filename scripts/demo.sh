@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A three-node cmanlk cluster on this machine, in about a minute:
 #
-#   sudo ./scripts/demo.sh [--duration SECONDS] [--no-setup] [--keep-logs]
+#   ./scripts/demo.sh  (as root) [--duration SECONDS] [--no-setup] [--keep-logs]
 #
 # As root: three network namespaces joined by a bridge (veth pairs), one cmanlkd per namespace,
 # transport udpu on 10.78.0.1-3. Without root: three daemons on 127.0.0.1, .2 and .3.
