@@ -114,3 +114,19 @@ def test_judge_sets_aside_what_cpg_cannot_show_but_keeps_real_faults():
     hist = {NodeId(n): to_history(r) for n, r in raw.items()}
     violations, _ = judge(hist, None)
     assert {v.prop for v in violations} >= {"delivery-config", "spurious"}
+
+
+def test_a_client_that_joined_late_is_excused_what_was_delivered_before_its_join():
+    from bench.chaos import LATE_JOIN_SLACK_NS, late_join_excuses
+
+    early = 1_000_000_000
+    late = early + 10 * LATE_JOIN_SLACK_NS
+    raw = {
+        1: [["boot", 0], ["config", 1, 1, 8, [1, 2]], ["deliver", early, 1, 8, 1, _p("a")]],
+        2: [["boot", early + 1], ["config", early + 2, 1, 8, [1, 2]]],
+    }
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    assert late_join_excuses(hist, NodeId(2))
+    raw[1].append(["deliver", late, 1, 8, 1, _p("b")])  # after node 2 joined: it is owed "b"
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    assert not late_join_excuses(hist, NodeId(2))
