@@ -288,6 +288,16 @@ class CpgService:
         self, ring_id: RingId, members: tuple[NodeId, ...], transitional_members: tuple[NodeId, ...]
     ) -> list[ServiceOutput]:
         """Compute our downlist: old members missing from the transitional configuration."""
+        out: list[ServiceOutput] = []
+        if self._held:
+            # The previous ring's sync was aborted: its messages are still held. Clients get that
+            # ring's totem view first, then its messages, so none arrives under a view without its
+            # sender nor after the next ring's confchg.
+            handles = self._all_handles()
+            if handles:
+                out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
+            out += [o for o in self._held if not isinstance(o, CpgTotemConfchg)]
+            self._held = []
         self._syncing = True
         self._sync_step = 0
         self._ring_id = ring_id
@@ -299,7 +309,7 @@ class CpgService:
         # already; stop throttling on it (module docstring, "Flow control").
         self._in_flight.clear()
         self._in_flight_bytes = 0
-        return []
+        return out
 
     def sync_process(self) -> tuple[bool, list[ServiceOutput]]:
         """Multicast DOWNLIST then (when we have local processes) JOINLIST; done at once."""
