@@ -98,7 +98,14 @@ def test_cmanlkd_nodes_reform_when_corosync_is_killed(mixed: Cluster) -> None:
     c.start(a)
     c.start(b)
     c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
+    pid = c.pid(c.corosync)  # type: ignore[attr-defined]
     c.kill(c.corosync)  # type: ignore[attr-defined]
+    shm = Path("/dev/shm")  # libqb's buffers and blackbox: a killed corosync leaves them behind
+    for leftover in [*shm.glob(f"qb-{pid}-*"), *shm.glob(f"qb-corosync-{pid}-*")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     c.wait_ring([a, b], members=sorted([a, b]), timeout_s=10.0)
 
 
