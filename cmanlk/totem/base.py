@@ -151,10 +151,6 @@ class TotemBase:
         if dests:
             self._out.append(Multicast(dests, wire.encode(packet)))
 
-    def _multicast_raw(self, to: tuple[NodeId, ...], data: bytes) -> None:
-        if to:
-            self._out.append(Multicast(to, data))
-
     def _everyone(self) -> tuple[NodeId, ...]:
         """Every node we know of: the configured nodelist and whoever is in our sets, but us."""
         known = set(self.config.nodes) | set(self.ring.members)
