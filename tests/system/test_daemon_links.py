@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.system.conftest import Cluster
-from tests.system.netns import Lab, ipv4, link_local, sh
+from tests.system.netns import Lab, ipv4, ula1
 
 pytestmark = pytest.mark.system
 
@@ -48,36 +48,17 @@ FAILOVER_BUDGET_MS = 250
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
 
 
-def ula1(node: int) -> str:
-    """Link 1 address of `node` (IPv6 ULA on eth1)."""
-    return f"fd78::{node:x}"
-
-
 # -- lab and configuration ---------------------------------------------------------------------------
 def add_second_link(lab: Lab, nodes: list[int]) -> None:
     """Add bridge br1 to the Lab's switch and an `eth1` (fd78::N/64, no DAD) per node on it."""
-    sh("ip", "-n", lab.switch, "link", "add", "br1", "type", "bridge")
-    sh("ip", "-n", lab.switch, "link", "set", "br1", "type", "bridge", "forward_delay", "0")
-    sh("ip", "-n", lab.switch, "link", "set", "br1", "up")
+    lab.add_bridge(1)
     for n in nodes:
-        port = f"q{n}"
-        sh("ip", "-n", lab.ns(n), "link", "add", "eth1", "type", "veth", "peer", "name", port,
-           "netns", lab.switch)
-        sh("ip", "-n", lab.switch, "link", "set", port, "master", "br1", "up")
-        sh("ip", "-n", lab.ns(n), "addr", "add", f"{ula1(n)}/64", "dev", "eth1", "nodad")
-        sh("ip", "-n", lab.ns(n), "link", "set", "eth1", "up")
+        lab.add_nic(n, 1)
 
 
 def recreate_eth0(lab: Lab, node: int) -> None:
     """Re-create node's eth0 exactly as the Lab made it (same name, addresses, bridge port)."""
-    port = f"p{node}"
-    sh("ip", "-n", lab.switch, "link", "del", port, check=False)
-    sh("ip", "-n", lab.ns(node), "link", "add", "eth0", "type", "veth", "peer", "name", port,
-       "netns", lab.switch)
-    sh("ip", "-n", lab.switch, "link", "set", port, "master", "br0", "up")
-    sh("ip", "-n", lab.ns(node), "addr", "add", f"{ipv4(node)}/24", "dev", "eth0")
-    sh("ip", "-n", lab.ns(node), "addr", "add", f"{link_local(node)}/64", "dev", "eth0", "nodad")
-    sh("ip", "-n", lab.ns(node), "link", "set", "eth0", "up")
+    lab.add_nic(node, 0)
 
 
 def native_config(c: Cluster, node: int, links: int, key: str) -> str:
@@ -266,7 +247,7 @@ def test_carrier_loss_from_the_far_end_fails_over(cluster_factory: Callable[...,
     """Carrier loss proper: the bridge-side end of node 1's veth goes down, eth0 stays admin up."""
     c = start_two_link_ring(cluster_factory)
     before = snapshot(c)
-    failover_ms = cut_and_measure(c, lambda: sh("ip", "-n", c.lab.switch, "link", "set", "p1", "down"),
+    failover_ms = cut_and_measure(c, lambda: c.lab.carrier(1, 0, up=False),
                                   "carrier loss on node 1's eth0 (peer end down)")
     assert failover_ms < FAILOVER_BUDGET_MS
     c.wait_until(lambda: link_status(c, 1, 0).get("reason", "").endswith("no carrier"), STATUS_WAIT_S,
@@ -274,7 +255,7 @@ def test_carrier_loss_from_the_far_end_fails_over(cluster_factory: Callable[...,
     lk = link_status(c, 1, 0)
     assert lk["up"] and lk["reason"].endswith("no carrier"), lk
     assert_whole_and_unchanged(c, before, "carrier loss")
-    sh("ip", "-n", c.lab.switch, "link", "set", "p1", "up")
+    c.lab.carrier(1, 0, up=True)
     c.wait_until(lambda: all(link_usable(c, n, 0) for n in c.nodes), STATUS_WAIT_S, "link 0 back (carrier)")
     assert_whole_and_unchanged(c, before, "carrier back")
 

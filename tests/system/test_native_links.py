@@ -118,7 +118,7 @@ def spec(
 
 @pytest.fixture
 def lab() -> Iterator[LinkLab]:
-    lab = LinkLab(2)
+    lab = LinkLab(count=2)
     try:
         lab.create()
         yield lab
