@@ -6,6 +6,7 @@ A service is a pure object the Stack (cmanlk/stack.py) drives with totem-ordered
   then regular), *before* synchronisation runs — corosync's `confchg_fn`;
 - `sync_init` / `sync_process` / `sync_activate` / `sync_abort` — the sync v2 callbacks
   (corosync exec/sync.c), called in ascending service id order after each regular configuration;
+  A service without sync callbacks (cfg) says `synchronises = False` and is left out of sync;
 - `on_message(sender, function, message)` for every message of group "a" whose libqb header names
   this service (`id >> 16 == service_id`), in agreed order — corosync's exec handler table.
 
@@ -141,6 +142,15 @@ class LocalRequestHandler(Protocol):
     def on_local_request(self, request: object) -> list[ServiceOutput]:
         """Carry out a local client's request; returns what to send and notify."""
         ...
+
+
+def takes_part_in_sync(service: Service) -> bool:
+    """Is `service` listed in SERVICE_BUILD and synchronised after each configuration?
+
+    A service sets a class attribute `synchronises = False` when it has no sync callbacks
+    (corosync's cfg: `sync_init` NULL, so it is absent from the sync list); default True.
+    """
+    return getattr(service, "synchronises", True) is not False
 
 
 class ServiceFactory(Protocol):

@@ -40,6 +40,7 @@ from cmanlk.service import (
     ServiceFactory,
     ServiceOutput,
     TimedService,
+    takes_part_in_sync,
 )
 from cmanlk.sync import SendSync, Sync, SyncCompleted, SyncOutput
 from cmanlk.totem.actions import (
@@ -180,7 +181,8 @@ class Stack:
             if svc.service_id in self.services:
                 raise ValueError(f"two services with id {svc.service_id}")
             self.services[svc.service_id] = svc
-        self.sync = Sync(me, list(self.services.values()))
+        # Services without sync callbacks (cfg) are not in the sync list, as in corosync.
+        self.sync = Sync(me, [s for s in self.services.values() if takes_part_in_sync(s)])
         self.ring_id: RingId | None = None
         self.members: tuple[NodeId, ...] = ()
         self.stats: dict[str, int] = {}

@@ -165,3 +165,30 @@ def c_string(raw: bytes) -> bytes:
     """Return a fixed-size C char array's contents up to its first NUL."""
     nul = raw.find(b"\0")
     return raw if nul < 0 else raw[:nul]
+
+
+# mar_name_t (corosync include/corosync/mar_gen.h): u16 length in an 8-byte slot, then
+# value[CS_MAX_NAME_LENGTH] starting at offset 8, 264 bytes in all. Writers store the length of
+# the text plus its NUL (libcfg: strlen + 1) and NUL-terminate the value.
+MAR_NAME_VALUE_MAX = 256  # CS_MAX_NAME_LENGTH
+MAR_NAME_SIZE = 8 + MAR_NAME_VALUE_MAX
+_MAR_NAME = struct.Struct(f"<H6x{MAR_NAME_VALUE_MAX}s")
+
+
+def encode_mar_name(text: bytes) -> bytes:
+    """Return the 264-byte mar_name_t holding `text` (ValueError past 255 bytes or with a NUL)."""
+    if len(text) >= MAR_NAME_VALUE_MAX or b"\0" in text:
+        raise ValueError(f"name of {len(text)} bytes does not fit a mar_name_t")
+    return _MAR_NAME.pack(len(text) + 1, text)
+
+
+def decode_mar_name(raw: bytes, offset: int = 0) -> bytes:
+    """Return the text of the mar_name_t at `offset`: up to its length and first NUL.
+
+    A length past the value array is clamped to it (corosync's marshall_from_mar_name_t copies
+    at most CS_MAX_NAME_LENGTH). Raises MalformedPacket when fewer than 264 bytes remain.
+    """
+    if len(raw) < offset + MAR_NAME_SIZE:
+        raise MalformedPacket("mar_name_short", f"{len(raw) - offset} bytes")
+    length, value = _MAR_NAME.unpack_from(raw, offset)
+    return c_string(value[: min(length, MAR_NAME_VALUE_MAX)])
