@@ -48,6 +48,10 @@ KILLNODE_REASON_OFFSET = 24
 KILLNODE_SIZE = KILLNODE_REASON_OFFSET + svcwire.MAR_NAME_SIZE  # 288, as sizeof() on x86-64
 REASON_MAX_BYTES = svcwire.MAR_NAME_VALUE_MAX - 1  # libcfg: CS_ERR_NAME_TOO_LONG from 256 on
 
+KILL_REASON = "Killed by an administrator (cmanlk-tool kill)"
+"""The reason cmanlkd sends with a kill from its local API (corosync-cfgtool's: "Killed by
+corosync-cfgtool")."""
+
 _U32 = struct.Struct("<I")
 _IGNORED = {
     MESSAGE_REQ_EXEC_CFG_RINGREENABLE: "cfg_ringreenable_ignored",

@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("votes", type=int)
     p.add_argument("-n", "--nodeid", type=int, default=0)
     p.set_defaults(run=_cmd_votes)
-    p = sub.add_parser("kill", help="ask a node to leave the cluster (root)")
+    p = sub.add_parser("kill", help="make a member leave the cluster; its daemon exits (root)")
     p.add_argument("nodeid", type=int)
     p.set_defaults(run=_cmd_kill)
     p = sub.add_parser("fence-ack", help="confirm a node is fenced so DLM recovery goes on (root)")
@@ -296,8 +296,11 @@ def _cmd_leave(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_kill(args: argparse.Namespace, out: TextIO) -> int:
     with _connect(args) as c:
-        c.kill(args.nodeid)
-    out.write(f"node {args.nodeid} asked to leave\n")
+        result = c.call("kill", {"nodeid": args.nodeid})
+    if result.get("result") == "leaving":
+        out.write(f"node {args.nodeid} is this node: leaving the cluster\n")
+    else:
+        out.write(f"node {args.nodeid}: kill request sent; it leaves the cluster and its daemon exits\n")
     return EXIT_OK
 
 

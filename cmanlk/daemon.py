@@ -12,7 +12,9 @@ Process behaviour:
 - One daemon per run directory: `<run_dir>/cmanlkd.pid` is locked for the daemon's lifetime.
 
 Exit codes: 0 left cleanly (or --check-config found no error), 1 configuration error,
-2 usage error, 3 runtime failure (sockets, directories, another instance), 4 internal error.
+2 usage error, 3 runtime failure (sockets, directories, another instance), 4 internal error,
+5 killed: a peer's kill request (cmanlk-tool kill, corosync-cfgtool -k) named this node; it left
+the ring and must not be restarted automatically (the unit has RestartPreventExitStatus=5).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ EXIT_CONFIG = 1
 EXIT_USAGE = 2
 EXIT_RUNTIME = 3
 EXIT_INTERNAL = 4
+EXIT_KILLED = 5
 
 LOCAL_ADDRESS_WAIT_S = 30.0
 """How long to wait at start for one of the nodelist addresses to appear on this host (boot
@@ -151,6 +154,14 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
     except Exception as exc:  # a bug somewhere below: logged with its traceback, distinct exit code
         log.critical("internal error: %r", exc, exc_info=True)
         return EXIT_INTERNAL
+    if node.killed_by is not None:
+        log.error(
+            "exiting with status %d: killed by node %d (%s); start the daemon again to rejoin",
+            EXIT_KILLED,
+            node.killed_by.requester,
+            node.killed_by.reason,
+        )
+        return EXIT_KILLED
     log.info("left the cluster; exiting")
     return EXIT_OK
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from cmanlk.cfgsvc import CfgService, KilledByNode, KillRequested, NodeShutDown
 from cmanlk.cmapsync import ConfigVersionMismatch
 from cmanlk.config import ClusterConfig
 from cmanlk.cpg import CpgService
@@ -197,6 +198,8 @@ class Node:
         self._started_at = time.time()
         self._persisted_seq = 0
         self._delivered = 0
+        self.killed_by: KilledByNode | None = None
+        """Set when a peer's kill request (cfg KILLNODE) named us; the daemon then exits 5."""
 
     # -- public API -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -344,7 +347,7 @@ class Node:
             return Totem(totem_cfg, self.me, self.rng, ring_seq)
         # cpg (service 2) always runs: corosync peers sync it, and local clients use it.
         services = default_services(
-            self.config.quorum, self.config.config_version, (CpgService, *self.extra_services)
+            self.config.quorum, self.config.config_version, (CfgService, CpgService, *self.extra_services)
         )
         stack_cfg = StackConfig(totem_cfg, self.config.quorum, services, self.config.config_version)
         return Stack(stack_cfg, self.me, self.rng, ring_seq)
@@ -503,6 +506,16 @@ class Node:
                 self._status_dirty = True
             case ConfigVersionMismatch():
                 log.error("totem.config_version differs from a peer's: %s", note)
+            case KilledByNode(requester=requester, reason=reason) if self.killed_by is None:
+                # corosync's cfg exits here ("Killed by node R : reason"); we leave cleanly so the
+                # others re-form at once, and the daemon exits with its "killed" status.
+                log.critical("killed by node %d: %s; leaving the cluster", requester, reason)
+                self.killed_by = note
+                self._post("leave", None)
+            case KillRequested(requester=requester, target=target, reason=reason):
+                log.warning("node %d asked node %d to leave the cluster: %s", requester, target, reason)
+            case NodeShutDown(nodeid=nodeid):
+                log.info("node %d is being shut down by its administrator", nodeid)
             case _:
                 log.debug("notification %s", note)
 
@@ -657,7 +670,8 @@ class NodeIpcBackend:
 
     `status()` is the node's NodeStatus plus the nodelist, the quorum decision, flat per-peer link
     states and the cpg groups; `submit()` feeds Stack events; `admin()` serves LeaveCluster
-    (graceful leave, then the daemon exits) and refuses the rest with `not_supported`.
+    (graceful leave, then the daemon exits), KillNode (cfg KILLNODE) and the DLM commands, and
+    refuses the rest with `not_supported`.
     """
 
     def __init__(self, node: Node, dlm: Any = None) -> None:
@@ -708,10 +722,19 @@ class NodeIpcBackend:
         self.node.remove_listener(listener)
 
     async def admin(self, command: object) -> dict[str, Any]:
-        """LeaveCluster: leave and exit. Anything else raises UsageError("not_supported")."""
-        from cmanlk.runtime.ipc import LeaveCluster
+        """LeaveCluster: leave and exit. KillNode: our own id is a leave; another member gets the
+        cfg KILLNODE (UsageError "not_found" when not a member). Else UsageError("not_supported")."""
+        from cmanlk.runtime.ipc import KillNode, LeaveCluster
 
-        if isinstance(command, LeaveCluster):
+        if isinstance(command, KillNode) and command.nodeid != self.node.me:
+            from cmanlk.cfgsvc import KILL_REASON, KillNodeRequest
+            from cmanlk.service import CFG_SERVICE
+            from cmanlk.stack import ServiceRequest
+
+            kill = KillNodeRequest(command.nodeid, KILL_REASON)
+            await self.node.request(lambda now, rid: ServiceRequest(now, CFG_SERVICE, kill, rid))
+            return {"result": "kill_sent", "nodeid": command.nodeid}
+        if isinstance(command, LeaveCluster | KillNode):
             self.node.request_leave()
             return {"result": "leaving", "node_id": self.node.me}
         from cmanlk.runtime.ipc import DlmStatus, FenceAck

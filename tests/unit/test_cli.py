@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cmanlk import cli
-from cmanlk.runtime.ipc import DlmStatus
+from cmanlk.runtime.ipc import DlmStatus, KillNode
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness, harness
 
@@ -143,3 +143,12 @@ def test_monitor_prints_current_view_then_changes(harness: Harness):
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(x["event"], x["data"]["current"]) for x in lines] == [("track", True), ("track", False)]
     assert lines[1]["data"]["changes"] == [{"nodeid": 3, "name": "node3", "change": "joined"}]
+
+
+def test_kill_reports_what_the_daemon_did(harness: Harness):
+    harness.backend.admin_results[KillNode] = {"result": "kill_sent", "nodeid": 2}
+    code, text = run(harness, "kill", "2")
+    assert code == 0 and text == "node 2: kill request sent; it leaves the cluster and its daemon exits\n"
+    assert harness.backend.admin_log[-1] == KillNode(NodeId(2))
+    harness.backend.admin_results[KillNode] = {"result": "leaving", "node_id": 1}
+    assert run(harness, "kill", "1") == (0, "node 1 is this node: leaving the cluster\n")
