@@ -4,6 +4,8 @@ One node runs the real corosync, the other two cmanlkd. With corosync as node 1 
 representative (it creates the commit tokens); with corosync as node 3 a cmanlkd node is. corosync
 must list the cmanlkd nodes as joined members (corosync-cmapctl runtime.members), count their
 votes (corosync-quorumtool), and see a kill -9 of one as a failure and a SIGTERM as a leave.
+Kill requests cross both ways (cfg KILLNODE): corosync-cfgtool -k stops a cmanlkd node, and
+cmanlk-tool kill stops corosync.
 """
 
 from __future__ import annotations
@@ -100,13 +102,48 @@ def test_cmanlkd_nodes_reform_when_corosync_is_killed(mixed: Cluster) -> None:
     c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
     pid = c.pid(c.corosync)  # type: ignore[attr-defined]
     c.kill(c.corosync)  # type: ignore[attr-defined]
-    shm = Path("/dev/shm")  # libqb's buffers and blackbox: a killed corosync leaves them behind
+    _remove_corosync_shm(pid)
+    c.wait_ring([a, b], members=sorted([a, b]), timeout_s=10.0)
+
+
+def _remove_corosync_shm(pid: int) -> None:
+    """Remove the libqb buffers and blackbox a corosync that did not shut down leaves in /dev/shm."""
+    shm = Path("/dev/shm")
     for leftover in [*shm.glob(f"qb-{pid}-*"), *shm.glob(f"qb-corosync-{pid}-*")]:
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    c.wait_ring([a, b], members=sorted([a, b]), timeout_s=10.0)
+
+
+def test_kill_requests_cross_between_corosync_and_cmanlkd(mixed: Cluster) -> None:
+    """corosync-cfgtool -k stops a cmanlkd node (exit 5, requester logged); cmanlk-tool kill
+    stops the corosync node (it logs "Killed by node N" and exits), as cfg's KILLNODE does."""
+    c, a, b = mixed, *mixed.ours  # type: ignore[attr-defined]
+    cs: int = c.corosync  # type: ignore[attr-defined]
+    c.start(a)
+    c.start(b)
+    c.wait_ring([a, b], members=[1, 2, 3], timeout_s=15.0)
+    c.wait_until(lambda: corosync_members(c) == {1: "joined", 2: "joined", 3: "joined"}, 10.0, "joined")
+    killed = c.lab.run(cs, "corosync-cfgtool", "-k", str(b), check=False)
+    assert killed.returncode == 0, killed.stderr
+    c.wait_until(lambda: not c.alive(b), 10.0, f"cmanlkd node {b} exits")
+    assert c.procs.pop(b).returncode == 5  # gone for good: later waits must not count it as a failure
+    assert f"killed by node {cs}: Killed by corosync-cfgtool" in c.log_path(b).read_text()
+    c.wait_ring([a], members=sorted([a, cs]), timeout_s=10.0)
+
+    pid = c.pid(cs)
+    tool = [sys.executable, "-m", "cmanlk.cli", "-s", str(c.run_dir(a) / "cmanlk.sock"), "kill", str(cs)]
+    done = subprocess.run(tool, capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    try:
+        c.wait_until(lambda: not c.alive(cs), 10.0, "corosync exits")
+    finally:
+        if not c.alive(cs):
+            _remove_corosync_shm(pid)  # it exits without its normal shutdown, also when we fail
+    assert c.procs.pop(cs).returncode == 255  # corosync_fatal_error(COROSYNC_FATAL_ERROR_EXIT): exit(-1)
+    assert f"Killed by node {a} : Killed by an administrator (cmanlk-tool kill)" in _corosync_log(c)
+    c.wait_ring([a], members=[a], timeout_s=15.0)
 
 
 def test_corosync_sees_a_cmanlkd_failure_and_a_leave(mixed: Cluster) -> None:
