@@ -24,7 +24,7 @@ Synchronisation after each regular configuration (sync v2, `sync_*`):
   group with reason 3 (node down); processes named in other nodes' JOINLISTs that we did not
   know join with reason 4 (node up); remote processes named by no JOINLIST are removed with
   reason 5 (process down; they left while we were apart); then the totem confchg (ring id and
-  members) goes to every handle.
+  members) goes to every handle; then the client messages deferred during the sync are applied.
 
 Deviations from corosync, with reasons:
 - corosync 3 applies its *own* downlist (received DOWNLISTs are only logged; the downlist
@@ -38,6 +38,10 @@ Deviations from corosync, with reasons:
   the handle never returns to UNJOINED); we unjoin the handle once its PROCLEAVE is delivered.
 - corosync pauses IPC during sync; we refuse join/leave/mcast with `try_again` while
   synchronising (libcpg callers retry CS_ERR_TRY_AGAIN the same way).
+- corosync's totemsrp holds application messages behind the sync messages until sync completes
+  (two send queues, waiting_trans_ack); our Totem has one queue, so PROCJOIN/PROCLEAVE/MCAST
+  queued under the old ring can be delivered during the new ring's sync. We defer them and apply
+  them, in agreed order, after sync_activate (`on_message`): the same effect for every member.
 - PARTIAL_MCAST (libcpg's fragments of messages larger than its IPC chunk) is reassembled here
   and delivered whole, since our clients get whole messages. We never send it: our MCAST carries
   up to MAX_MESSAGE_BYTES and totempg fragments it.
@@ -120,7 +124,12 @@ MAX_PARTIAL_BYTES = 16 * MESSAGE_SIZE_MAX
 # --- local requests (the `request` of a Stack ServiceRequest for service 2) -----------------------
 
 
-MAX_HELD_OUTPUTS = 65_536  # notifications held during one sync; past it they go out at once (counted).
+MAX_DEFERRED_MESSAGES = 65_536
+"""Client-originated messages (PROCJOIN/PROCLEAVE/MCAST/PARTIAL_MCAST) deferred while a ring is
+being synchronised; past it (or MAX_DEFERRED_BYTES) they are applied at once and counted."""
+MAX_DEFERRED_BYTES = 64 * MESSAGE_SIZE_MAX
+"""Bytes of deferred messages. Clients get try_again during a sync, so what is delivered then was
+queued before the ring changed: at most every member's totem send queue (4 MiB each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +277,10 @@ class CpgService:
         self._downlist: tuple[NodeId, ...] = ()
         self._joinlists: list[tuple[NodeId, int, bytes]] = []
         self._syncing = False
-        self._held: list[ServiceOutput] = []  # client notifications of the new ring, until its confchg
+        # Client-originated messages delivered while synchronising, applied after sync_activate
+        # (on_message): (sender, function, message) in agreed order, and their total size.
+        self._deferred: list[tuple[NodeId, int, bytes]] = []
+        self._deferred_bytes = 0
         self._synced_once = False
         self._sync_step = 0  # 0: send DOWNLIST next, 1: send JOINLIST next, 2: done
         self._send_seq = 0
@@ -289,15 +301,9 @@ class CpgService:
     ) -> list[ServiceOutput]:
         """Compute our downlist: old members missing from the transitional configuration."""
         out: list[ServiceOutput] = []
-        if self._held:
-            # The previous ring's sync was aborted: its messages are still held. Clients get that
-            # ring's totem view first, then its messages, so none arrives under a view without its
-            # sender nor after the next ring's confchg.
-            handles = self._all_handles()
-            if handles:
-                out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
-            out += [o for o in self._held if not isinstance(o, CpgTotemConfchg)]
-            self._held = []
+        # Messages deferred during an aborted sync stay deferred: they go out after this ring's
+        # sync_activate, like corosync's messages that wait for the trans ack (on_message). Clients
+        # never see the aborted ring, as in corosync (its totem confchg is only sent at activation).
         self._syncing = True
         self._sync_step = 0
         self._ring_id = ring_id
@@ -340,10 +346,12 @@ class CpgService:
         handles = self._all_handles()
         if handles:
             out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
-        # A held initial totem confchg (a join completed during the sync) is stale now: its client
-        # is among `handles` and has just been told the new ring.
-        out += [o for o in self._held if not isinstance(o, CpgTotemConfchg)]
-        self._held = []
+        deferred, self._deferred, self._deferred_bytes = self._deferred, [], 0
+        for sender, function, message in deferred:
+            try:
+                out += self._apply_message(sender, function, message)
+            except MalformedPacket:  # validated when deferred; kept for safety, never raised out
+                self._count("deferred_malformed")
         return out
 
     def sync_abort(self) -> None:
@@ -353,19 +361,34 @@ class CpgService:
     # --- Service: messages --------------------------------------------------------------------------
 
     def on_message(self, sender: NodeId, function: int, message: bytes) -> list[ServiceOutput]:
-        """Apply one cpg message in agreed order. Raises MalformedPacket for undecodable ones.
+        """Apply one cpg message in agreed order; return the client notifications it causes.
 
-        While a new ring is being synchronised, the state changes apply at once but what clients
-        are told is held back until the ring's totem confchg has gone out (sync_activate): a client
-        never sees a message of the new ring before the configuration that contains its sender.
+        Raises MalformedPacket for undecodable ones (also when deferred: they are checked first).
+
+        Client-originated messages (PROCJOIN, PROCLEAVE, MCAST, PARTIAL_MCAST) delivered while a
+        ring is being synchronised are deferred, in order, until its sync_activate — and across an
+        aborted sync until the next one completes. corosync never delivers them during a sync:
+        totemsrp puts what is queued from the transitional configuration on, and everything still
+        unsent in the old queue, behind the sync messages until sync completes (waiting_trans_ack,
+        totemsrp_trans_ack from corosync_sync_completed). Our Totem has one queue, so messages
+        queued under the old ring reach the new ring during its sync. Applied then, a member that
+        already knew the sender's process delivered them and a member that learns it only from the
+        JOINLIST dropped them ("unknown node") — two members of the same ring delivering different
+        messages (bench.chaos seed 7: ring 2.50 of nodes 2 and 3, each delivering only its own
+        old-ring messages). Applied after the downlist and joinlists, every member decides with
+        the same process list at the same point of the agreed order.
         """
-        out = self._apply_message(sender, function, message)
-        if self._syncing and out and len(self._held) < MAX_HELD_OUTPUTS:
-            self._held.extend(out)
-            return []
-        if self._syncing and out:
-            self._count("held_outputs_overflow")
-        return out
+        if self._syncing and function in _CLIENT_FUNCTIONS:
+            _validate(function, message)
+            if (
+                len(self._deferred) < MAX_DEFERRED_MESSAGES
+                and self._deferred_bytes + len(message) <= MAX_DEFERRED_BYTES
+            ):
+                self._deferred.append((sender, function, message))
+                self._deferred_bytes += len(message)
+                return []
+            self._count("deferred_overflow")
+        return self._apply_message(sender, function, message)
 
     def _apply_message(self, sender: NodeId, function: int, message: bytes) -> list[ServiceOutput]:
         if function == MESSAGE_REQ_EXEC_CPG_PROCJOIN:
@@ -677,6 +700,29 @@ class CpgService:
 
     def _count(self, reason: str) -> None:
         self.stats[reason] = self.stats.get(reason, 0) + 1
+
+
+_CLIENT_FUNCTIONS = frozenset(
+    {
+        MESSAGE_REQ_EXEC_CPG_PROCJOIN,
+        MESSAGE_REQ_EXEC_CPG_PROCLEAVE,
+        MESSAGE_REQ_EXEC_CPG_MCAST,
+        MESSAGE_REQ_EXEC_CPG_PARTIAL_MCAST,
+    }
+)
+"""Functions a client's request causes (deferred during a sync); DOWNLIST/JOINLIST are sync's own."""
+
+
+def _validate(function: int, message: bytes) -> None:
+    """Decode a client-originated message as _apply_message will. Raises MalformedPacket."""
+    if function == MESSAGE_REQ_EXEC_CPG_MCAST:
+        decode_mcast(message)
+    elif function == MESSAGE_REQ_EXEC_CPG_PARTIAL_MCAST:
+        decode_partial_mcast(message)
+    else:
+        req = decode_procjoin(message)
+        if function == MESSAGE_REQ_EXEC_CPG_PROCLEAVE and not REASON_JOIN <= req.reason <= REASON_PROCDOWN:
+            raise MalformedPacket("cpg_procleave_reason", f"reason {req.reason}")
 
 
 def _check_group(group: bytes) -> None:

@@ -1,0 +1,133 @@
+"""cpg across a ring change: what two members of the same new ring tell their clients.
+
+Found by bench.chaos (seed 7, udpu, 60 s): nodes 2 and 3, each alone in its own ring with a
+group member, merge into ring R. Messages each had queued under its old ring are delivered in R
+during R's synchronisation (our Totem has one send queue; corosync keeps them behind the sync
+messages until sync completes). Applied at once, node 3 dropped node 2's messages ("unknown node":
+it learns node 2's process only from node 2's JOINLIST) and node 2 dropped node 3's — each client
+delivered only its own old-ring messages in R, a virtual-synchrony and agreed-order violation.
+"""
+
+from __future__ import annotations
+
+from cmanlk import cpgwire as cw
+from cmanlk.cpg import (
+    CpgAddress,
+    CpgConfchg,
+    CpgDeliver,
+    CpgJoin,
+    CpgMcast,
+    CpgService,
+    CpgTotemConfchg,
+    Handle,
+)
+from cmanlk.service import Notification, SendMessage
+from cmanlk.types import NodeId, RingId
+
+N2, N3 = NodeId(2), NodeId(3)
+G = b"chaos"
+R = RingId(0x50, N2)
+
+
+def _alone(me: NodeId, handle: Handle, pid: int) -> CpgService:
+    """A node synchronised alone in its own ring, with one local group member."""
+    svc = CpgService(me)
+    svc.sync_init(RingId(0x40, me), (me,), (me,))
+    svc.sync_process()
+    svc.sync_activate()
+    for o in svc.on_local_request(CpgJoin(handle, G, pid)):
+        assert isinstance(o, SendMessage)
+        svc.on_message(me, o.function, o.message)
+    return svc
+
+
+def _mcast(svc: CpgService, handle: Handle, payload: bytes) -> tuple[int, bytes]:
+    (o,) = svc.on_local_request(CpgMcast(handle, G, payload))
+    assert isinstance(o, SendMessage)
+    return o.function, o.message
+
+
+def _merge(
+    nodes: dict[NodeId, CpgService],
+    during_sync: list[tuple[NodeId, int, bytes]],
+    ring: RingId,
+    members: tuple[NodeId, ...],
+) -> dict[NodeId, list[Notification]]:
+    """Run one synchronisation of `ring` with `during_sync` delivered (in this agreed order, to
+    every node) right after sync_init, then every node's DOWNLIST/JOINLIST, then activation."""
+    out: dict[NodeId, list[Notification]] = {n: [] for n in nodes}
+    for n, svc in nodes.items():
+        out[n] += [o for o in svc.sync_init(ring, members, (n,)) if isinstance(o, Notification)]
+    sync_msgs: list[tuple[NodeId, int, bytes]] = []
+    for n, svc in nodes.items():
+        _done, outs = svc.sync_process()
+        sync_msgs += [(n, o.function, o.message) for o in outs if isinstance(o, SendMessage)]
+    for sender, function, message in during_sync + sync_msgs:
+        for n, svc in nodes.items():
+            out[n] += [o for o in svc.on_message(sender, function, message) if isinstance(o, Notification)]
+    for n, svc in nodes.items():
+        out[n] += [o for o in svc.sync_activate() if isinstance(o, Notification)]
+    return out
+
+
+def test_old_ring_messages_delivered_during_sync_reach_every_member_after_the_confchg() -> None:
+    h2, h3 = Handle(20), Handle(30)
+    svc2, svc3 = _alone(N2, h2, 1002), _alone(N3, h3, 1003)
+    # Queued under the old rings, delivered in R during its sync (agreed order: node 3's first).
+    during = [(N3, *_mcast(svc3, h3, b"n3-old")), (N2, *_mcast(svc2, h2, b"n2-old"))]
+    notes = _merge({N2: svc2, N3: svc3}, during, R, (N2, N3))
+    for n, h in ((N2, h2), (N3, h3)):
+        kinds = [type(x).__name__ for x in notes[n]]
+        assert kinds == ["CpgConfchg", "CpgTotemConfchg", "CpgDeliver", "CpgDeliver"], (n, kinds)
+        assert notes[n][1] == CpgTotemConfchg((h,), R, (N2, N3))
+        delivered = [(d.nodeid, d.payload) for d in notes[n] if isinstance(d, CpgDeliver)]
+        assert delivered == [(N3, b"n3-old"), (N2, b"n2-old")]
+        conf = notes[n][0]
+        assert isinstance(conf, CpgConfchg)
+        assert conf.members == (CpgAddress(N2, 1002), CpgAddress(N3, 1003))
+    assert "mcast_unknown_node" not in svc2.stats and "mcast_unknown_node" not in svc3.stats
+
+
+def test_messages_deferred_by_an_aborted_sync_go_out_after_the_next_one_completes() -> None:
+    h2, h3 = Handle(20), Handle(30)
+    svc2, svc3 = _alone(N2, h2, 1002), _alone(N3, h3, 1003)
+    nodes = {N2: svc2, N3: svc3}
+    early = [(N3, *_mcast(svc3, h3, b"n3-old"))]
+    seen: dict[NodeId, list[Notification]] = {n: [] for n in nodes}
+    for n, svc in nodes.items():
+        seen[n] += [o for o in svc.sync_init(R, (N2, N3), (n,)) if isinstance(o, Notification)]
+    for sender, function, message in early:
+        for n, svc in nodes.items():
+            seen[n] += [o for o in svc.on_message(sender, function, message) if isinstance(o, Notification)]
+    for svc in nodes.values():
+        svc.sync_abort()  # R never completes: clients are not told of R nor get its messages yet
+    assert seen == {N2: [], N3: []}
+    r2 = RingId(0x54, N2)
+    notes = _merge(nodes, [], r2, (N2, N3))
+    for n in nodes:
+        totems = [x for x in notes[n] if isinstance(x, CpgTotemConfchg)]
+        assert [t.ring_id for t in totems] == [r2]
+        delivered = [(d.nodeid, d.payload) for d in notes[n] if isinstance(d, CpgDeliver)]
+        assert delivered == [(N3, b"n3-old")]
+        first_delivery = next(i for i, x in enumerate(notes[n]) if isinstance(x, CpgDeliver))
+        assert notes[n].index(totems[0]) < first_delivery
+
+
+def test_procjoin_delivered_during_sync_completes_after_activation_with_the_new_ring() -> None:
+    h2 = Handle(20)
+    svc2 = _alone(N2, h2, 1002)
+    svc3 = CpgService(N3)
+    svc3.sync_init(RingId(0x40, N3), (N3,), (N3,))
+    svc3.sync_process()
+    svc3.sync_activate()
+    h3 = Handle(30)
+    (join,) = svc3.on_local_request(CpgJoin(h3, G, 1003, initial_totem_conf=True))
+    assert isinstance(join, SendMessage)
+    notes = _merge({N2: svc2, N3: svc3}, [(N3, join.function, join.message)], R, (N2, N3))
+    # Node 3's JOINLIST did not name the process (its join was not applied yet); both nodes apply
+    # the join after activation, and node 3's client gets its initial view as the new ring.
+    for svc in (svc2, svc3):
+        assert svc.members_of(G) == ((N2, 1002), (N3, 1003))
+    joined2 = [c for c in notes[N2] if isinstance(c, CpgConfchg)]
+    assert joined2[-1].joined == (CpgAddress(N3, 1003, cw.REASON_JOIN),)
+    assert notes[N3][-1] == CpgTotemConfchg((h3,), R, (N2, N3))
