@@ -143,6 +143,21 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FenceDeviceConfig:
+    """The fence device of one node, from `cmanlk { fence {...} }` (defaults merged; docs/config.md).
+
+    `options` are the agent's key=value stdin lines after `action` and `nodename`, in file order
+    (the defaults block's first, a node's own keys replacing them in place).
+    """
+
+    nodeid: NodeId
+    agent: str
+    nodename: str
+    options: tuple[tuple[str, str], ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class CmanlkSettings:
     """Our own section `cmanlk {}` (falls back to corosync's `system.state_dir`, `totem.keyfile`).
 
@@ -162,6 +177,12 @@ class CmanlkSettings:
     """Keep a lockspace stopped after a member failure until the node is fenced or acknowledged."""
     dlm_fence_agent: str | None = None
     """Fence agent run for every failed node (stdin: action=off, nodename=<nodelist name>)."""
+    fence_devices: tuple[FenceDeviceConfig, ...] = ()
+    """Every node that has a fence device (`fence {}` blocks and `dlm_fence_agent`), by node id."""
+
+    def fence_device(self, nodeid: NodeId) -> FenceDeviceConfig | None:
+        """Return the fence device of `nodeid`, or None (only `cmanlk-tool fence-ack` fences it)."""
+        return next((d for d in self.fence_devices if d.nodeid == nodeid), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,7 +593,7 @@ class _Reader:
         quorum, provider = self._quorum(_merged(top.get("quorum"), "quorum"), nodes)
         logging_cfg = self._logging(_merged(top.get("logging"), "logging"))
         cmanlk = self._cmanlk(
-            _merged(top.get("cmanlk"), "cmanlk"), _merged(top.get("system"), "system"), totem_vals
+            _merged(top.get("cmanlk"), "cmanlk"), _merged(top.get("system"), "system"), totem_vals, nodes
         )
         self._check_addresses(nodes, links, transport, totem_vals)
         if self.errors or totem is None:
@@ -873,8 +894,10 @@ class _Reader:
             subsys_debug=tuple(subsys),
         )
 
-    def _cmanlk(self, sec: _Section, system: _Section, tv: dict[str, tuple[Any, int]]) -> CmanlkSettings:
-        for sub in [*sec.sections, *system.sections]:
+    def _cmanlk(
+        self, sec: _Section, system: _Section, tv: dict[str, tuple[Any, int]], nodes: tuple[NodeConfig, ...]
+    ) -> CmanlkSettings:
+        for sub in [*(s for s in sec.sections if s.name != "fence"), *system.sections]:
             self.warn(sub.line, sub.path, "unknown section, ignored")
         v = self.values(sec, _CMANLK)
         sv = self.values(system, _SYSTEM, _SYSTEM_IGNORED)
@@ -888,7 +911,105 @@ class _Reader:
             dlm=_get(v, "dlm", defaults.dlm),
             dlm_fencing=_get(v, "dlm_fencing", defaults.dlm_fencing),
             dlm_fence_agent=_get(v, "dlm_fence_agent", None),
+            fence_devices=self._fence_devices([s for s in sec.sections if s.name == "fence"], nodes, v),
         )
+
+    # -- fencing (cmanlk { dlm_fence_agent, fence {} }) ----------------------------------------
+    def _fence_devices(
+        self, secs: list[_Section], nodes: tuple[NodeConfig, ...], cv: dict[str, tuple[Any, int]]
+    ) -> tuple[FenceDeviceConfig, ...]:
+        """Resolve the `fence {}` blocks: one without `node` holds defaults, one per node overrides.
+
+        Every node gets a device when an agent is known for it (its block, the defaults block or
+        `dlm_fence_agent`); the others can only be fenced by `cmanlk-tool fence-ack`.
+        """
+        blocks = [self._fence_block(sec) for sec in secs]
+        defaults = [b for b in blocks if b.node is None]
+        for extra in defaults[1:]:
+            first = defaults[0].line
+            self.error(extra.line, "cmanlk.fence", f"a second block without node: (first on line {first})")
+        base = defaults[0] if defaults else _FenceBlock(None, 0)
+        if "dlm_fence_agent" in cv and base.agent is not None:
+            self.error(base.agent[1], "cmanlk.fence.agent", "dlm_fence_agent is set too; keep one of them")
+        default_agent = base.agent[0] if base.agent else _get(cv, "dlm_fence_agent", None)
+        by_node: dict[NodeId, _FenceBlock] = {}
+        for b in blocks:
+            if b.node is None:
+                continue
+            nodeid = self._fence_node(b, nodes)
+            if nodeid is None:
+                continue
+            if nodeid in by_node:
+                first = by_node[nodeid].line
+                self.error(b.node[1], "cmanlk.fence.node", f"node {nodeid} has a fence block on line {first}")
+                continue
+            by_node[nodeid] = b
+        if blocks and "dlm_fencing" in cv and not cv["dlm_fencing"][0]:
+            self.warn(blocks[0].line, "cmanlk.fence", "dlm_fencing is off: fence devices are not used")
+        out: list[FenceDeviceConfig] = []
+        for node in nodes:
+            own = by_node.get(node.nodeid, _FenceBlock(None, 0))
+            agent = own.agent[0] if own.agent else default_agent
+            if agent is None:
+                if own.line:
+                    self.error(own.line, "cmanlk.fence.agent",
+                               f"node {node.nodeid}: no agent (here, in a defaults block or dlm_fence_agent)")
+                continue
+            options = dict(base.options)
+            options.update(own.options)
+            nodename = own.nodename or base.nodename or node.name or str(node.nodeid)
+            line = own.line or base.line
+            out.append(FenceDeviceConfig(node.nodeid, agent, nodename, tuple(options.items()), line))
+        return tuple(out)
+
+    def _fence_block(self, sec: _Section) -> _FenceBlock:
+        for sub in sec.sections:
+            self.warn(sub.line, sub.path, "unknown section, ignored")
+        block = _FenceBlock(None, sec.line)
+        seen: dict[str, int] = {}
+        for e in sec.entries:
+            key = f"cmanlk.fence.{e.key}"
+            if e.key in seen:
+                self.warn(e.line, key, f"set again (first on line {seen[e.key]}); last wins")
+            seen[e.key] = e.line
+            if e.key == "action":
+                self.error(e.line, key, "set by cmanlk (always off), not configurable")
+            elif "\0" in e.value:
+                self.error(e.line, key, "a NUL byte cannot be passed to a fence agent")
+            elif e.key == "node":
+                block.node = (e.value, e.line)
+            elif e.key == "agent":
+                try:
+                    block.agent = (_path(e.value), e.line)
+                except _Bad as bad:
+                    self.error(e.line, key, str(bad))
+            elif e.key == "nodename":
+                block.nodename = e.value or None
+                if not e.value:
+                    self.error(e.line, key, "empty value")
+            else:
+                block.options[e.key] = e.value
+        return block
+
+    def _fence_node(self, b: _FenceBlock, nodes: tuple[NodeConfig, ...]) -> NodeId | None:
+        assert b.node is not None
+        text, line = b.node
+        found = next((n for n in nodes if str(n.nodeid) == text or n.name == text), None)
+        if found is None:
+            self.error(line, "cmanlk.fence.node", f"{text!r} is no nodelist node (give its nodeid or name)")
+            return None
+        return found.nodeid
+
+
+@dataclass
+class _FenceBlock:
+    """One `fence {}` block while it is read: `node`, `agent` with their lines; agent options."""
+
+    node: tuple[str, int] | None
+    line: int
+    agent: tuple[str, int] | None = None
+    nodename: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
 
 
 def _merged(secs: list[_Section] | None, name: str) -> _Section:

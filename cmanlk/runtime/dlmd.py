@@ -78,7 +78,7 @@ from cmanlk.service import CPG_SERVICE
 from cmanlk.stack import MembershipChanged, ServiceRequest
 from cmanlk.types import Instant, NodeId
 from cmanlk.votequorum import QuorumChanged
-from kernel_glue.configfs import carry_out, clear_stale
+from kernel_glue.configfs import carry_out, clear_stale, parse_sockaddr_storage
 from kernel_glue.dlm_protocol import DlmControl, DlmSysfs, DlmUeventSource, LockspaceUevent, UeventsLost
 
 log = logging.getLogger("cmanlk.dlmd")
@@ -99,6 +99,7 @@ GROUP_REQUEST_TIMEOUT_S = 5.0
 RETRYABLE = frozenset({"try_again", "busy"})
 """cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
 DLM_CONFIGFS = "/sys/kernel/config/dlm"
+DLM_SYSFS = "/sys/kernel/dlm"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -318,9 +319,11 @@ class DlmDaemon:
                 self._kernel(action)
 
     def _kernel(self, action: dlmctl.KernelAction) -> None:
+        # logged before it is carried out, failed or not: with `logger_subsys { subsys: dlmd
+        # debug: on }` the log holds the kernel protocol in the reference traces' format
+        log.debug("kernel: %s", describe_kernel_action(action))
         try:
             carry_out(action, self.control, self.sysfs)
-            log.debug("dlm: %s", action)
         except KernelError as exc:
             key = errno.errorcode.get(exc.errno, str(exc.errno))
             self.stats.kernel_errors[key] = self.stats.kernel_errors.get(key, 0) + 1
@@ -401,6 +404,33 @@ def _cpg_request(request: CpgRequest) -> Callable[[Instant, int], object]:
     return build
 
 
+def describe_kernel_action(action: dlmctl.KernelAction) -> str:
+    """Return `action` as a line of the kernel protocol traces (shared/kernel-lab/traces).
+
+    `mkdir   <path>`, `rmdir   <path>`, `write   <path> '<value>'` with full configfs/sysfs
+    paths and the value as a Python bytes literal's body; a comms address as
+    `AF_INET 10.0.0.1 (sockaddr_storage, 128 bytes)`.
+    """
+    match action:
+        case dlmctl.ConfigfsMkdir(path):
+            return f"mkdir   {DLM_CONFIGFS}/{path}"
+        case dlmctl.ConfigfsRmdir(path):
+            return f"rmdir   {DLM_CONFIGFS}/{path}"
+        case dlmctl.ConfigfsWrite(path, value) if path.endswith("/addr"):
+            addr = parse_sockaddr_storage(value)
+            family = "AF_INET6" if isinstance(addr, ipaddress.IPv6Address) else "AF_INET"
+            return f"write   {DLM_CONFIGFS}/{path} {family} {addr} (sockaddr_storage, {len(value)} bytes)"
+        case dlmctl.ConfigfsWrite(path, value):
+            return f"write   {DLM_CONFIGFS}/{path} {_quoted(value)}"
+        case dlmctl.SysfsWrite(lockspace, attr, value):
+            return f"write   {DLM_SYSFS}/{lockspace}/{attr} {_quoted(value)}"
+    return repr(action)
+
+
+def _quoted(value: bytes) -> str:
+    return "'" + repr(value)[2:-1] + "'"
+
+
 # -- fencing announcements ---------------------------------------------------------------------
 
 
@@ -477,10 +507,9 @@ def build_dlm_daemon(node: NodeLike, config: ClusterConfig) -> DlmDaemon | None:
     from kernel_glue.sysfs import SysfsDlm
     from kernel_glue.uevents import DlmUeventWatch
 
-    devices: dict[NodeId, FenceDevice] = {}
-    agent = config.cmanlk.dlm_fence_agent
-    if agent is not None:
-        devices = {n.nodeid: FenceDevice(agent, n.name or str(n.nodeid)) for n in config.nodes}
+    # per-node devices: `cmanlk { fence {...} }` blocks and dlm_fence_agent, merged by config.py
+    devices = {d.nodeid: FenceDevice(d.agent, d.nodename, d.options)
+               for d in config.cmanlk.fence_devices}
     policy = FencingPolicy(enabled=config.cmanlk.dlm_fencing, nodes_with_agent=frozenset(devices))
     settings = DlmSettings(cluster_name=config.cluster_name, me=node.me, fencing=policy)
     return DlmDaemon(node, settings, control=ConfigfsDlm(), sysfs=SysfsDlm(), uevents=DlmUeventWatch(),
@@ -492,5 +521,5 @@ def _now() -> Instant:
     return Instant(time.monotonic_ns())
 
 
-__all__ = ["DLMD_HANDLE", "FENCE_GROUP", "DlmDaemon", "NodeLike", "build_dlm_daemon", "dlm_available",
-           "node_ip_addresses"]
+__all__ = ["DLMD_HANDLE", "FENCE_GROUP", "DlmDaemon", "NodeLike", "build_dlm_daemon",
+           "describe_kernel_action", "dlm_available", "node_ip_addresses"]

@@ -112,6 +112,11 @@ class FenceRunner:
         self._tasks: dict[NodeId, asyncio.Task[None]] = {}
         self.last: dict[NodeId, FenceOutcome] = {}
 
+    @property
+    def devices(self) -> Mapping[NodeId, FenceDevice]:
+        """The configured device of each node that has one."""
+        return dict(self._devices)
+
     def carry_out(self, action: RunFenceAgent) -> None:
         """Start the agent for `action.nodeid` in the background (needs a running loop)."""
         device = self._devices.get(action.nodeid)

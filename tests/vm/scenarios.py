@@ -47,8 +47,8 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "two-node-ipv6",
-            "the same as two-node-lockspace with the DLM connecting over IPv6 (sockaddr_in6 in comms/N/addr)",
-            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "two_node.py"), (str(n), "ipv6"), node=n) for n in (1, 2)),
+            "cmanlkd-dlm over IPv6: the ring on the ULAs, comms/N/addr as sockaddr_in6, EX conflict across nodes",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "cmanlkd_dlm.py"), (str(n), "ipv6"), node=n) for n in (1, 2)),
             timeout_s=300.0,
         ),
         Scenario(

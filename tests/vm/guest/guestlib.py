@@ -12,17 +12,22 @@ Group stand-ins deliver what cpg would, in one total order for every node:
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import ctypes
 import errno
 import ipaddress
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
@@ -338,3 +343,257 @@ async def run_command(c: Checks, *argv: str) -> int:
         out, _ = await proc.communicate()
     c.say(f"{' '.join(argv)} -> {proc.returncode}: {out.decode(errors='replace').strip()[-300:]}")
     return proc.returncode if proc.returncode is not None else -1
+
+
+# --- the real cmanlkd in a guest ------------------------------------------------------------------
+
+CHECKOUT = Path(__file__).resolve().parents[3]
+RUN_DIR = "/run/cmanlk"
+SOCKET = f"{RUN_DIR}/cmanlk.sock"
+DAEMON_LOG = Path("/out/cmanlkd.log")
+START_TIMEOUT_S = 90.0
+"""cmanlkd start (Python imports under TCG) + ring formation with token 5000 + quorum."""
+CLUSTER = "cmk"
+SUBNET = "10.213.9."
+SUBNET6 = "fd6b:636d:6b::"
+"""The harness's guest addresses (tests/vm/harness.py SUBNET, SUBNET6): node n is .n / ::n."""
+EAGAIN = 11
+
+
+def node_address(n: int, family: int = 4) -> str:
+    """The bridge address of VM node `n` (IPv4 or IPv6 ULA)."""
+    return f"{SUBNET}{n}" if family == 4 else f"{SUBNET6}{n}"
+
+
+def corosync_conf(nodes: int, *, family: int = 4, two_node: bool = False, fencing: bool = False,
+                  fence_blocks: tuple[dict[str, str], ...] = ()) -> str:
+    """A corosync.conf for `nodes` VMs: udpu on the bridge, token 5000 (TCG), `cmanlk { dlm: yes }`.
+
+    `fence_blocks` become `fence { key: value ... }` sections of `cmanlk {}` (docs/config.md).
+    The dlmd logger runs at debug level: its `kernel:` lines are the configfs/sysfs protocol
+    `kernel_ops()` reads back.
+    """
+    node_secs = "".join(
+        f"  node {{\n    ring0_addr: {node_address(n, family)}\n    nodeid: {n}\n    name: cmkvm{n}\n  }}\n"
+        for n in range(1, nodes + 1))
+    fence = "".join("  fence {\n" + "".join(f"    {k}: {v}\n" for k, v in block.items()) + "  }\n"
+                    for block in fence_blocks)
+    return (
+        f"totem {{\n  version: 2\n  cluster_name: {CLUSTER}\n  transport: udpu\n  token: 5000\n"
+        f"  ip_version: ipv{family}\n}}\n"
+        f"nodelist {{\n{node_secs}}}\n"
+        f"quorum {{\n  provider: corosync_votequorum\n{'  two_node: 1' + chr(10) if two_node else ''}}}\n"
+        "logging {\n  to_stderr: yes\n  debug: off\n"
+        "  logger_subsys {\n    subsys: dlmd\n    debug: on\n  }\n}\n"
+        f"cmanlk {{\n  state_dir: /var/lib/cmanlk\n  run_dir: {RUN_DIR}\n  dbus: no\n  dlm: yes\n"
+        f"  dlm_fencing: {'yes' if fencing else 'no'}\n{fence}}}\n"
+    )
+
+
+def daemon_env() -> dict[str, str]:
+    """The guest's python3 runs the checkout with the host venv's site-packages (Debian 3.11 loads them)."""
+    site = CHECKOUT / ".venv" / "lib" / "python3.11" / "site-packages"
+    return {**os.environ, "PYTHONPATH": f"{CHECKOUT}:{site}", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class Cmanlkd:
+    """cmanlkd of this VM: started in the foreground, its log in /out/cmanlkd.log."""
+
+    def __init__(self, me: NodeId, conf: str) -> None:
+        self.me = me
+        self.t0 = time.monotonic()
+        path = Path("/tmp/cmanlk.conf")
+        path.write_text(conf)
+        with open(DAEMON_LOG, "wb") as logf:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "cmanlk.daemon", "-f", "-c", str(path),
+                                          "--nodeid", str(me)], env=daemon_env(), stdout=logf,
+                                         stderr=subprocess.STDOUT)
+
+    def tool(self, *args: str) -> tuple[int, str]:
+        """Run `cmanlk-tool -s SOCKET ARGS`; return (exit code, stdout + stderr)."""
+        done = subprocess.run([sys.executable, "-m", "cmanlk.cli", "-s", SOCKET, *args], env=daemon_env(),
+                              capture_output=True, text=True, timeout=30, check=False)
+        return done.returncode, done.stdout + done.stderr
+
+    def dlm(self) -> dict[str, Any]:
+        """The daemon's `dlm` IPC reply (raises while it is not listening yet)."""
+        from cmanlk.client import Client
+
+        with Client.connect(SOCKET) as c:
+            return c.dlm()
+
+    def configured(self, members: list[int]) -> bool:
+        try:
+            cluster = self.dlm().get("cluster")
+        except Exception:  # not listening yet (the daemon is still importing): keep waiting
+            return False
+        return (isinstance(cluster, dict) and bool(cluster.get("configured"))
+                and cluster.get("members") == members)
+
+    async def wait_configured(self, c: Checks, members: list[int]) -> None:
+        """Wait until the kernel cluster is configured with `members` (quorate ring)."""
+        await wait_until(lambda: self.configured(members), START_TIMEOUT_S,
+                         f"cmanlkd: kernel DLM cluster configured with {members}")
+        c.say(f"cmanlkd configured the kernel DLM for {members} after {time.monotonic() - self.t0:.1f}s")
+
+    async def terminate(self, c: Checks) -> None:
+        """SIGTERM; check the exit code 0 and that the configfs cluster is gone."""
+        self.proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(self.proc.wait, 30)
+        c.check(rc == 0, f"cmanlkd exited {rc} after SIGTERM")
+        left = await asyncio.to_thread(lambda: sorted(p.name for p in CONFIGFS.iterdir()))
+        c.check(left == [], f"cmanlkd removed its configfs cluster: {left}")
+
+    def stop(self) -> None:
+        """Kill it if still running; print the log's tail to the console."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        print(DAEMON_LOG.read_text(errors="replace")[-5000:], flush=True)
+
+    def kernel_ops(self) -> list[tuple[object, ...]]:
+        """The configfs/sysfs operations cmanlkd carried out, from its `kernel:` debug lines."""
+        return parse_kernel_ops(DAEMON_LOG.read_text(errors="replace"))
+
+
+CONFIGFS = Path("/sys/kernel/config/dlm")
+_KERNEL_LINE = re.compile(r"kernel: (mkdir|rmdir|write)\s+(\S+)\s*(.*)$")
+
+
+def parse_kernel_ops(text: str) -> list[tuple[object, ...]]:
+    """Return the kernel operations of a cmanlkd log (or a reference trace line list), normalized:
+    ("mkdir"|"rmdir", configfs path), ("write", configfs path, bytes; None for addr),
+    ("sysfs", lockspace, attr, bytes)."""
+    ops: list[tuple[object, ...]] = []
+    for line in text.splitlines():
+        m = _KERNEL_LINE.search(line)
+        if not m:
+            continue
+        op, target, rest = m.groups()
+        rel = target.removeprefix("/sys/kernel/config/dlm/")
+        if op != "write":
+            ops.append((op, rel))
+        elif target.startswith("/sys/kernel/dlm/"):
+            ls, attr = target.removeprefix("/sys/kernel/dlm/").split("/")
+            ops.append(("sysfs", ls, attr, ast.literal_eval("b" + rest)))
+        else:
+            ops.append(("write", rel, None if rel.endswith("/addr") else ast.literal_eval("b" + rest)))
+    return ops
+
+
+# The reference semantics (shared/reference/dlm-controld-protocol.md §3), per step:
+
+def proto_startup() -> list[tuple[object, ...]]:
+    return [("mkdir", "cluster"), ("write", "cluster/mark", b"0"),
+            ("write", "cluster/recover_callbacks", b"1"), ("write", "cluster/cluster_name", CLUSTER.encode())]
+
+
+def proto_comms(n: int, me: int) -> list[tuple[object, ...]]:
+    ops: list[tuple[object, ...]] = [("mkdir", f"cluster/comms/{n}"), ("write", f"cluster/comms/{n}/nodeid",
+                                     str(n).encode()), ("write", f"cluster/comms/{n}/addr", None),
+                                     ("write", f"cluster/comms/{n}/mark", b"0")]
+    return ops + ([("write", f"cluster/comms/{n}/local", b"1")] if n == me else [])
+
+
+def _add_node(ls: str, n: int) -> list[tuple[object, ...]]:
+    p = f"cluster/spaces/{ls}/nodes/{n}"
+    return [("mkdir", p), ("write", f"{p}/nodeid", str(n).encode()), ("write", f"{p}/weight", b"1")]
+
+
+def proto_join(ls: str, members: list[int]) -> list[tuple[object, ...]]:
+    """Our own join: id, spaces/<ls>, a nodes/N per group member, start, event_done 0."""
+    gid = zlib.crc32(f"dlm:ls:{ls}".encode() + b"\0")
+    ops: list[tuple[object, ...]] = [("sysfs", ls, "id", f"{gid}".encode() + b"\0"),
+                                     ("mkdir", f"cluster/spaces/{ls}")]
+    for n in members:
+        ops += _add_node(ls, n)
+    return [*ops, ("sysfs", ls, "control", b"1\0"), ("sysfs", ls, "event_done", b"0\0")]
+
+
+def proto_other_joined(ls: str, n: int) -> list[tuple[object, ...]]:
+    return [("sysfs", ls, "control", b"0\0"), *_add_node(ls, n), ("sysfs", ls, "control", b"1\0")]
+
+
+def proto_other_removed(ls: str, n: int) -> list[tuple[object, ...]]:
+    """Another member left cleanly, or failed (then after fencing): stop, rmdir nodes/N, start."""
+    return [("sysfs", ls, "control", b"0\0"), ("rmdir", f"cluster/spaces/{ls}/nodes/{n}"),
+            ("sysfs", ls, "control", b"1\0")]
+
+
+def proto_leave(ls: str, members: list[int]) -> list[tuple[object, ...]]:
+    return [("sysfs", ls, "control", b"0\0"), *(("rmdir", f"cluster/spaces/{ls}/nodes/{n}") for n in members),
+            ("rmdir", f"cluster/spaces/{ls}"), ("sysfs", ls, "event_done", b"0\0")]
+
+
+def proto_shutdown(comms: list[int]) -> list[tuple[object, ...]]:
+    return [*(("rmdir", f"cluster/comms/{n}") for n in comms), ("rmdir", "cluster")]
+
+
+def check_protocol(c: Checks, ops: list[tuple[object, ...]], *, comms: list[int],
+                   removed: list[int], lockspaces: dict[str, list[tuple[object, ...]]]) -> None:
+    """Compare what cmanlkd wrote with the reference semantics.
+
+    Cluster level: the startup writes, one comms block per node in `comms` (any order: the ring
+    may form in steps), then `rmdir comms/N` for the nodes that failed (`removed`, in order),
+    then the shutdown. Per lockspace: exactly the expected sequence.
+    """
+    cluster = [op for op in ops if not _in_lockspace(op)]
+    adds = [op for op in cluster[4:] if op[0] != "rmdir"]
+    blocks: dict[int, list[tuple[object, ...]]] = {}
+    for op in adds:
+        blocks.setdefault(int(str(op[1]).split("/")[2]), []).append(op)
+    rmdirs = [op for op in cluster[4:] if op[0] == "rmdir"]
+    c.check(cluster[:4] == proto_startup(), f"protocol: startup {cluster[:4]}")
+    want = {n: proto_comms(n, c.me) for n in comms}
+    c.check(blocks == want, f"protocol: comms blocks {sorted(blocks)}"
+            + ("" if blocks == want else f": {blocks} != {want}"))
+    # failed nodes first (as membership drops them), then the rest in any order (a node that
+    # leaves the ring before our SIGTERM is dropped by membership too), `rmdir cluster` last
+    failed = [("rmdir", f"cluster/comms/{n}") for n in removed]
+    rest = sorted(("rmdir", f"cluster/comms/{n}") for n in comms if n not in removed)
+    ok = (rmdirs[:len(failed)] == failed and rmdirs[-1:] == [("rmdir", "cluster")]
+          and sorted(rmdirs[len(failed):-1]) == rest)
+    c.check(ok, f"protocol: comms removal {rmdirs}")
+    for ls, want in lockspaces.items():
+        got = _nodes_unordered([op for op in ops if _in_lockspace(op, ls)])
+        expected = _nodes_unordered(want)
+        c.check(got == expected, f"protocol: lockspace {ls} ({len(got)} ops)"
+                + ("" if got == expected else "\n  got  " + "\n  got  ".join(map(repr, got))
+                   + "\n  want " + "\n  want ".join(map(repr, expected))))
+
+
+def _nodes_unordered(ops: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """Sort each run of consecutive `rmdir nodes/N` (the reference's `rmdir nodes/*` has no order)."""
+    out: list[tuple[object, ...]] = []
+    run: list[tuple[object, ...]] = []
+    for op in [*ops, ("end",)]:
+        if op[0] == "rmdir" and "/nodes/" in str(op[1]):
+            run.append(op)
+            continue
+        out += sorted(run, key=repr)
+        run = []
+        if op[0] != "end":
+            out.append(op)
+    return out
+
+
+def _in_lockspace(op: tuple[object, ...], ls: str | None = None) -> bool:
+    if op[0] == "sysfs":
+        return ls is None or op[1] == ls
+    path = str(op[1])
+    return path.startswith("cluster/spaces/") and (ls is None or path.split("/")[2] == ls)
+
+
+def crash_now(c: Checks) -> None:
+    """A true hard reset: sysrq b (no sync, no unmount, no leave); QEMU runs with -no-reboot and exits."""
+    c.say("crashing now: sysrq b, no leave")
+    Path("/out/exit-code").write_text("0\n")  # the harness reads this; we will not get to write it
+    (LAB / f"crashing.{c.me}").touch()
+    os.sync()
+    Path("/proc/sysrq-trigger").write_text("b")
+    time.sleep(60)
+
+
+def finish(c: Checks) -> int:
+    c.say("PASS" if not c.failures else f"FAILED: {c.failures}")
+    return 1 if c.failures else 0
