@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from cmanlk.errors import ConfigError, UsageError
 from cmanlk.quorum import (
+    FLAG_FIRST,
     FLAG_QUORATE,
+    FLAG_WFASTATUS,
     PARAM_EXPECTED_VOTES,
     PARAM_NODE_VOTES,
     AtbMode,
@@ -104,13 +106,142 @@ def test_majority_of_configured_votes_decides(votes, steps):
 # --- wait_for_all and two_node -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="reference ignores votequorum's transient recalculation per NODEINFO during sync: a node "
-    "processing its own NODEINFO while peers are still DEAD can drop quorum, re-arm wait_for_all or "
-    "miss the LMS window (order-dependent in votequorum.c too); reference to be refined",
-)
-@settings(max_examples=150, deadline=None)
+class RefVotequorum:
+    """votequorum.c's decision for one node, for clusters of one vote per node without
+    auto_tie_breaker, qdevice or allow_downscale — written from the C, independently of quorum.py.
+
+    What makes the naive "majority of the partition" wrong is modelled exactly:
+    - NODEINFOs are applied one at a time, each followed by `recalculate_quorum` when the entry is
+      new, ours, FIRST or changed (`message_handler_req_exec_votequorum_nodeinfo`). A node that
+      applies its own NODEINFO while the peers that just joined are still DEAD in its table can
+      drop quorum for that moment, and with wait_for_all `are_we_quorate` then sets
+      wait_for_all_status again ("update_wait_for_all_status(1)" when not quorate); it clears only
+      with total votes == expected votes, or a NODEINFO of a peer QUORATE and not WFASTATUS.
+    - quorum never decreases unless allowed (`calculate_quorum`): allowed by a QUORATE peer's
+      NODEINFO when we are not quorate (we take its expected votes) and by the LMS timer.
+    - our flags are one field: our own NODEINFO overwrites it with what we sent, and the
+      WFASTATUS/QUORATE bits change only where votequorum changes them.
+    - last_man_standing: sync_init arms the window when nodes left and the new ring still has at
+      least `quorum` members; when it fires while quorate, `recalculate_quorum(1, 1)` sets every
+      member's expected votes (ours included) to the member count.
+    """
+
+    def __init__(self, me: int, n: int, two_node: bool, wait_for_all: bool, lms: bool) -> None:
+        self.me, self.two_node, self.wait_for_all, self.lms = me, two_node, wait_for_all, lms
+        self.quorum = 0
+        self.quorate = False
+        self.wfa_status = wait_for_all
+        # entry: [flags, alive, expected]; our own entry is "us" (its expected is ours)
+        self.table: dict[int, list[int]] = {me: [FLAG_FIRST | (FLAG_WFASTATUS if wait_for_all else 0), 1, n]}
+        self.members: tuple[int, ...] = ()
+        self.armed = False
+        self.recalculate(allow_decrease=False, by_current_nodes=False)
+
+    @property
+    def expected(self) -> int:
+        return self.table[self.me][2]
+
+    def info(self) -> tuple[int, int, int]:
+        flags, _, expected = self.table[self.me]
+        return self.me, flags, expected
+
+    def sync_init(self, members: tuple[int, ...]) -> None:
+        us = self.table[self.me]
+        if len(members) > 1:
+            us[0] &= ~FLAG_FIRST
+        left = [m for m in self.members if m not in members]
+        for m in left:
+            if m != self.me and m in self.table:
+                self.table[m][1] = 0
+        if self.lms and left and len(members) >= self.quorum:
+            self.armed = True
+        self.members = members
+
+    def node_info(self, nodeid: int, flags: int, expected: int) -> None:
+        entry = self.table.get(nodeid)
+        new = entry is None
+        old = [0, 0, 0] if entry is None else list(entry)
+        if entry is None:
+            entry = self.table[nodeid] = [0, 0, 0]
+        entry[0], entry[1] = flags, 1
+        allow = False
+        if not self.quorate and flags & FLAG_QUORATE:
+            allow = True
+            self.table[self.me][2] = expected
+        entry[2] = expected if flags & FLAG_QUORATE else self.expected
+        if new or nodeid == self.me or flags & FLAG_FIRST or old != entry:
+            self.recalculate(allow, by_current_nodes=False)
+        # node->flags: for our own NODEINFO that is us->flags as recalculate_quorum just left it.
+        if self.wait_for_all and not entry[0] & FLAG_WFASTATUS and entry[0] & FLAG_QUORATE:
+            self.set_wfa(False)
+
+    def lms_window_elapsed(self) -> None:
+        self.armed = False
+        if self.quorate:
+            self.recalculate(allow_decrease=True, by_current_nodes=True)
+
+    def recalculate(self, allow_decrease: bool, by_current_nodes: bool) -> None:
+        alive = [e for e in self.table.values() if e[1]]
+        total = len(alive)
+        us = self.table[self.me]
+        us[2] = max(us[2], total)
+        highest = total if by_current_nodes else max(e[2] for e in alive)
+        quorum = max(highest // 2 + 1, total // 2 + 1)
+        if not allow_decrease:
+            quorum = max(quorum, self.quorum)
+        self.quorum = 1 if self.two_node and total <= 2 else quorum
+        if by_current_nodes:
+            for e in alive:
+                e[2] = total
+        if self.wait_for_all and self.wfa_status:
+            if total != us[2]:
+                return
+            self.set_wfa(False)
+        self.quorate = self.quorum <= total
+        us[0] = us[0] | FLAG_QUORATE if self.quorate else us[0] & ~FLAG_QUORATE
+        if self.wait_for_all:
+            self.set_wfa(not self.quorate)
+
+    def set_wfa(self, status: bool) -> None:
+        self.wfa_status = status
+        us = self.table[self.me]
+        us[0] = us[0] | FLAG_WFASTATUS if status else us[0] & ~FLAG_WFASTATUS
+
+
+class RefCluster:
+    """RefVotequorum nodes driven exactly as Harness drives Quorum objects."""
+
+    def __init__(self, n: int, two_node: bool = False, wait_for_all: bool = False, lms: bool = False) -> None:
+        self.args = (n, two_node, wait_for_all, lms)
+        self.q: dict[int, RefVotequorum] = {}
+
+    def boot(self, node: int) -> None:
+        self.q[node] = RefVotequorum(node, *self.args)
+
+    def form(self, partitions: list[tuple[NodeId, ...]]) -> None:
+        for p in partitions:
+            for n in p:
+                self.q[n].sync_init(tuple(p))
+            infos = [self.q[n].info() for n in p]
+            for info in infos:
+                for n in p:
+                    self.q[n].node_info(*info)
+            for n in p:
+                self.q[n].recalculate(allow_decrease=False, by_current_nodes=False)  # sync_activate
+
+
+def assert_same(h: Harness, ref: RefCluster, nodes: tuple[NodeId, ...], context: object) -> None:
+    for node in nodes:
+        got, want = h.q[node].state(), ref.q[node]
+        assert (got.quorate, got.quorum, got.expected_votes, got.wait_for_all_status) == (
+            want.quorate,
+            want.quorum,
+            want.expected,
+            want.wfa_status,
+        ), (context, node)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     n=st.integers(2, 5),
     two_node=st.booleans(),
@@ -126,31 +257,35 @@ def test_wait_for_all_reference(n, two_node, steps):
     nodes = ids(n)
     config = QuorumConfig.for_nodes([NodeId(x) for x in nodes], two_node=two_node, wait_for_all=True)
     h = Harness(config, nodes)
+    ref = RefCluster(n, two_node=two_node, wait_for_all=True)
+    seen_all = dict.fromkeys(h.all, False)
     for node in h.all:
         h.boot(node)
-    seen_all = dict.fromkeys(h.all, False)
-    was_quorate = dict.fromkeys(h.all, False)
+        ref.boot(node)
     for kind, labels in steps:
         if kind == "restart":
             victim = h.all[labels[0] % n]
             h.boot(victim)
+            ref.boot(victim)
             seen_all[victim] = False
-            was_quorate[victim] = False
         parts: dict[int, list[NodeId]] = {}
         for node, label in zip(h.all, labels, strict=False):
             parts.setdefault(label, []).append(node)
+        sent = {node: ref.q[node].info()[1] for node in h.all}  # the flags each NODEINFO will carry
         h.form(*(tuple(p) for p in parts.values()))
+        ref.form(h.partitions)
+        assert_same(h, ref, tuple(h.all), (kind, h.partitions))
         for p in h.partitions:
-            majority = len(p) >= (1 if two_node else n // 2 + 1)
             for node in p:
-                # Cleared by seeing every node, or by a peer that was quorate and not waiting.
-                if len(p) == n or any(was_quorate[m] for m in p if m != node):
+                seen_all[node] |= len(p) == n
+                # wait_for_all's promise: never quorate before this node has been in a ring with
+                # every node, unless a peer's NODEINFO said QUORATE and not WFASTATUS.
+                if h.quorate(node) and not seen_all[node]:
+                    told = [m for m in p if sent[m] & FLAG_QUORATE and not sent[m] & FLAG_WFASTATUS]
+                    assert told, (p, node, sent)
                     seen_all[node] = True
-            for node in p:
-                want = seen_all[node] and majority
-                assert h.quorate(node) == want, (kind, p, node, seen_all)
-        for node in h.all:
-            was_quorate[node] = h.quorate(node)
+        if not two_node:
+            assert sum(h.quorate(p[0]) for p in h.partitions) <= 1
 
 
 def test_two_node_keeps_quorum_after_peer_failure():
@@ -177,13 +312,7 @@ def test_two_node_with_explicit_wait_for_all_off():
 # --- last_man_standing ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="reference ignores votequorum's transient recalculation per NODEINFO during sync: a node "
-    "processing its own NODEINFO while peers are still DEAD can drop quorum, re-arm wait_for_all or "
-    "miss the LMS window (order-dependent in votequorum.c too); reference to be refined",
-)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     n=st.integers(3, 7),
     steps=st.lists(st.tuples(st.integers(1, 7), st.booleans()), min_size=1, max_size=8),
@@ -192,30 +321,33 @@ def test_last_man_standing_reference(n, steps):
     nodes = ids(n)
     config = QuorumConfig.for_nodes([NodeId(x) for x in nodes], last_man_standing=True)
     h = Harness(config, nodes)
+    ref = RefCluster(n, lms=True)
     for node in h.all:
         h.boot(node)
+        ref.boot(node)
     h.form(tuple(h.all))
-    expected = n
-    size = n
+    ref.form(h.partitions)
     for new_size, window_elapses in steps:
         new_size = min(new_size, n)
         part = tuple(h.all[:new_size])
         rest = tuple(h.all[new_size:])
-        shrank = new_size < size
         h.form(part, rest)
-        expected = max(expected, new_size)
-        # The window is armed when nodes left and the rest still hold quorum; when it elapses
-        # while quorate, expected votes drop to the nodes present.
-        if window_elapses and shrank and new_size >= expected // 2 + 1:
-            for node in part:
-                h.q[node].lms_window_elapsed()
-            expected = new_size
+        ref.form(h.partitions)
+        if window_elapses:
+            # The window fires only where sync_init armed it (nodes left, ring ≥ quorum members).
+            for node in h.all:
+                if ref.q[node].armed:
+                    h.q[node].lms_window_elapsed()
+                    ref.q[node].lms_window_elapsed()
+        assert_same(h, ref, tuple(h.all), (part, rest))
+        # LMS never makes a minority of the last quorate expected votes quorate by itself.
         for node in part:
-            assert h.quorate(node) == (new_size >= expected // 2 + 1), (part, expected)
-        # The nodes cut off keep their own view; we follow the main partition only.
+            if h.quorate(node):
+                assert new_size >= h.q[node].state().expected_votes // 2 + 1
+        # The nodes cut off restart from their configuration; we follow the main partition.
         for node in rest:
             h.boot(node)
-        size = new_size
+            ref.boot(node)
 
 
 def test_last_man_standing_steps_down_to_two_nodes_but_not_one():
