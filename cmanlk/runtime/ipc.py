@@ -22,6 +22,15 @@ client has a bounded outgoing queue (CLIENT_QUEUE_BYTES / CLIENT_QUEUE_FRAMES). 
 bound the client is told with a `flow` event {state: "slow"}; when it drains below a quarter,
 {state: "ok"}; past the bound it is disconnected (its cpg processes leave with reason 5).
 Malformed frames get an error reply; a broken frame length closes only that connection.
+
+The hot path (protocol version 2, docs/ipc.md "Pipelined sends"): a compact MCAST frame is handed
+to the core at once, without a reply; the client learns of it from a cumulative MCAST_ACK written
+once per read (not per message), and of a refusal from a `cpg_send_error` event naming its seq.
+A refusal with `try_again` (cpg's send window full, synchronisation running) is retried here, in
+order, with a growing pause: the read loop reads nothing more from that client meanwhile, so
+its later messages wait in its own socket (the kernel's backpressure) and never overtake it.
+Deliveries to a version-2 client are compact DELIVER frames; the write loop sends every queued
+frame of a client in one write.
 """
 
 from __future__ import annotations
@@ -71,6 +80,13 @@ CLIENT_QUEUE_FRAMES = 8192
 REQUEST_TIMEOUT_S = 10.0
 """How long a request waits for the core's RequestResult (a Totem-only core never answers)."""
 READ_CHUNK_BYTES = 256 * 1024
+WRITE_BATCH_BYTES = 1024 * 1024
+"""At most this many queued bytes are joined into one write (one syscall for many events)."""
+MCAST_RETRY_PAUSE_S = (0.0005, 0.02)
+"""First and longest pause between retries of a pipelined MCAST refused with try_again."""
+MCAST_RETRY_S = 10.0
+"""A pipelined MCAST still refused with try_again after this long is reported as refused (the
+same bound as the client library's retries of a request/reply cpg_send)."""
 CLOSE_GRACE_S = 2.0
 """A client cut off for being too slow gets this long to read its last frames before abort."""
 
@@ -154,6 +170,9 @@ class IpcConfig:
     queue_bytes: int = CLIENT_QUEUE_BYTES
     queue_frames: int = CLIENT_QUEUE_FRAMES
     request_timeout_s: float = REQUEST_TIMEOUT_S
+    mcast_window_messages: int = ipcproto.MCAST_WINDOW_MESSAGES
+    """The window of pipelined sends advertised in hello (at most the protocol's)."""
+    mcast_window_bytes: int = ipcproto.MCAST_WINDOW_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +193,9 @@ class _Client:
         self.writer = writer
         self.config = config
         self.version = 0
+        self.compact = False  # version 2: compact MCAST/DELIVER/MCAST_ACK frames
+        self.mcast_handled = 0  # seq of the last pipelined MCAST handled (accepted or refused)
+        self.mcast_acked = 0  # seq last acknowledged with MCAST_ACK
         self.track_membership = False
         self.track_quorum = False
         self.changes_only = False
@@ -352,18 +374,34 @@ class IpcServer:
                     self._count("bad_request")
                     client.send(ipcproto.error(None, item.code, str(item)))
                     continue
+                header = item.header
+                if header.get("kind") == ipcproto.MCAST and isinstance(header.get("group"), bytes):
+                    await self._on_mcast(client, header["seq"], header["group"], item.payload)
+                    continue
+                self._ack(client)  # a reply must not overtake the acknowledgement of earlier sends
                 await self._on_frame(client, item)
+                # Compact frames only after hello's reply: the client waits for it before sending one.
+                decoder.compact = client.compact
+            self._ack(client)
 
     async def _write_loop(self, client: _Client) -> None:
         writer = client.writer
+        queue = client.queue
         try:
             while True:
                 await client.wake.wait()
                 client.wake.clear()
-                while client.queue and not client.overflowed:
-                    frame = client.queue.popleft()
-                    client.queued_bytes -= len(frame)
-                    writer.write(frame)
+                while queue and not client.overflowed:
+                    # Everything queued (up to WRITE_BATCH_BYTES) in one write: one syscall for a
+                    # burst of deliveries instead of one per event.
+                    batch = [queue.popleft()]
+                    size = len(batch[0])
+                    while queue and size + len(queue[0]) <= WRITE_BATCH_BYTES:
+                        frame = queue.popleft()
+                        batch.append(frame)
+                        size += len(frame)
+                    client.queued_bytes -= size
+                    writer.write(batch[0] if len(batch) == 1 else b"".join(batch))
                     await writer.drain()
                     if client.slow and client.queued_bytes < self.config.queue_bytes // 4:
                         client.slow = False
@@ -428,14 +466,49 @@ class IpcServer:
         self._pending[request_id] = future
         try:
             self._submit(make(request_id))
-            try:
-                result = await asyncio.wait_for(future, self.config.request_timeout_s)
-            except TimeoutError:
-                raise UsageError(ipcproto.E_TIMEOUT, "the daemon did not answer in time") from None
+            if future.done():  # the Stack answers while handling the event: no timer, no task
+                result = future.result()
+            else:
+                try:
+                    result = await asyncio.wait_for(future, self.config.request_timeout_s)
+                except TimeoutError:
+                    raise UsageError(ipcproto.E_TIMEOUT, "the daemon did not answer in time") from None
         finally:
             self._pending.pop(request_id, None)
         if result.error is not None:
             raise UsageError(result.error, result.message or result.error)
+
+    # --- pipelined sends (version 2) -----------------------------------------------------------------
+
+    async def _on_mcast(self, client: _Client, seq: int, group: bytes, payload: bytes) -> None:
+        """Hand one pipelined MCAST to the core; retry try_again in order; report a refusal."""
+        request = CpgMcast(client.handle, group, payload)
+        deadline = 0.0
+        pause = MCAST_RETRY_PAUSE_S[0]
+        while True:
+            try:
+                await self._core_request(lambda rid: ServiceRequest(_now(), CPG_SERVICE, request, rid))
+            except UsageError as exc:
+                if exc.code == ipcproto.E_TRY_AGAIN and not client.closed:
+                    now = time.monotonic()
+                    deadline = deadline or now + MCAST_RETRY_S
+                    if now + pause <= deadline:
+                        self._ack(client)  # what came before is through: let the client know
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, MCAST_RETRY_PAUSE_S[1])
+                        continue
+                self._count(f"mcast_refused_{exc.code}")
+                text = ipcproto.group_text(group)
+                info = {"seq": seq, "group": text, "code": exc.code, "message": str(exc)}
+                client.send(ipcproto.event(ipcproto.EV_CPG_SEND_ERROR, info))
+            client.mcast_handled = seq
+            return
+
+    def _ack(self, client: _Client) -> None:
+        """Acknowledge every pipelined MCAST handled so far (one frame for a whole read's worth)."""
+        if client.mcast_handled != client.mcast_acked:
+            client.mcast_acked = client.mcast_handled
+            self._send_or_drop(client, ipcproto.mcast_ack(client.mcast_handled))
 
     def _submit(self, event: object) -> None:
         self.backend.submit(event)
@@ -449,10 +522,9 @@ class IpcServer:
                 if future is not None and not future.done():
                     future.set_result(note)
             case CpgDeliver():
-                data = {"group": ipcproto.group_text(note.group), "nodeid": note.nodeid, "pid": note.pid}
-                self._to_handles(note.handles, ipcproto.event(ipcproto.EV_CPG_DELIVER, data, note.payload))
+                self._deliver(note)
             case CpgConfchg():
-                data = {
+                data: dict[str, Any] = {
                     "group": ipcproto.group_text(note.group),
                     "members": [_addr(a) for a in note.members],
                     "left": [_addr(a) for a in note.left],
@@ -477,6 +549,23 @@ class IpcServer:
                 frame = ipcproto.event(ipcproto.EV_QUORUM, data)
                 for client in [c for c in self._clients.values() if c.track_quorum]:
                     self._send_or_drop(client, frame)
+
+    def _deliver(self, note: CpgDeliver) -> None:
+        """One cpg message to its local members: each encoding built once, only if someone needs it."""
+        compact = legacy = None
+        for handle in note.handles:
+            client = self._clients.get(handle)
+            if client is None:
+                continue
+            if client.compact:
+                if compact is None:
+                    compact = ipcproto.deliver(note.nodeid, note.pid, note.group, note.payload)
+                self._send_or_drop(client, compact)
+            else:
+                if legacy is None:
+                    data = {"group": ipcproto.group_text(note.group), "nodeid": note.nodeid, "pid": note.pid}
+                    legacy = ipcproto.event(ipcproto.EV_CPG_DELIVER, data, note.payload)
+                self._send_or_drop(client, legacy)
 
     def _to_handles(self, handles: tuple[Handle, ...], frame: bytes) -> None:
         for handle in handles:
@@ -570,8 +659,15 @@ Handler = Callable[[_Call], Awaitable[dict[str, Any]]]
 
 async def _op_hello(call: _Call) -> dict[str, Any]:
     call.client.version = ipcproto.negotiate(call.args.get("versions"))
+    call.client.compact = call.client.version >= ipcproto.COMPACT_VERSION
     status = call.server.backend.status()
+    extra: dict[str, Any] = {}
+    if call.client.compact:
+        extra["capabilities"] = list(ipcproto.CAPABILITIES)
+        config = call.server.config
+        extra["mcast_window"] = {"messages": config.mcast_window_messages, "bytes": config.mcast_window_bytes}
     return {
+        **extra,
         "version": call.client.version,
         "server": "cmanlkd",
         "server_version": status.get("version", ""),

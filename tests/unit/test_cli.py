@@ -84,7 +84,7 @@ def test_json_schemas_of_read_commands(harness: Harness):
     assert json.loads(run(harness, "links", "--json")[1])["links"] == [{"nodeid": 2, "link": 0, "up": True}]
     assert json.loads(run(harness, "groups", "--json")[1])["groups"] == []
     version = json.loads(run(harness, "version", "--json")[1])
-    assert version["daemon_version"] == "memory" and version["daemon_protocol"] == 1
+    assert version["daemon_version"] == "memory" and version["daemon_protocol"] == 2
 
 
 def test_nodes_and_groups_tables(harness: Harness):

@@ -68,7 +68,7 @@ def test_cpg_send_waits_out_try_again(harness: Harness):
 def test_async_client_track_and_cpg(harness: Harness):
     async def scenario() -> list[Any]:
         async with await AsyncClient.connect(harness.path) as c:
-            assert c.server["version"] == 1
+            assert c.server["version"] == 2
             m = await c.membership()
             assert [x["nodeid"] for x in m["members"]] == [1]
             stream = c.track()

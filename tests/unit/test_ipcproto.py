@@ -80,10 +80,11 @@ def test_encode_refuses_oversized_parts():
 def test_version_negotiation():
     assert ipcproto.negotiate([1]) == 1
     assert ipcproto.negotiate([5, 1, 0]) == 1
+    assert ipcproto.negotiate([1, 2]) == 2
     for bad in (None, "1", [True], [1.0]):
         with pytest.raises(ProtocolError) as info:
             ipcproto.negotiate(bad)
         assert info.value.code == "bad_request"
     with pytest.raises(ProtocolError) as info:
-        ipcproto.negotiate([2, 3])
+        ipcproto.negotiate([3, 4])
     assert info.value.code == "version_unsupported"
