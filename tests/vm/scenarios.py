@@ -67,7 +67,8 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "gfs2-two-node",
-            "2 VMs, one shared disk: GFS2 mounted on both over the DLM dlmctl configures",
+            "2 VMs run cmanlkd, one shared disk: GFS2 (lock_dlm, cmk:gfs0) mounted on both, a file written on one "
+            "is read on the other",
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "gfs2_two_node.py"), (str(n),), node=n) for n in (1, 2)),
             timeout_s=300.0,
             shared_disk_mb=256,

@@ -1,21 +1,21 @@
 #!/usr/bin/env python3
-"""Guest side of scenario "gfs2-two-node": GFS2 mounted on two VMs over a DLM configured by us.
+"""Guest side of scenario "gfs2-two-node": GFS2 on one shared disk, mounted on two VMs over the
+kernel DLM that the real cmanlkd configures (no corosync, no dlm_controld).
 
-Both VMs see one shared disk (/dev/vda). dlmctl configures each kernel (cluster name "cmk",
-recover_callbacks 1: gfs2 needs the recovery callbacks and checks that its lock table's
-cluster part matches cluster_name); the group stand-in is guestlib.FileBus. Node 1 runs
-mkfs.gfs2 -p lock_dlm -t cmk:gfs0; both mount at once: the kernel's mount joins lockspace
-"gfs0" (uevent online, answered by dlmctl), the first mounter replays every journal (gfs2
-uevents change RECOVERY=Done, FIRSTMOUNT=Done, read by kernel_glue.uevents). Each node writes a
-file and reads the other's; both unmount (the lockspace is left through uevent offline) and
-remove their configuration.
+Both VMs see the disk as /dev/vda and run cmanlkd (`dlm: yes`, cluster name "cmk":
+recover_callbacks 1 is what gfs2 needs, and gfs2 checks that its lock table's cluster part
+equals cluster_name). Node 1 runs mkfs.gfs2 -p lock_dlm -t cmk:gfs0 and mounts first (the
+kernel's mount joins lockspace "gfs0": uevent online, answered by cmanlkd's dlmd; as the first
+mounter it replays every journal: gfs2 uevents RECOVERY=Done), then node 2 mounts. Each node
+writes a file and reads the other's; node 2 unmounts, then node 1 (lockspace left through
+uevent offline). SIGTERM stops cmanlkd, which removes its configfs cluster; the configfs/sysfs
+writes are compared with dlm_controld's.
 Usage: gfs2_two_node.py NODEID
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import sys
 from pathlib import Path
 
@@ -23,88 +23,89 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: cm
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
 from guestlib import (
-    LAB,
+    CONFIGFS,
     Checks,
-    FileBus,
-    Node,
-    answer_uevents,
-    eth0_address,
-    now,
-    run_bus,
+    Cmanlkd,
+    check_protocol,
+    corosync_conf,
+    finish,
+    mkfs_gfs2,
+    mount_gfs2,
+    proto_join,
+    proto_leave,
+    proto_other_joined,
+    proto_other_removed,
+    record_uevents,
     run_command,
-    wait_for_control_device,
     wait_until,
 )
 
-from cmanlk.dlmctl import ClusterChanged, DlmCtl, DlmSettings, ShutdownRequested
-from cmanlk.fencing import FencingPolicy
 from cmanlk.types import NodeId
-from kernel_glue.configfs import clear_stale
 from kernel_glue.dlm_protocol import Gfs2Uevent, LockspaceUevent
-from kernel_glue.kmod import ensure_dlm_kernel, ensure_module
+from kernel_glue.kmod import ensure_module
 from kernel_glue.uevents import DlmUeventWatch
 
 MNT = Path("/mnt/gfs")
+LS = "gfs0"
+SYSFS_LS = Path(f"/sys/kernel/dlm/{LS}")
 
 
 async def main(me: NodeId) -> int:
     c = Checks(me)
-    c.say(f"dlm configfs root: {ensure_dlm_kernel()}; gfs2 loaded now: {ensure_module('gfs2')}")
-    wait_for_control_device()
-    (LAB / f"addr.{me}").write_text(str(eth0_address()))
-    await c.barrier("addr")
-    addrs = tuple((NodeId(n), (ipaddress.IPv4Address((LAB / f"addr.{n}").read_text()),)) for n in (1, 2))
-    bus = FileBus(LAB / "bus", me)
-    node = Node(DlmCtl(DlmSettings("cmk", me, fencing=FencingPolicy(enabled=False))), bus,
-                Path("/out/protocol.txt"))
-    clear_stale(node.ctl)
-    node.feed(ClusterChanged(now(), (NodeId(1), NodeId(2)), True, addrs))
+    daemon = Cmanlkd(me, corosync_conf(2))
     watch = DlmUeventWatch()
-    await watch.start()
     seen: list[object] = []
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(run_bus(node, bus, stop)),
-             asyncio.create_task(answer_uevents(node, watch, seen))]
+    recorder: asyncio.Task[None] | None = None
     try:
+        await daemon.wait_configured(c, [1, 2])
+        c.say(f"gfs2 loaded now: {await asyncio.to_thread(ensure_module, 'gfs2')}")
+        await watch.start()
+        recorder = asyncio.create_task(record_uevents(watch, seen))
         if me == 1:
-            rc = await run_command(c, "mkfs.gfs2", "-O", "-p", "lock_dlm", "-t", "cmk:gfs0", "-j", "2",
-                                   "-J", "16", "/dev/vda")
-            c.check(rc == 0, "mkfs.gfs2")
+            c.check(await mkfs_gfs2(c, "cmk:gfs0", 2), "mkfs.gfs2 -p lock_dlm -t cmk:gfs0")
         await c.barrier("mkfs")
-        await run_command(c, "mkdir", "-p", str(MNT))
-        c.check(await run_command(c, "mount", "-t", "gfs2", "/dev/vda", str(MNT)) == 0, "mount -t gfs2")
+        for turn in (1, 2):
+            if me == turn:
+                c.check(await mount_gfs2(c, mnt=MNT), f"node {me}: mount -t gfs2")
+            await c.barrier(f"mounted{turn}")
         (MNT / f"from-node{me}").write_text(f"written by node {me}\n")
         await run_command(c, "sync")
         await c.barrier("written")
         other = 3 - me
         text = (MNT / f"from-node{other}").read_text()
         c.check(text == f"written by node {other}\n", f"read node {other}'s file: {text!r}")
-        nodes = sorted(node.ctl.listdir("cluster/spaces/gfs0/nodes"))
+        nodes = sorted(p.name for p in (CONFIGFS / f"cluster/spaces/{LS}/nodes").iterdir())
         c.check(nodes == ["1", "2"], f"lockspace gfs0 nodes {nodes}")
         await c.barrier("read")
-        c.check(await run_command(c, "umount", str(MNT)) == 0, "umount")
-        await wait_until(lambda: not node.sysfs.lockspaces(), 30.0, "gfs0 lockspace gone")
-        await c.barrier("umounted")
-        node.feed(ShutdownRequested(now()))
-        c.check(node.ctl.listdir("") == [], "nothing left in configfs")
+        for turn in (2, 1):
+            if me == turn:
+                c.check(await run_command(c, "umount", str(MNT)) == 0, f"node {me}: umount")
+                await wait_until(lambda: not SYSFS_LS.exists(), 30.0, "gfs0 lockspace gone")
+            await c.barrier(f"umounted{turn}")
+        await daemon.terminate(c)
         gfs2 = [e for e in seen if isinstance(e, Gfs2Uevent)]
         online = any(e.action == "online" and e.table == "cmk:gfs0" for e in gfs2)
         c.check(online, "gfs2 online uevent parsed")
         if me == 1:  # the first mounter replays both journals
             recovered = sorted(e.get("JID") or "" for e in gfs2 if e.get("RECOVERY") == "Done")
             c.check(recovered == ["0", "1"], f"journal recovery uevents {recovered}")
-        actions = [e.action for e in seen if isinstance(e, LockspaceUevent) and e.lockspace == "gfs0"]
+        actions = [e.action for e in seen if isinstance(e, LockspaceUevent) and e.lockspace == LS]
         c.check(actions == ["add", "online", "offline", "remove"], f"gfs0 lockspace uevents {actions}")
+        if me == 1:
+            expected = proto_join(LS, [1]) + proto_other_joined(LS, 2) + proto_other_removed(LS, 2) \
+                + proto_leave(LS, [1])
+        else:
+            expected = proto_join(LS, [1, 2]) + proto_leave(LS, [1, 2])
+        check_protocol(c, daemon.kernel_ops(), comms=[1, 2], removed=[], lockspaces={LS: expected})
     except TimeoutError as exc:
         c.check(False, f"timed out: {exc}")
     finally:
-        stop.set()
+        if recorder is not None:
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
         await watch.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    c.say("PASS" if not c.failures else f"FAILED: {c.failures}")
-    return 1 if c.failures else 0
+        await asyncio.to_thread(daemon.stop)
+    return finish(c)
 
 
 if __name__ == "__main__":

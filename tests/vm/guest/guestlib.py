@@ -597,3 +597,21 @@ def crash_now(c: Checks) -> None:
 def finish(c: Checks) -> int:
     c.say("PASS" if not c.failures else f"FAILED: {c.failures}")
     return 1 if c.failures else 0
+
+
+async def record_uevents(watch: object, seen: list[object]) -> None:
+    """Append every DLM/gfs2 uevent of `watch` (a started kernel_glue DlmUeventWatch) to `seen`."""
+    async for ev in watch.events():  # type: ignore[attr-defined]
+        seen.append(ev)
+
+
+async def mount_gfs2(c: Checks, device: str = "/dev/vda", mnt: Path = Path("/mnt/gfs")) -> bool:
+    """mount -t gfs2 `device` on `mnt` (made if missing); return whether it worked."""
+    await asyncio.to_thread(mnt.mkdir, parents=True, exist_ok=True)
+    return await run_command(c, "mount", "-t", "gfs2", device, str(mnt)) == 0
+
+
+async def mkfs_gfs2(c: Checks, table: str, journals: int, device: str = "/dev/vda") -> bool:
+    """mkfs.gfs2 -p lock_dlm -t `table` with `journals` 16 MiB journals; return whether it worked."""
+    return await run_command(c, "mkfs.gfs2", "-O", "-p", "lock_dlm", "-t", table, "-j", str(journals),
+                             "-J", "16", device) == 0
