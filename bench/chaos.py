@@ -11,15 +11,26 @@ a carrier loss on a link, and random packet loss, each held for a random time; a
 `--max-faults` at once. After `--duration` seconds every fault is healed, every daemon restarted,
 the ring must re-form within a bound, traffic flows for a while and then stops.
 
-The histories are turned into the simulator's records (cmanlk/sim/history.py: one client
-connection = one EVS process; a lost connection = a crash) and checked by the simulator's own
-checker, cmanlk/sim/invariants.py, with `settled=True` and a liveness bound. Two properties are
-not observable through CPG and are therefore not judged on real histories:
+The histories are turned into the simulator's records (`to_history`: one client connection =
+one EVS process; a lost connection = a crash) and checked by the simulator's own checker,
+cmanlk/sim/invariants.py, with `settled=True` and a liveness bound. What CPG does not let a
+client observe is mapped, never dropped, as follows:
 - ``transitional``: CPG clients see only regular configurations; the adapter inserts the
   transitional configuration the client can infer (old ∩ new members) so the shape checks hold,
-  but its exact membership is not what a client can verify;
+  but its exact membership is not what a client can verify: not judged.
 - ``agreed`` for a ring whose members did not all move on to the same next ring: without the
-  transitional marker, gaps that EVS allows after a partition look like agreed-order gaps.
+  transitional marker, gaps that EVS allows after a partition look like agreed-order gaps: not
+  judged for such rings (virtual synchrony still is, for those that moved on together).
+- A client that joins the group inside a ring (every client's first configuration, and every
+  restarted client's) is told that ring at its join and gets only the messages ordered after
+  its PROCJOIN. Its first epoch gets a private ring id for the checker (`private_join_epochs`)
+  and is judged by `join_epoch_violations` from its join point — its first delivery: same
+  membership, no gap against any other member after it, and the same messages as every member
+  that moved on to the same next ring. Not observable: messages ordered between its PROCJOIN and
+  its first delivery, and a joining epoch that delivered nothing. Liveness is judged on the
+  original ring ids; a client that joined in the final configuration is not owed what was
+  delivered before it joined (`late_join_excuses`).
+- A repeated view (same ring, same members) is one configuration (see `to_history`).
 Everything else — config agreement, ring seqs growing across restarts, delivery in a
 configuration holding the sender, no spurious or duplicate delivery, one total order, FIFO,
 virtual synchrony, self-delivery and liveness — is checked as in the simulator.
@@ -39,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +61,7 @@ from bench import systems
 from bench.cluster import BenchCluster, DriverError
 from bench.netns import Lab
 from cmanlk.sim import invariants
-from cmanlk.sim.history import Booted, Crashed, Delivered, Installed, Record, Sent
+from cmanlk.sim.history import Booted, Crashed, Delivered, Installed, Record, Sent, label
 from cmanlk.sim.invariants import LivenessSpec, Violation, check
 from cmanlk.totem.actions import ConfigKind
 from cmanlk.types import Duration, Instant, NodeId, RingId
@@ -67,19 +78,20 @@ def to_history(records: Iterable[list[Any]]) -> list[Record]:
 
     Records: ["boot", t], ["crash", t], ["sent", t, hex], ["deliver", t, rep, seq, sender, hex],
     ["config", t, rep, seq, members]. A configuration after the first one of an incarnation is
-    preceded by the transitional configuration the client can infer (previous ∩ new members).
-    Raises ValueError on an unknown record kind.
+    preceded by the transitional configuration the client can infer (previous ∩ new members); a
+    repeat of the current view is dropped. Raises ValueError on an unknown record kind.
     """
     out: list[Record] = []
     prev: tuple[NodeId, ...] | None = None
+    prev_ring: RingId | None = None
     for rec in records:
         kind, t = rec[0], Instant(int(rec[1]))
         if kind == "boot":
             out.append(Booted(t, 0))
-            prev = None
+            prev = prev_ring = None
         elif kind == "crash":
             out.append(Crashed(t))
-            prev = None
+            prev = prev_ring = None
         elif kind == "sent":
             out.append(Sent(t, bytes.fromhex(rec[2])))
         elif kind == "deliver":
@@ -88,6 +100,14 @@ def to_history(records: Iterable[list[Any]]) -> list[Record]:
         elif kind == "config":
             ring = RingId(int(rec[3]), NodeId(int(rec[2])))
             members = tuple(NodeId(int(m)) for m in sorted(rec[4]))
+            if ring == prev_ring and members == prev:
+                # The same view again: a connection whose join is pending gets the ring's totem
+                # confchg with every connection at sync_activate, then the initial one when its
+                # PROCJOIN is applied (corosync cpg.c does the same: the broadcast goes to every
+                # cpg_pd, the initial view to a joiner whose initial_totem_conf_sent is 0). One
+                # configuration, not a second installation of it.
+                continue
+            prev_ring = ring
             if prev is not None:
                 trans = tuple(m for m in members if m in prev)
                 out.append(Installed(t, ConfigKind.TRANSITIONAL, ring, trans))
@@ -117,23 +137,180 @@ def split_rings(histories: dict[NodeId, list[Record]]) -> set[str]:
     return {ring for ring, after in nexts.items() if len(after) > 1}
 
 
-def late_join_rings(histories: dict[NodeId, list[Record]]) -> set[str]:
-    """Rings (as printed) that some client incarnation entered as its first configuration.
+JOIN_REP_BASE = 0xF000_0000
+"""Representatives of the private rings given to joining epochs (far above any node id of a run)."""
 
-    A CPG process receives a group's messages only from its join on, so in the configuration it
-    joined it legitimately misses what the others delivered before.
-    """
-    out: set[str] = set()
-    for recs in histories.values():
-        first = True
-        for rec in recs:
-            if isinstance(rec, Booted):
-                first = True
-            elif isinstance(rec, Installed) and rec.kind is ConfigKind.REGULAR:
-                if first:
-                    out.add(str(rec.ring_id))
-                first = False
+
+@dataclass(frozen=True)
+class JoinEpoch:
+    """The first configuration of a client incarnation: it joined the group inside ring `ring`."""
+
+    node: NodeId
+    ring: RingId
+    private: RingId  # the ring id the checker sees for this epoch instead of `ring`
+    members: tuple[NodeId, ...]
+    delivered: tuple[bytes, ...]
+    next_ring: RingId | None  # the incarnation's next configuration (None: it ended first)
+    at: int  # record index of the installation
+
+
+@dataclass(frozen=True)
+class _Lived:
+    """One regular configuration as one incarnation lived it (original ring ids)."""
+
+    node: NodeId
+    incarnation: int
+    ring: RingId
+    members: tuple[NodeId, ...]
+    delivered: tuple[bytes, ...]
+    next_ring: RingId | None
+    joined: bool  # the incarnation's first configuration
+    at: int
+
+
+def _lived(recs: list[Record], node: NodeId) -> list[_Lived]:
+    out: list[_Lived] = []
+    inc = 0
+    cur: tuple[Installed, int, bool] | None = None  # (installation, record index, first of its incarnation)
+    got: list[bytes] = []
+    first = True
+
+    def close(next_ring: RingId | None) -> None:
+        if cur is not None:
+            rec = cur[0]
+            out.append(_Lived(node, inc, rec.ring_id, rec.members, tuple(got), next_ring, cur[2], cur[1]))
+
+    for i, rec in enumerate(recs):
+        if isinstance(rec, Booted | Crashed):
+            close(None)
+            cur, got, first = None, [], True
+            inc += isinstance(rec, Booted)
+        elif isinstance(rec, Installed) and rec.kind is ConfigKind.REGULAR:
+            close(rec.ring_id)
+            cur, got, first = (rec, i, first), [], False
+        elif isinstance(rec, Delivered) and cur is not None:
+            got.append(rec.payload)
+    close(None)
     return out
+
+
+def private_join_epochs(
+    histories: dict[NodeId, list[Record]],
+) -> tuple[dict[NodeId, list[Record]], list[JoinEpoch]]:
+    """Give every client incarnation's first configuration a private ring id; return the
+    relabelled histories and those epochs.
+
+    Why: the checker's EVS process installs a configuration when the ring forms and delivers the
+    whole of it. A CPG process that joins a group while a ring R is up (a restarted client, or any
+    client at the start) gets R's totem view at its join (CPG_MODEL_V1_DELIVER_INITIAL_TOTEM_CONF)
+    and only the messages ordered after its PROCJOIN (corosync cpg.c delivers a group's messages
+    to JOIN_COMPLETED handles only). Judged as a member of R from R's start, it "misses" what the
+    others delivered before its join: agreed-order and virtual-synchrony findings that are not
+    faults. Under a private ring id the checker judges this epoch alone (and everything else —
+    order, duplicates, FIFO, sender membership, ring seqs — as before); `join_epoch_violations`
+    then judges it against R's other members with the join point taken into account.
+    """
+    out: dict[NodeId, list[Record]] = {}
+    epochs: list[JoinEpoch] = []
+    for node in sorted(histories):
+        recs = list(histories[node])
+        for lived in _lived(recs, node):
+            if not lived.joined:
+                continue
+            private = RingId(lived.ring.seq, NodeId(JOIN_REP_BASE + len(epochs)))
+            epochs.append(
+                JoinEpoch(
+                    node, lived.ring, private, lived.members, lived.delivered, lived.next_ring, lived.at
+                )
+            )
+            first = recs[lived.at]
+            assert isinstance(first, Installed)
+            recs[lived.at] = replace(first, ring_id=private)
+            for j in range(lived.at + 1, len(recs)):
+                rec = recs[j]
+                if isinstance(rec, Installed | Booted | Crashed):
+                    break
+                if isinstance(rec, Delivered) and rec.ring_id == lived.ring:
+                    recs[j] = replace(rec, ring_id=private)
+        out[node] = recs
+    return out, epochs
+
+
+def join_epoch_violations(histories: dict[NodeId, list[Record]], epochs: list[JoinEpoch]) -> list[Violation]:
+    """Judge each joining epoch against the other epochs of the same ring (original histories).
+
+    Its first delivery marks its join point in the agreed order. From there, it and any other
+    member deliver one sequence (agreed: one is a prefix of the other); when both go on to the same
+    next configuration they deliver exactly the same messages after the join point (virtual
+    synchrony). Another joiner that joined later than our first delivery is judged the other way
+    round. Not observable: messages ordered between the PROCJOIN and our first delivery, and an
+    epoch that delivered nothing (its join point is unknown). Members of the ring must agree
+    (config-agreement, which the checker no longer sees across the private ring id).
+    """
+    by_ring: dict[RingId, list[_Lived]] = {}
+    for node, recs in histories.items():
+        for lived in _lived(recs, node):
+            by_ring.setdefault(lived.ring, []).append(lived)
+    found: list[Violation] = []
+    for ep in epochs:
+        mine = ep.delivered
+        for other in by_ring.get(ep.ring, []):
+            if other.node == ep.node and other.at == ep.at:
+                continue
+            if other.members != ep.members:
+                found.append(
+                    Violation(
+                        "config-agreement",
+                        ep.node,
+                        f"joined {ep.ring} with members {list(ep.members)}, node {other.node} has "
+                        f"{list(other.members)}",
+                        str(ep.ring),
+                    )
+                )
+            theirs = other.delivered
+            if not mine or (other.joined and not theirs):
+                continue  # a join point is unknown without a delivery (not observable)
+            together = ep.next_ring is not None and ep.next_ring == other.next_ring
+            where = f"joined {ep.ring} (private {ep.private}); node {other.node}"
+            if mine[0] not in theirs:
+                if other.joined and theirs and theirs[0] in mine:
+                    continue  # it joined after our first delivery: judged from its own epoch
+                if together:
+                    found.append(
+                        Violation(
+                            "virtual-synchrony",
+                            ep.node,
+                            f"{where} moved to {ep.next_ring} too but never delivered {label(mine[0])} "
+                            f"(our first delivery in {ep.ring})",
+                            str(ep.ring),
+                        )
+                    )
+                continue
+            tail = theirs[theirs.index(mine[0]) :]
+            n = min(len(tail), len(mine))
+            if tail[:n] != mine[:n]:
+                k = next(i for i in range(n) if tail[i] != mine[i])
+                found.append(
+                    Violation(
+                        "agreed",
+                        ep.node,
+                        f"{where} delivered {label(tail[k])} where we delivered {label(mine[k])} "
+                        f"(#{k + 1} after our join)",
+                        str(ep.ring),
+                    )
+                )
+            elif together and len(tail) != len(mine):
+                longer, who = (tail, f"node {other.node}") if len(tail) > len(mine) else (mine, "we")
+                found.append(
+                    Violation(
+                        "virtual-synchrony",
+                        ep.node,
+                        f"{where} moved to {ep.next_ring} too, but after our join {who} also delivered "
+                        f"{[label(m) for m in longer[n : n + 5]]}",
+                        str(ep.ring),
+                    )
+                )
+    return found
 
 
 LATE_JOIN_SLACK_NS = 50_000_000  # deliveries this close to a client's join may precede it in order
@@ -176,28 +353,38 @@ def judge(
     """Run the simulator's checker; return (violations judged, violations set aside as unobservable)."""
     # The checker keeps only the first few violations per property; we must see them all to set
     # the unobservable ones aside, so lift its report cap for this call.
+    relabelled, epochs = private_join_epochs(histories)
     cap = invariants.MAX_REPORTS_PER_PROPERTY
     invariants.MAX_REPORTS_PER_PROPERTY = 1 << 30
     try:
-        found = check(histories, settled=True, liveness=liveness)
+        found = check(relabelled, settled=True, liveness=liveness)
+        live = check(histories, settled=True, liveness=liveness) if liveness is not None else []
     finally:
         invariants.MAX_REPORTS_PER_PROPERTY = cap
-    split = split_rings(histories)
-    joined = late_join_rings(histories)
+    split = split_rings(relabelled)
     kept = [
         v
         for v in found
         if v.prop not in UNJUDGED
         and not (v.prop == "agreed" and v.config in split)
-        and not (v.prop in ("agreed", "virtual-synchrony") and v.config in joined)
+        and v.prop != "liveness"
+    ]
+    # Liveness is judged on the original ring ids (a client that joined in the final ring ends
+    # in that ring, not in a private one); only final-delivery gaps explained by a late join are
+    # set aside.
+    kept += [
+        v
+        for v in live
+        if v.prop == "liveness"
         and not (
-            v.prop == "liveness"
-            and v.node is not None
+            v.node is not None
             and v.detail.split(") ", 1)[-1].startswith("never delivered")
             and late_join_excuses(histories, v.node)
         )
     ]
-    return kept, len(found) - len(kept)
+    judged = len([v for v in found if v.prop != "liveness"]) + len([v for v in live if v.prop == "liveness"])
+    set_aside = judged - len(kept)
+    return kept + join_epoch_violations(histories, epochs), set_aside
 
 
 # -- the fault schedule --------------------------------------------------------------------------

@@ -81,8 +81,8 @@ def test_split_rings_are_those_whose_members_moved_apart():
     assert "1.c" not in split_rings(hist)
 
 
-def test_late_join_rings_are_first_configurations_of_an_incarnation():
-    from bench.chaos import late_join_rings
+def test_first_configurations_of_an_incarnation_get_private_rings():
+    from bench.chaos import private_join_epochs
 
     raw = {
         1: [["boot", 1], ["config", 2, 1, 8, [1, 2]], ["config", 3, 1, 12, [1, 2]]],
@@ -92,10 +92,60 @@ def test_late_join_rings_are_first_configurations_of_an_incarnation():
             ["crash", 3],
             ["boot", 4],
             ["config", 5, 1, 12, [1, 2]],
+            ["deliver", 6, 1, 12, 1, _p("a")],
         ],
     }
     hist = {NodeId(n): to_history(r) for n, r in raw.items()}
-    assert late_join_rings(hist) == {"1.8", "1.c"}
+    relabelled, epochs = private_join_epochs(hist)
+    assert [(e.node, str(e.ring), e.next_ring) for e in epochs] == [
+        (1, "1.8", RingId(12, NodeId(1))),
+        (2, "1.8", None),
+        (2, "1.c", None),
+    ]
+    # The epoch and its deliveries carry the private ring; later configurations keep theirs.
+    late = [r for r in relabelled[NodeId(2)] if isinstance(r, Installed | Delivered)]
+    assert late[-1].ring_id == late[-2].ring_id == epochs[2].private != RingId(12, NodeId(1))
+    assert [r.ring_id for r in relabelled[NodeId(1)] if isinstance(r, Installed)][-1] == RingId(12, NodeId(1))
+
+
+def test_a_repeated_view_is_one_configuration():
+    recs = [["boot", 1], ["config", 2, 1, 8, [1, 2]], ["config", 3, 1, 8, [2, 1]], ["config", 4, 1, 12, [1]]]
+    kinds = [(r.kind, str(r.ring_id)) for r in to_history(recs) if isinstance(r, Installed)]
+    assert kinds == [
+        (ConfigKind.REGULAR, "1.8"),
+        (ConfigKind.TRANSITIONAL, "1.c"),
+        (ConfigKind.REGULAR, "1.c"),
+    ]
+
+
+def _joined_late(mine: list[str], theirs: list[str], together: bool) -> list[str]:
+    """Node 1 is in ring 1.8 from its start, node 2's client joins it; both may move to 1.c."""
+    raw = {
+        1: [["boot", 1], ["config", 2, 1, 4, [1]], ["config", 3, 1, 8, [1, 2]]],
+        2: [["boot", 4], ["config", 5, 1, 8, [1, 2]]],
+    }
+    for node, names in ((1, theirs), (2, mine)):
+        raw[node] += [["deliver", 10 + i, 1, 8, 1, _p(m)] for i, m in enumerate(names)]
+    raw[1].append(["config", 50, 1, 12, [1, 2]])
+    raw[2].append(["config", 50, 1, 12, [1, 2]] if together else ["crash", 50])
+    names = sorted(set(mine) | set(theirs))
+    raw[1][1:1] = [["sent", 1, _p(m)] for m in names]
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    violations, _ = judge(hist, None)
+    # Node 1 "sent" every name; what it did not deliver itself is beside the point here.
+    return [v.prop for v in violations if v.prop != "self-delivery"]
+
+
+def test_a_joining_client_is_judged_from_its_join_point():
+    # Joined after "a": owes nothing before its first delivery, everything after it.
+    assert _joined_late(["b", "c"], ["a", "b", "c"], together=True) == []
+    assert _joined_late(["b"], ["a", "b", "c"], together=False) == []
+    assert _joined_late(["b"], ["a", "b", "c"], together=True) == ["virtual-synchrony"]
+    assert "total-order" in _joined_late(["c", "b"], ["a", "b", "c"], together=False)
+    # A gap after the join point is an agreed-order fault, even if they part afterwards.
+    assert _joined_late(["b", "d"], ["a", "b", "c", "d"], together=False) == ["agreed"]
+    # The joiner delivered something the member it moved on with never did.
+    assert _joined_late(["b", "x"], ["a", "b"], together=True) == ["virtual-synchrony"]
 
 
 def test_judge_sets_aside_what_cpg_cannot_show_but_keeps_real_faults():
