@@ -187,10 +187,7 @@ def _cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit_json(out, "nodes", {"nodes": nodes})
         return EXIT_OK
-    out.write(f"{'Nodeid':>10} {'Votes':>6}  {'State':<8} Name\n")
-    for n in nodes:
-        name = n["name"] + (" (local)" if n["local"] else "")
-        out.write(f"{n['nodeid']:>10} {n['votes']:>6}  {n['state']:<8} {name}\n")
+    _table(out, _NODE_COLUMNS, [(n["nodeid"], n["votes"], n["state"], _node_name(n)) for n in nodes])
     return EXIT_OK
 
 
@@ -204,9 +201,7 @@ def _cmd_links(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit_json(out, "links", {"links": rows})
         return EXIT_OK
-    out.write(f"{'Nodeid':>10} {'Link':>5}  State\n")
-    for r in rows:
-        out.write(f"{r['nodeid']:>10} {r['link']:>5}  {'up' if r['up'] else 'DOWN'}\n")
+    _table(out, _LINK_COLUMNS, [(r["nodeid"], r["link"], "up" if r["up"] else "DOWN") for r in rows])
     return EXIT_OK
 
 
@@ -220,10 +215,7 @@ def _cmd_groups(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit_json(out, "groups", {"groups": rows})
         return EXIT_OK
-    out.write(f"{'Group':<32} {'Members':>7}  Processes (nodeid:pid)\n")
-    for g in rows:
-        procs = " ".join(f"{m['nodeid']}:{m['pid']}" for m in g["members"])
-        out.write(f"{g['name']:<32} {len(g['members']):>7}  {procs}\n")
+    _table(out, _GROUP_COLUMNS, [(g["name"], len(g["members"]), _processes(g["members"])) for g in rows])
     return EXIT_OK
 
 
@@ -370,10 +362,40 @@ def _votequorum_block(out: TextIO, q: dict[str, Any], header: bool = True) -> No
 
 def _membership_table(out: TextIO, members: list[dict[str, Any]]) -> None:
     _section(out, "Membership information")
-    out.write(f"{'Nodeid':>10} {'Votes':>10} Name\n")
-    for n in members:
-        name = n["name"] + (" (local)" if n["local"] else "")
-        out.write(f"{n['nodeid']:>10} {n['votes']:>10} {name}\n")
+    _table(out, _MEMBER_COLUMNS, [(n["nodeid"], n["votes"], _node_name(n)) for n in members])
+
+
+Column = tuple[str, str, str]
+"""A table column: (title, format spec of its cells, the gap written after it)."""
+
+_NODE_COLUMNS: tuple[Column, ...] = (
+    ("Nodeid", ">10", " "),
+    ("Votes", ">6", "  "),
+    ("State", "<8", " "),
+    ("Name", "", ""),
+)
+_MEMBER_COLUMNS: tuple[Column, ...] = (("Nodeid", ">10", " "), ("Votes", ">10", " "), ("Name", "", ""))
+_LINK_COLUMNS: tuple[Column, ...] = (("Nodeid", ">10", " "), ("Link", ">5", "  "), ("State", "", ""))
+_GROUP_COLUMNS: tuple[Column, ...] = (
+    ("Group", "<32", " "),
+    ("Members", ">7", "  "),
+    ("Processes (nodeid:pid)", "", ""),
+)
+
+
+def _table(out: TextIO, columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> None:
+    """Write the title line of `columns`, then one line per row (cells formatted by the columns)."""
+    for cells in [tuple(title for title, _, _ in columns), *rows]:
+        out.write("".join(f"{cell:{spec}}{gap}" for cell, (_, spec, gap) in zip(cells, columns, strict=True)))
+        out.write("\n")
+
+
+def _node_name(node: dict[str, Any]) -> str:
+    return str(node["name"]) + (" (local)" if node["local"] else "")
+
+
+def _processes(members: list[dict[str, Any]]) -> str:
+    return " ".join(f"{m['nodeid']}:{m['pid']}" for m in members)
 
 
 if __name__ == "__main__":
