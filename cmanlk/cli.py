@@ -223,17 +223,57 @@ def _cmd_dlm(args: argparse.Namespace, out: TextIO) -> int:
     with _connect(args) as c:
         result = c.dlm()
     lockspaces: list[dict[str, Any]] = [
-        {**ls, "name": str(ls.get("name", "")), "state": str(ls.get("state", ""))}
+        {**ls, "name": str(ls.get("name", "")), "state": str(ls.get("state", "")),
+         "stopped": ls.get("state") != "started"}
         for ls in result.get("lockspaces", [])
         if isinstance(ls, dict)
     ]
+    raw_fencing = result.get("fencing")
+    fencing: dict[str, Any] = raw_fencing if isinstance(raw_fencing, dict) else {}
+    victims = [v for v in fencing.get("victims", []) if isinstance(v, dict)]
     if args.json:
-        _emit_json(out, "dlm", {"lockspaces": lockspaces})
+        body = {"cluster": result.get("cluster", {}), "lockspaces": lockspaces,
+                "fencing": {**fencing, "victims": victims, "waiting": _dlm_unfenced(victims)},
+                "daemon": result.get("daemon", {})}
+        _emit_json(out, "dlm", body)
         return EXIT_OK
-    out.write(f"{'Lockspace':<32} State\n")
-    for ls in lockspaces:
-        out.write(f"{ls['name']:<32} {ls['state']}\n")
+    _write_dlm_text(out, result.get("cluster", {}), lockspaces, fencing, victims)
     return EXIT_OK
+
+
+def _dlm_unfenced(victims: list[dict[str, Any]]) -> list[int]:
+    """Node ids whose fencing recovery still waits for (not yet fenced or acknowledged)."""
+    return [int(v["nodeid"]) for v in victims if v.get("state") != "fenced" and "nodeid" in v]
+
+
+def _write_dlm_text(out: TextIO, cluster: Any, lockspaces: list[dict[str, Any]], fencing: dict[str, Any],
+                    victims: list[dict[str, Any]]) -> None:
+    if isinstance(cluster, dict) and cluster:
+        members = " ".join(str(n) for n in cluster.get("members", []))
+        state = "configured" if cluster.get("configured") else "not configured"
+        out.write(f"Kernel DLM cluster: {state}, members [{members}]\n")
+    out.write(f"{'Lockspace':<24} {'State':<8} {'Members':<16} Waiting for\n")
+    for ls in lockspaces:
+        members = " ".join(str(n) for n in ls.get("members", []))
+        waiting = ", ".join(str(w) for w in ls.get("waiting_for", [])) or "-"
+        out.write(f"{ls['name']:<24} {ls['state']:<8} {members:<16} {waiting}\n")
+    if not fencing:
+        return
+    role = ", this node is the fencer" if fencing.get("fencer") else ""
+    out.write(f"Fencing: {'enabled' if fencing.get('enabled') else 'disabled'}{role}\n")
+    if victims:
+        out.write(f"{'Node':<6} {'State':<8} {'Since':>8} {'Attempts':>8}  Last agent result\n")
+    for v in victims:
+        since = f"{int(v.get('for_ns', 0)) / 1e9:.1f}s" if "for_ns" in v else "-"
+        agent = v.get("agent")
+        if isinstance(agent, dict):
+            tail = str(agent.get("output_tail", "")).strip().splitlines()
+            last = f"exit {agent.get('exit_code')}" + (f": {tail[-1][:60]}" if tail else "")
+        else:
+            last = "no device: waiting for fence-ack" if v.get("has_device") is False else "-"
+        how = f" ({v['how']})" if v.get("how") else ""
+        out.write(f"{v.get('nodeid', '?')!s:<6} {str(v.get('state', '')) + how:<8} {since:>8} "
+                  f"{v.get('attempts', 0)!s:>8}  {last}\n")
 
 
 def _cmd_version(args: argparse.Namespace, out: TextIO) -> int:

@@ -99,6 +99,8 @@ GROUP_REQUEST_TIMEOUT_S = 5.0
 RETRYABLE = frozenset({"try_again", "busy"})
 """cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
 DLM_CONFIGFS = "/sys/kernel/config/dlm"
+AGENT_TAIL_SHOWN = 200
+"""Characters of a fence agent's output shown in the status: its last line or two."""
 DLM_SYSFS = "/sys/kernel/dlm"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -213,12 +215,25 @@ class DlmDaemon:
                  "on" if self.ctl.settings.fencing.enabled else "off")
 
     def status(self) -> dict[str, Any]:
-        """Return dlmctl's state plus the daemon's counters (the `dlm` IPC reply)."""
-        out = self.ctl.status(_now())
+        """Return dlmctl's state plus the daemon's counters (the `dlm` IPC reply, docs/cli-json.md).
+
+        Each fencing victim also carries `for_ns` (how long it has been a victim), whether it
+        has a fence device, and `agent`: the last agent run's exit code, duration and output
+        tail (None before the first run ends).
+        """
+        now = _now()
+        out = self.ctl.status(now)
+        agents = {n: {"exit_code": o.exit_code, "seconds": round(o.seconds, 3),
+                      "output_tail": o.output_tail[-AGENT_TAIL_SHOWN:]} for n, o in self.fence.last.items()}
+        fencing = out.get("fencing")
+        if isinstance(fencing, dict):
+            for v in fencing.get("victims", []):
+                nodeid = NodeId(int(v["nodeid"]))
+                v["for_ns"] = int(now - int(v["since_ns"]))
+                v["has_device"] = nodeid in self.fence.devices
+                v["agent"] = agents.get(nodeid)
         out["daemon"] = {**self.stats.as_dict(), "ready": self.ready, "node_id": int(self.node.me),
-                         "fence_agents": {str(n): {"exit_code": o.exit_code, "seconds": round(o.seconds, 3),
-                                                   "output_tail": o.output_tail[-200:]}
-                                          for n, o in self.fence.last.items()}}
+                         "fence_agents": {str(n): a for n, a in agents.items()}}
         return out
 
     def fence_ack(self, nodeid: NodeId) -> dict[str, Any]:
