@@ -12,7 +12,8 @@ Process behaviour:
 - One daemon per run directory: `<run_dir>/cmanlkd.pid` is locked for the daemon's lifetime.
 
 Exit codes: 0 left cleanly (or --check-config found no error), 1 configuration error,
-2 usage error, 3 runtime failure (sockets, directories, another instance), 4 internal error,
+2 usage error, 3 runtime failure (sockets, directories, another instance, a kernel DLM that
+`cmanlk { dlm: yes }` cannot set up), 4 internal error (a bug),
 5 killed: a peer's kill request (cmanlk-tool kill, corosync-cfgtool -k) named this node; it left
 the ring and must not be restarted automatically (the unit has RestartPreventExitStatus=5).
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
-from cmanlk.errors import ConfigError, InternalError, UsageError
+from cmanlk.errors import ConfigError, InternalError, KernelError, UsageError
 from cmanlk.runtime.logsetup import setup_logging
 from cmanlk.runtime.node import CoreKind, Node
 from cmanlk.runtime.notify import Notifier
@@ -147,6 +148,11 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
         await node.run()
     except OSError as exc:
         log.error("stopped: %s", exc)
+        return EXIT_RUNTIME
+    except KernelError as exc:
+        # `dlm: yes` and no usable kernel DLM (module missing, configfs not mountable, a configfs
+        # tree we cannot write): the host is at fault, not the file, and not a bug
+        log.error("stopped: the kernel DLM cannot be set up (cmanlk { dlm: yes }): %s", exc)
         return EXIT_RUNTIME
     except InternalError as exc:
         log.critical("internal error: %s", exc)
