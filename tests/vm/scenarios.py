@@ -47,28 +47,32 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "two-node-ipv6",
-            "cmanlkd-dlm over IPv6: the ring on the ULAs, comms/N/addr as sockaddr_in6, EX conflict across nodes",
-            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "cmanlkd_dlm.py"), (str(n), "ipv6"), node=n) for n in (1, 2)),
+            "cmanlkd-dlm over IPv6: the ring on the ULAs, comms/N/addr as sockaddr_in6, EX conflict "
+            "across nodes",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "cmanlkd_dlm.py"), (str(n), "ipv6"), node=n)
+                  for n in (1, 2)),
             timeout_s=300.0,
         ),
         Scenario(
             "crash-fencing",
-            "2 VMs: node 2 crashes holding a lock; recovery waits for the fence agent (retried), "
-            "then the lock is free",
+            "2 VMs run cmanlkd, GFS2 mounted on both: node 2 hard-resets holding a lock; node 1 fences "
+            "it with the configured agent (fails once, retried), recovers; lock and filesystem work again",
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "crash_fencing.py"), (str(n),), node=n) for n in (1, 2)),
             timeout_s=300.0,
+            shared_disk_mb=256,
         ),
         Scenario(
             "three-node-crash",
-            "3 VMs: joins one by one; node 3 dies holding a lock; the two survivors recover without fencing",
+            "3 VMs run cmanlkd: joins one by one; node 3 hard-resets holding a lock; the survivors wait for "
+            "`cmanlk-tool fence-ack 3` (no fence device), then recover and the lock is free",
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "three_node_crash.py"), (str(n),), node=n)
                   for n in (1, 2, 3)),
             timeout_s=300.0,
         ),
         Scenario(
             "gfs2-two-node",
-            "2 VMs run cmanlkd, one shared disk: GFS2 (lock_dlm, cmk:gfs0) mounted on both, a file written on one "
-            "is read on the other",
+            "2 VMs run cmanlkd, one shared disk: GFS2 (lock_dlm, cmk:gfs0) mounted on both, a file "
+            "written on one is read on the other",
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "gfs2_two_node.py"), (str(n),), node=n) for n in (1, 2)),
             timeout_s=300.0,
             shared_disk_mb=256,

@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
-"""Guest side of scenario "crash-fencing": recovery waits for fencing, then the lock is free.
+"""Guest side of scenario "crash-fencing": a node hard-resets with GFS2 mounted and a lock held;
+the survivor's cmanlkd fences it with the configured agent, recovers, and the filesystem and the
+lock are usable again.
 
-Two VMs join lockspace lab3 (dlmctl + FileBus as in two_node.py). Node 2 takes EX on "res1"
-and hard-resets itself (sysrq b) without leaving. Node 1 plays the membership layer (it sees the
-marker file and reports node 2 down: cluster membership {1}, still quorate as with two_node,
-and a NODEDOWN confchg of the lockspace group). Then, on node 1, with fencing enabled:
-- comms/2 is removed and the lockspace stopped (control 0) at once;
-- recovery does not start while node 2 is unfenced: a NOQUEUE EX request on res1 blocks in the
-  stopped kernel lockspace, and the core reports it waits for "fencing of node 2";
-- the fence agent (fence_lab.py through cmanlk.runtime.fence) fails once, is retried after the
-  backoff, and succeeds once node 2 no longer answers ping;
-- then nodes/2 is removed, control 1 written, and the blocked request is granted (status 0:
-  node 2's lock went away with it). Node 1 leaves and removes its configuration.
+Both VMs run cmanlkd (two_node: 1, so node 1 stays quorate alone; `dlm_fencing: yes`; fence
+devices from `cmanlk { fence {} }`: a defaults block names tests/vm/guest/fence_lab.py and its
+shared options, node 2's own block its address). GFS2 (cmk:gfs0) is mounted on both, both join
+lockspace lab3, node 2 takes EX on res1, writes a file to GFS2 and syncs, then hard-resets
+(sysrq b: no leave, no unmount; QEMU exits). On node 1:
+- cmanlkd drops node 2 from the ring, removes comms/2 and stops both lockspaces;
+- node 2 is a fencing victim: recovery waits (nodes/2 stays, a NOQUEUE EX on res1 blocks), the
+  lockspaces show what they wait for;
+- the agent fails once (fail_first: 1, retried with backoff) and succeeds when node 2 no longer
+  answers ping; `cmanlk-tool --json dlm` then shows node 2 fenced by the agent on attempt 2 with
+  the agent's last result;
+- nodes/2 is removed and both lockspaces restart: the blocked request is granted (node 2's lock
+  went with it), gfs2 replays node 2's journal (uevent JID=1 RECOVERY=Done), node 2's file is
+  read and a new file written;
+- unmount, leave, SIGTERM; the configfs/sysfs writes match dlm_controld's fencing trace.
 Usage: crash_fencing.py NODEID   (1 or 2)
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import os
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,139 +34,147 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
 from guestlib import (
     BARRIER_TIMEOUT_S,
+    CONFIGFS,
     LAB,
     STEP_TIMEOUT_S,
     Checks,
-    FileBus,
+    Cmanlkd,
     Libdlm,
-    Node,
-    answer_uevents,
-    eth0_address,
-    now,
-    run_bus,
+    check_protocol,
+    corosync_conf,
+    crash_now,
+    finish,
+    mkfs_gfs2,
+    mount_gfs2,
+    node_address,
+    proto_join,
+    proto_leave,
+    proto_other_joined,
+    proto_other_removed,
+    record_uevents,
     run_command,
     wait_for_control_device,
     wait_until,
 )
 
-from cmanlk.dlmctl import (
-    ClusterChanged,
-    DeadlineReached,
-    DlmCtl,
-    DlmSettings,
-    FenceAgentExited,
-    ShutdownRequested,
-)
-from cmanlk.fencing import FencingPolicy
-from cmanlk.runtime.fence import FenceDevice, FenceRunner
-from cmanlk.types import NodeId, ms
-from kernel_glue.configfs import clear_stale
-from kernel_glue.kmod import ensure_dlm_kernel
+from cmanlk.types import NodeId
+from kernel_glue.dlm_protocol import Gfs2Uevent
+from kernel_glue.kmod import ensure_module
 from kernel_glue.uevents import DlmUeventWatch
 
 LS = "lab3"
-N1, N2 = NodeId(1), NodeId(2)
+GFS = "gfs0"
+MNT = Path("/mnt/gfs")
+SYSFS = Path("/sys/kernel/dlm")
 AGENT = Path(__file__).resolve().parent / "fence_lab.py"
+FENCE = ({"agent": str(AGENT), "flagdir": str(LAB), "fail_first": "1"},
+         {"node": "2", "ip": node_address(2)})
 
 
-
-async def run_timer(node: Node, stop: asyncio.Event) -> None:
-    """The runtime's one timer: feed DeadlineReached when the core's deadline passes."""
-    while not stop.is_set():
-        due = node.core.next_deadline
-        if due is not None and time.monotonic_ns() >= due:
-            node.feed(DeadlineReached(now()))
-        await asyncio.sleep(0.05)
+def victim(daemon: Cmanlkd, nodeid: int) -> dict[str, object] | None:
+    try:
+        victims = daemon.dlm()["fencing"]["victims"]
+    except Exception:  # a reply while the daemon is busy: ask again
+        return None
+    return next((v for v in victims if v["nodeid"] == nodeid), None)
 
 
-def crash_now(c: Checks) -> None:
-    c.say("crashing now: sysrq b, no leave")
-    Path("/out/exit-code").write_text("0\n")  # the harness reads this; we will not get to write it
-    (LAB / "crashing").touch()
-    os.sync()
-    Path("/proc/sysrq-trigger").write_text("b")
-    time.sleep(60)
+async def before_crash(c: Checks, dlm: Libdlm) -> None:
+    if c.me == 1:
+        c.check(await mkfs_gfs2(c, f"cmk:{GFS}", 2), "mkfs.gfs2")
+    await c.barrier("mkfs")
+    for turn in (1, 2):
+        if c.me == turn:
+            c.check(await mount_gfs2(c, mnt=MNT), f"node {turn}: mount -t gfs2")
+            c.check(await run_command(c, "dlm_tool", "join", LS) == 0, f"node {turn} joined {LS}")
+        await c.barrier(f"joined{turn}")
+    if c.me == 2:
+        status, _ = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
+        c.check(status == 0, f"node 2 holds EX on res1 (status {status})")
+        (MNT / "from-node2").write_text("written by node 2 before its crash\n")
+        c.check(await run_command(c, "sync") == 0, "node 2's file synced")
+    await c.barrier("held")
 
 
-async def after_crash(c: Checks, node: Node, bus: FileBus, dlm: Libdlm) -> None:
-    await wait_until(lambda: (LAB / "crashing").exists(), BARRIER_TIMEOUT_S, "node 2's crash")
-    c.say("node 2 is gone: membership {1} (quorate, two_node), lockspace group NODEDOWN")
-    node.feed(ClusterChanged(now(), (N1,), True, ((N1, (eth0_address(),)),)))
-    c.check(not node.ctl.exists("cluster/comms/2"), "comms/2 removed at once")
-    bus.report_down(f"dlm:ls:{LS}", N2)
+async def after_crash(c: Checks, daemon: Cmanlkd, dlm: Libdlm, seen: list[object]) -> None:
+    await wait_until(lambda: (LAB / "crashing.2").exists(), BARRIER_TIMEOUT_S, "node 2's crash")
+    t_crash = time.monotonic()
+    await wait_until(lambda: victim(daemon, 2) is not None, STEP_TIMEOUT_S, "node 2 a fencing victim")
+    c.say(f"node 2 a fencing victim {time.monotonic() - t_crash:.1f}s after the crash: {victim(daemon, 2)}")
     blocked = asyncio.create_task(asyncio.to_thread(dlm.try_lock, LS, b"res1"))
-    await asyncio.sleep(0.5)
-    c.check(node.core.waiting_for(LS) == ["fencing of node 2"], f"waiting for {node.core.waiting_for(LS)}")
-    c.check(not blocked.done(), "a lock request blocks while node 2 is unfenced")
-    kept = sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes"))
-    c.check(kept == ["1", "2"], f"nodes/2 kept until fenced: {kept}")
-    await wait_until(lambda: node.core.fencing.is_fenced(N2), STEP_TIMEOUT_S, "fencing of node 2")
-    victim = node.core.fencing.status()[0]
-    c.say(f"fencing: {victim}")
-    c.check(victim["attempts"] == 2 and victim["how"] == "agent", "fenced by the agent on its 2nd attempt")
+    status = daemon.dlm()
+    c.check(not (CONFIGFS / "cluster/comms/2").exists(), "comms/2 removed")
+    waits = {ls["name"]: ls["waiting_for"] for ls in status["lockspaces"]}
+    fenced_now = victim(daemon, 2) or {}
+    if fenced_now.get("state") != "fenced":  # window: failed 1st attempt + backoff (~5 s)
+        c.check(all("fencing of node 2" in w for w in waits.values()) and len(waits) == 2,
+                f"both lockspaces wait for fencing: {waits}")
+        kept = sorted(p.name for p in (CONFIGFS / f"cluster/spaces/{LS}/nodes").iterdir())
+        c.check(kept == ["1", "2"], f"nodes/2 kept until fenced: {kept}")
+        await asyncio.sleep(0.3)
+        c.check(not blocked.done(), "a lock request blocks while node 2 is unfenced")
+    await wait_until(lambda: (victim(daemon, 2) or {}).get("state") == "fenced", STEP_TIMEOUT_S,
+                     "fencing of node 2")
+    c.say(f"fenced {time.monotonic() - t_crash:.1f}s after the crash")
+    code, out = daemon.tool("--json", "dlm")
+    fencing = json.loads(out)["fencing"] if code == 0 else {}
+    v = next((v for v in fencing.get("victims", []) if v["nodeid"] == 2), {})
+    c.check(v.get("how") == "agent" and v.get("attempts") == 2 and v.get("last_exit") == 0
+            and "is off" in str((v.get("agent") or {}).get("output_tail")),
+            f"cmanlk-tool --json dlm: node 2 fenced by its agent on attempt 2: {v}")
     stdin = (LAB / "fence-attempt.1").read_text()
-    c.check("action=off\nnodename=node2\n" in stdin, f"agent stdin {stdin!r}")
+    want = f"action=off\nnodename=cmkvm2\nflagdir={LAB}\nfail_first=1\nip={node_address(2)}\n"
+    c.check(stdin == want, f"agent stdin {stdin!r}")
     async with asyncio.timeout(STEP_TIMEOUT_S):
-        status, lkid = await blocked
-    c.check(status == 0, f"EX on res1 granted after recovery (status {status})")
-    c.check(sorted(node.ctl.listdir(f"cluster/spaces/{LS}/nodes")) == ["1"], "nodes/2 removed after fencing")
+        status_code, lkid = await blocked
+    c.check(status_code == 0, f"EX on res1 granted after recovery (status {status_code})")
+    await wait_until(lambda: any(isinstance(e, Gfs2Uevent) and e.get("RECOVERY") == "Done"
+                                 and e.get("JID") == "1" for e in seen), STEP_TIMEOUT_S,
+                     "gfs2 replayed node 2's journal")
+    c.check(True, "gfs2 replayed node 2's journal (JID=1 RECOVERY=Done)")
+    text = (MNT / "from-node2").read_text()
+    c.check(text == "written by node 2 before its crash\n", f"node 2's file after recovery: {text!r}")
+    (MNT / "after-crash").write_text("written by node 1 after recovery\n")
+    c.check(await run_command(c, "sync") == 0, "GFS2 writable after recovery")
     await asyncio.to_thread(dlm.unlock, LS, lkid)
     await asyncio.to_thread(dlm.close)
-    c.check(await run_command(c, "dlm_tool", "leave", LS) == 0, "node 1 left")
-    for _ in range(50):
-        if not node.sysfs.lockspaces():
-            break
-        await asyncio.sleep(0.1)
-    node.feed(ShutdownRequested(now()))
-    c.check(node.ctl.listdir("") == [] and node.sysfs.lockspaces() == [], "nothing left in configfs/sysfs")
+    c.check(await run_command(c, "dlm_tool", "leave", LS) == 0, "node 1 left lab3")
+    c.check(await run_command(c, "umount", str(MNT)) == 0, "umount")
+    await wait_until(lambda: not any(SYSFS.iterdir()), 30.0, "lockspaces gone")
+    await daemon.terminate(c)
+    check_protocol(c, daemon.kernel_ops(), comms=[1, 2], removed=[2], lockspaces={
+        ls: [*proto_join(ls, [1]), *proto_other_joined(ls, 2), *proto_other_removed(ls, 2),
+             *proto_leave(ls, [1])]
+        for ls in (LS, GFS)})
 
 
 async def main(me: NodeId) -> int:
     c = Checks(me)
-    c.say(f"dlm configfs root: {ensure_dlm_kernel()}")
-    wait_for_control_device()
-    (LAB / f"addr.{me}").write_text(str(eth0_address()))
-    await c.barrier("addr")
-    addrs = tuple((NodeId(n), (ipaddress.IPv4Address((LAB / f"addr.{n}").read_text()),)) for n in (1, 2))
-    bus = FileBus(LAB / "bus", me)
-    policy = FencingPolicy(enabled=True, nodes_with_agent=frozenset({N2}), retry_initial=ms(1000))
-    node = Node(DlmCtl(DlmSettings("cmk", me, fencing=policy)), bus, Path("/out/protocol.txt"))
-    device = FenceDevice(str(AGENT), "node2", (("ip", str(dict(addrs)[N2][0])), ("flagdir", str(LAB)),
-                                               ("fail_first", "1")))
-    runner = FenceRunner({N2: device}, lambda n, rc: node.feed(FenceAgentExited(now(), n, rc)))
-    node.run_fence_agent = runner.carry_out
-    clear_stale(node.ctl)
-    node.feed(ClusterChanged(now(), (N1, N2), True, addrs))
+    daemon = Cmanlkd(me, corosync_conf(2, two_node=True, fencing=True, fence_blocks=FENCE))
     watch = DlmUeventWatch()
-    await watch.start()
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(run_bus(node, bus, stop)), asyncio.create_task(answer_uevents(node, watch)),
-             asyncio.create_task(run_timer(node, stop))]
+    seen: list[object] = []
+    recorder: asyncio.Task[None] | None = None
     dlm = Libdlm()
     try:
+        await daemon.wait_configured(c, [1, 2])
+        await asyncio.to_thread(ensure_module, "gfs2")
+        wait_for_control_device()
+        await watch.start()
+        recorder = asyncio.create_task(record_uevents(watch, seen))
         await c.barrier("configured")
-        if me == 1:
-            c.check(await run_command(c, "dlm_tool", "join", LS) == 0, "node 1 joined")
-        await c.barrier("joined1")
-        if me == 2:
-            c.check(await run_command(c, "dlm_tool", "join", LS) == 0, "node 2 joined")
-            status, _ = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
-            c.check(status == 0, f"node 2 holds EX on res1 (status {status})")
-        await c.barrier("held")
+        await before_crash(c, dlm)
         if me == 2:
             crash_now(c)
-        await after_crash(c, node, bus, dlm)
+        await after_crash(c, daemon, dlm, seen)
     except TimeoutError as exc:
         c.check(False, f"timed out: {exc}")
     finally:
-        stop.set()
-        await runner.close()
+        if recorder is not None:
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
         await watch.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    c.say("PASS" if not c.failures else f"FAILED: {c.failures}")
-    return 1 if c.failures else 0
+        await asyncio.to_thread(daemon.stop)
+    return finish(c)
 
 
 if __name__ == "__main__":
