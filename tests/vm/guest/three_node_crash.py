@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
-"""Guest side of scenario "three-node-crash": three kernels, one lockspace, node 3 dies.
+"""Guest side of scenario "three-node-crash": three VMs run cmanlkd, node 3 hard-resets holding a
+lock, and the two survivors wait for an administrator's fence acknowledgement before recovering.
 
-As the lab's 3-node baseline with dlm_controld (fencing disabled): nodes 1, 2, 3 join lockspace
-lab4 in turn (each join makes the members stop, add the newcomer and start); node 3 takes EX on
-"res1" and hard-resets. Nodes 1 and 2 (still quorate: 2 of 3) see the membership {1,2}
-(comms/3 removed, the lockspace stopped) and node 3's NODEDOWN in the group; both send their
-start, both remove nodes/3 and restart; node 2's NOQUEUE EX on res1 is then granted: the dead
-node's lock is gone. Nodes 2 and 1 leave; nothing is left configured.
+Fencing is on (`dlm_fencing: yes`) but no fence device is configured, so only
+`cmanlk-tool fence-ack 3` can fence node 3 (dlm_controld's `dlm_tool fence_ack`). Nodes 1, 2, 3
+join lockspace lab4 in turn (each join makes the members stop, add the newcomer and start); node
+3 takes EX on res1 and hard-resets (sysrq b). Nodes 1 and 2 (quorate: 2 of 3 votes):
+- cmanlkd drops node 3 (comms/3 removed), lab4 is stopped and waits for "fencing of node 3";
+  `cmanlk-tool --json dlm` lists node 3 among the nodes waiting for fencing, with no device;
+- node 2's NOQUEUE EX on res1 blocks;
+- node 1 runs `cmanlk-tool fence-ack 3`; both survivors remove nodes/3 and restart; node 2's
+  blocked request is granted (the dead node's lock is gone).
+Nodes 2 and 1 leave; SIGTERM; the configfs/sysfs writes match dlm_controld's 3-node crash trace.
 Usage: three_node_crash.py NODEID
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import os
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,104 +28,117 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
 from guestlib import (
     BARRIER_TIMEOUT_S,
+    CONFIGFS,
     LAB,
+    STEP_TIMEOUT_S,
     Checks,
-    FileBus,
+    Cmanlkd,
     Libdlm,
-    Node,
-    answer_uevents,
-    eth0_address,
-    now,
-    run_bus,
+    check_protocol,
+    corosync_conf,
+    crash_now,
+    finish,
+    proto_join,
+    proto_leave,
+    proto_other_joined,
+    proto_other_removed,
     run_command,
     wait_for_control_device,
     wait_until,
 )
 
-from cmanlk.dlmctl import ClusterChanged, DlmCtl, DlmSettings, ShutdownRequested
-from cmanlk.fencing import FencingPolicy
 from cmanlk.types import NodeId
-from kernel_glue.configfs import clear_stale
-from kernel_glue.kmod import ensure_dlm_kernel
-from kernel_glue.uevents import DlmUeventWatch
 
 LS = "lab4"
 N = 3
+NODES_DIR = CONFIGFS / f"cluster/spaces/{LS}/nodes"
 
 
-def crash_now(c: Checks) -> None:
-    c.say("crashing now: sysrq b, no leave")
-    Path("/out/exit-code").write_text("0\n")
-    (LAB / "crashing").touch()
-    os.sync()
-    Path("/proc/sysrq-trigger").write_text("b")
-    time.sleep(60)
+def kernel_nodes() -> list[str]:
+    return sorted(p.name for p in NODES_DIR.iterdir()) if NODES_DIR.exists() else []
+
+
+def waiting(daemon: Cmanlkd) -> list[str]:
+    try:
+        return next((ls["waiting_for"] for ls in daemon.dlm()["lockspaces"] if ls["name"] == LS), [])
+    except Exception:  # a reply while the daemon is busy: ask again
+        return []
+
+
+async def after_crash(c: Checks, daemon: Cmanlkd, dlm: Libdlm) -> None:
+    c.nodes = 2
+    await wait_until(lambda: (LAB / "crashing.3").exists(), BARRIER_TIMEOUT_S, "node 3's crash")
+    t_crash = time.monotonic()
+    await wait_until(lambda: "fencing of node 3" in waiting(daemon), STEP_TIMEOUT_S,
+                     "lab4 waits for the fencing of node 3")
+    c.say(f"lab4 waits for fencing of node 3, {time.monotonic() - t_crash:.1f}s after the crash")
+    c.check(not (CONFIGFS / "cluster/comms/3").exists(), "comms/3 removed")
+    code, out = daemon.tool("--json", "dlm")
+    body = json.loads(out) if code == 0 else {}
+    fencing = body.get("fencing", {})
+    v = next((v for v in fencing.get("victims", []) if v["nodeid"] == 3), {})
+    c.check(fencing.get("waiting") == [3] and v.get("has_device") is False and v.get("state") == "waiting",
+            f"cmanlk-tool --json dlm: node 3 waits for fencing, no device: {fencing}")
+    ls = next((ls for ls in body.get("lockspaces", []) if ls["name"] == LS), {})
+    c.check(ls.get("stopped") is True and ls.get("members") == [1, 2], f"lab4 stopped, members [1, 2]: {ls}")
+    c.check(kernel_nodes() == ["1", "2", "3"], f"nodes/3 kept until fenced: {kernel_nodes()}")
+    blocked = None
+    if c.me == 2:
+        blocked = asyncio.create_task(asyncio.to_thread(dlm.try_lock, LS, b"res1"))
+        await asyncio.sleep(1.0)
+        c.check(not blocked.done(), "a lock request blocks while node 3 is unfenced")
+    await c.barrier("blocked")
+    if c.me == 1:
+        code, out = daemon.tool("fence-ack", "3")
+        c.check(code == 0, f"cmanlk-tool fence-ack 3 -> {code}: {out.strip()}")
+    await wait_until(lambda: kernel_nodes() == ["1", "2"], STEP_TIMEOUT_S, "node 3 removed after the ack")
+    c.check(True, f"recovered without node 3, {time.monotonic() - t_crash:.1f}s after the crash")
+    if blocked is not None:
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            status, lkid = await blocked
+        c.check(status == 0, f"EX on res1 granted after node 3's fencing was acknowledged (status {status})")
+        await asyncio.to_thread(dlm.unlock, LS, lkid)
+    await asyncio.to_thread(dlm.close)
+    await c.barrier("locked")
+    for turn in (2, 1):
+        if c.me == turn:
+            c.check(await run_command(c, "dlm_tool", "leave", LS) == 0, f"node {turn} left")
+        await c.barrier(f"left{turn}")
+    await daemon.terminate(c)
+    if c.me == 1:
+        lockspace = [*proto_join(LS, [1]), *proto_other_joined(LS, 2), *proto_other_joined(LS, 3),
+                     *proto_other_removed(LS, 3), *proto_other_removed(LS, 2), *proto_leave(LS, [1])]
+    else:
+        lockspace = [*proto_join(LS, [1, 2]), *proto_other_joined(LS, 3), *proto_other_removed(LS, 3),
+                     *proto_leave(LS, [1, 2])]
+    check_protocol(c, daemon.kernel_ops(), comms=[1, 2, 3], removed=[3], lockspaces={LS: lockspace})
 
 
 async def main(me: NodeId) -> int:
     c = Checks(me, nodes=N)
-    c.say(f"dlm configfs root: {ensure_dlm_kernel()}")
-    wait_for_control_device()
-    (LAB / f"addr.{me}").write_text(str(eth0_address()))
-    await c.barrier("addr")
-    ids = tuple(NodeId(n) for n in range(1, N + 1))
-    addrs = tuple((n, (ipaddress.ip_address((LAB / f"addr.{n}").read_text()),)) for n in ids)
-    bus = FileBus(LAB / "bus", me)
-    node = Node(DlmCtl(DlmSettings("cmk", me, fencing=FencingPolicy(enabled=False))), bus,
-                Path("/out/protocol.txt"))
-    clear_stale(node.ctl)
-    node.feed(ClusterChanged(now(), ids, True, addrs))
-    watch = DlmUeventWatch()
-    await watch.start()
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(run_bus(node, bus, stop)), asyncio.create_task(answer_uevents(node, watch))]
+    daemon = Cmanlkd(me, corosync_conf(N, fencing=True))
     dlm = Libdlm()
     try:
-        for turn in ids:
+        await daemon.wait_configured(c, [1, 2, 3])
+        wait_for_control_device()
+        await c.barrier("configured")
+        for turn in range(1, N + 1):
             if me == turn:
                 c.check(await run_command(c, "dlm_tool", "join", LS) == 0, f"node {me} joined")
             await c.barrier(f"joined{turn}")
-        await wait_until(lambda: node.ctl.listdir(f"cluster/spaces/{LS}/nodes") == ["1", "2", "3"], 30.0,
-                         "all three nodes in the kernel lockspace")
+        await wait_until(lambda: kernel_nodes() == ["1", "2", "3"], 30.0, "all three in the kernel lockspace")
         if me == 3:
             status, _ = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
             c.check(status == 0, f"node 3 holds EX on res1 (status {status})")
         await c.barrier("held")
         if me == 3:
             crash_now(c)
-        c.nodes = 2
-        await wait_until(lambda: (LAB / "crashing").exists(), BARRIER_TIMEOUT_S, "node 3's crash")
-        node.feed(ClusterChanged(now(), ids[:2], True, addrs[:2]))
-        c.check(not node.ctl.exists("cluster/comms/3"), "comms/3 removed")
-        if me == 1:
-            bus.report_down(f"dlm:ls:{LS}", NodeId(3))
-        await wait_until(lambda: node.ctl.listdir(f"cluster/spaces/{LS}/nodes") == ["1", "2"], 30.0,
-                         "node 3 removed from the kernel lockspace")
-        c.check(True, "recovered without node 3")
-        await c.barrier("recovered")
-        if me == 2:
-            status, lkid = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
-            c.check(status == 0, f"EX on res1 granted after node 3's death (status {status})")
-            await asyncio.to_thread(dlm.unlock, LS, lkid)
-        await asyncio.to_thread(dlm.close)
-        await c.barrier("locked")
-        for turn in (2, 1):
-            if me == turn:
-                c.check(await run_command(c, "dlm_tool", "leave", LS) == 0, f"node {me} left")
-            await c.barrier(f"left{turn}")
-        await wait_until(lambda: not node.sysfs.lockspaces(), 30.0, "lockspace gone")
-        node.feed(ShutdownRequested(now()))
-        c.check(node.ctl.listdir("") == [], "nothing left in configfs")
+        await after_crash(c, daemon, dlm)
     except TimeoutError as exc:
         c.check(False, f"timed out: {exc}")
     finally:
-        stop.set()
-        await watch.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    c.say("PASS" if not c.failures else f"FAILED: {c.failures}")
-    return 1 if c.failures else 0
+        await asyncio.to_thread(daemon.stop)
+    return finish(c)
 
 
 if __name__ == "__main__":
