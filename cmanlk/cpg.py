@@ -42,6 +42,8 @@ Deviations from corosync, with reasons:
   (two send queues, waiting_trans_ack); our Totem has one queue, so PROCJOIN/PROCLEAVE/MCAST
   queued under the old ring can be delivered during the new ring's sync. We defer them and apply
   them, in agreed order, after sync_activate (`on_message`): the same effect for every member.
+  When that sync is aborted they are applied at the next sync_init, under the last activated
+  configuration (`sync_init`).
 - PARTIAL_MCAST (libcpg's fragments of messages larger than its IPC chunk) is reassembled here
   and delivered whole, since our clients get whole messages. We never send it: our MCAST carries
   up to MAX_MESSAGE_BYTES and totempg fragments it.
@@ -58,6 +60,7 @@ Deviations from corosync, with reasons:
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -284,7 +287,7 @@ class CpgService:
         self._synced_once = False
         self._sync_step = 0  # 0: send DOWNLIST next, 1: send JOINLIST next, 2: done
         self._send_seq = 0
-        self._in_flight: dict[int, int] = {}  # send seq → payload bytes, ascending
+        self._in_flight: deque[tuple[int, int]] = deque()  # (send seq, payload bytes), ascending
         self._in_flight_bytes = 0
         self._partials: dict[tuple[NodeId, int, bytes, int], _Assembly] = {}
         self._partial_bytes = 0
@@ -300,10 +303,16 @@ class CpgService:
         self, ring_id: RingId, members: tuple[NodeId, ...], transitional_members: tuple[NodeId, ...]
     ) -> list[ServiceOutput]:
         """Compute our downlist: old members missing from the transitional configuration."""
-        out: list[ServiceOutput] = []
-        # Messages deferred during an aborted sync stay deferred: they go out after this ring's
-        # sync_activate, like corosync's messages that wait for the trans ack (on_message). Clients
-        # never see the aborted ring, as in corosync (its totem confchg is only sent at activation).
+        # Messages deferred during a sync that was aborted are applied now, before anything of
+        # this ring, under the configuration our clients were last told of. Clients never see the
+        # aborted ring, as in corosync (its totem confchg goes out only at activation). They were
+        # delivered in that ring only, so they cannot wait for this one: members of this ring that
+        # were not in it never get them (bench.chaos seed 11: ring 1.64 of nodes 1 and 4 aborted,
+        # 1.68 added node 3; delivered after 1.68's confchg they showed as messages of 1.68 that
+        # node 3 lacked). Every member that was in the aborted ring applies the same messages at
+        # the same point with the process list of its last activated ring; a sender unknown there
+        # is dropped ("unknown node") — which only happens where the clients' views differ.
+        out = self._apply_deferred()
         self._syncing = True
         self._sync_step = 0
         self._ring_id = ring_id
@@ -346,7 +355,12 @@ class CpgService:
         handles = self._all_handles()
         if handles:
             out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
+        out += self._apply_deferred()
+        return out
+
+    def _apply_deferred(self) -> list[ServiceOutput]:
         deferred, self._deferred, self._deferred_bytes = self._deferred, [], 0
+        out: list[ServiceOutput] = []
         for sender, function, message in deferred:
             try:
                 out += self._apply_message(sender, function, message)
@@ -366,8 +380,8 @@ class CpgService:
         Raises MalformedPacket for undecodable ones (also when deferred: they are checked first).
 
         Client-originated messages (PROCJOIN, PROCLEAVE, MCAST, PARTIAL_MCAST) delivered while a
-        ring is being synchronised are deferred, in order, until its sync_activate — and across an
-        aborted sync until the next one completes. corosync never delivers them during a sync:
+        ring is being synchronised are deferred, in order, until its sync_activate (or, when that
+        sync is aborted, the next sync_init). corosync never delivers them during a sync:
         totemsrp puts what is queued from the transitional configuration on, and everything still
         unsent in the old queue, behind the sync messages until sync completes (waiting_trans_ack,
         totemsrp_trans_ack from corosync_sync_completed). Our Totem has one queue, so messages
@@ -510,7 +524,7 @@ class CpgService:
         if self._in_flight_bytes and self._in_flight_bytes + len(req.payload) > MAX_IN_FLIGHT_BYTES:
             raise UsageError("try_again", f"{self._in_flight_bytes} bytes in flight; retry after deliveries")
         self._send_seq += 1
-        self._in_flight[self._send_seq] = len(req.payload)
+        self._in_flight.append((self._send_seq, len(req.payload)))
         self._in_flight_bytes += len(req.payload)
         message = encode_mcast(req.group, current.pid, self.me, self._send_seq, req.payload)
         return [SendMessage(MESSAGE_REQ_EXEC_CPG_MCAST, message)]
@@ -526,8 +540,11 @@ class CpgService:
 
     def _settle(self, seq: int) -> None:
         # Our own messages come back in the order we sent them: `seq` settles it and every older one.
-        for s in [s for s in self._in_flight if s <= seq]:
-            self._in_flight_bytes -= self._in_flight.pop(s)
+        # A deque popped at the front: O(1) per message, where a scan of every message in flight
+        # made a long pipelined burst quadratic.
+        in_flight = self._in_flight
+        while in_flight and in_flight[0][0] <= seq:
+            self._in_flight_bytes -= in_flight.popleft()[1]
 
     # --- process list (do_proc_join / do_proc_leave) -----------------------------------------------
 

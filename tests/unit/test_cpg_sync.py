@@ -88,7 +88,11 @@ def test_old_ring_messages_delivered_during_sync_reach_every_member_after_the_co
     assert "mcast_unknown_node" not in svc2.stats and "mcast_unknown_node" not in svc3.stats
 
 
-def test_messages_deferred_by_an_aborted_sync_go_out_after_the_next_one_completes() -> None:
+def test_messages_deferred_by_an_aborted_sync_go_out_under_the_last_view_at_the_next_sync() -> None:
+    """bench.chaos seed 11: ring 1.64 of nodes 1 and 4 delivered node 1's queued messages during
+    its sync, which was aborted by ring 1.68 (adding node 3, never in 1.64 and so never given them).
+    Released after 1.68's confchg they looked like messages of 1.68 that node 3 missed. They belong
+    to the clients' last view, before the next ring's."""
     h2, h3 = Handle(20), Handle(30)
     svc2, svc3 = _alone(N2, h2, 1002), _alone(N3, h3, 1003)
     nodes = {N2: svc2, N3: svc3}
@@ -100,17 +104,53 @@ def test_messages_deferred_by_an_aborted_sync_go_out_after_the_next_one_complete
         for n, svc in nodes.items():
             seen[n] += [o for o in svc.on_message(sender, function, message) if isinstance(o, Notification)]
     for svc in nodes.values():
-        svc.sync_abort()  # R never completes: clients are not told of R nor get its messages yet
+        svc.sync_abort()  # R never completes: clients are not told of R
     assert seen == {N2: [], N3: []}
     r2 = RingId(0x54, N2)
     notes = _merge(nodes, [], r2, (N2, N3))
+    # Node 3's client gets its message under its last view (its own ring), before r2's confchg;
+    # node 2 never knew node 3's process in its last view: nothing to deliver there.
+    kinds3 = [type(x).__name__ for x in notes[N3]]
+    assert kinds3[0] == "CpgDeliver" and kinds3.index("CpgTotemConfchg") > 0
+    assert [(d.nodeid, d.payload) for d in notes[N3] if isinstance(d, CpgDeliver)] == [(N3, b"n3-old")]
+    assert [d for d in notes[N2] if isinstance(d, CpgDeliver)] == []
+    assert svc2.stats["mcast_unknown_node"] == 1
     for n in nodes:
         totems = [x for x in notes[n] if isinstance(x, CpgTotemConfchg)]
         assert [t.ring_id for t in totems] == [r2]
-        delivered = [(d.nodeid, d.payload) for d in notes[n] if isinstance(d, CpgDeliver)]
-        assert delivered == [(N3, b"n3-old")]
-        first_delivery = next(i for i, x in enumerate(notes[n]) if isinstance(x, CpgDeliver))
-        assert notes[n].index(totems[0]) < first_delivery
+
+
+def test_members_of_an_aborted_ring_with_the_same_last_view_deliver_its_messages_alike() -> None:
+    """Both were in the same activated ring, then in ring R whose sync was aborted: the same
+    messages, at the same point, before the next ring's confchg."""
+    h2, h3 = Handle(20), Handle(30)
+    svc2, svc3 = CpgService(N2), CpgService(N3)
+    both = (N2, N3)
+    notes0 = _merge({N2: svc2, N3: svc3}, [], RingId(0x40, N2), both)
+    assert notes0 == {N2: [], N3: []}
+    joins = []
+    for svc, h, pid in ((svc2, h2, 1002), (svc3, h3, 1003)):
+        (o,) = svc.on_local_request(CpgJoin(h, G, pid))
+        assert isinstance(o, SendMessage)
+        joins.append((svc.me, o.function, o.message))
+    for sender, function, message in joins:
+        for svc in (svc2, svc3):
+            svc.on_message(sender, function, message)
+    queued = [(N3, *_mcast(svc3, h3, b"a")), (N2, *_mcast(svc2, h2, b"b"))]
+    notes: dict[NodeId, list[Notification]] = {N2: [], N3: []}
+    for svc in (svc2, svc3):
+        svc.sync_init(R, both, both)
+    for sender, function, message in queued:
+        for svc in (svc2, svc3):
+            assert svc.on_message(sender, function, message) == []
+    for svc in (svc2, svc3):
+        svc.sync_abort()
+    after = _merge({N2: svc2, N3: svc3}, [], RingId(0x58, N2), both)
+    for n in both:
+        delivered = [(d.nodeid, d.payload) for d in after[n] if isinstance(d, CpgDeliver)]
+        assert delivered == [(N3, b"a"), (N2, b"b")]
+        assert isinstance(after[n][-1], CpgTotemConfchg) and after[n][-1].ring_id == RingId(0x58, N2)
+    assert notes == {N2: [], N3: []}
 
 
 def test_procjoin_delivered_during_sync_completes_after_activation_with_the_new_ring() -> None:
