@@ -100,8 +100,8 @@ async def main(me: NodeId, family: int) -> int:
                              "node 1 removed node 2 from the lockspace")
             s.check(await run_command(s, "dlm_tool", "leave", LS) == 0, "node 1 left")
         await s.barrier("left1")
-        status = daemon.dlm()
-        s.check(status["lockspaces"] == [], f"no lockspace left: {status['lockspaces']}")
+        left = daemon.dlm()["lockspaces"]
+        s.check(left == [], f"no lockspace left: {left}")
         await daemon.terminate(s)
         if me == 1:
             lockspace = (proto_join(LS, [1]) + proto_other_joined(LS, 2) + proto_other_removed(LS, 2)

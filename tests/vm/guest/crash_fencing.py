@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: cmanlk, kernel_glue
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
@@ -117,8 +118,8 @@ async def after_crash(c: Checks, daemon: Cmanlkd, dlm: Libdlm, seen: list[object
                      "fencing of node 2")
     c.say(f"fenced {time.monotonic() - t_crash:.1f}s after the crash")
     code, out = daemon.tool("--json", "dlm")
-    fencing = json.loads(out)["fencing"] if code == 0 else {}
-    v = next((v for v in fencing.get("victims", []) if v["nodeid"] == 2), {})
+    fencing: dict[str, Any] = json.loads(out)["fencing"] if code == 0 else {}
+    v: dict[str, Any] = next((v for v in fencing.get("victims", []) if v["nodeid"] == 2), {})
     c.check(v.get("how") == "agent" and v.get("attempts") == 2 and v.get("last_exit") == 0
             and "is off" in str((v.get("agent") or {}).get("output_tail")),
             f"cmanlk-tool --json dlm: node 2 fenced by its agent on attempt 2: {v}")

@@ -1,7 +1,14 @@
-"""Shared pieces of the guest scripts: a node that carries out dlmctl's actions with the real
-adapters, process-group stand-ins (until cmanlkd's cpg runs in the VMs) and libdlm via ctypes.
+"""Shared pieces of the guest scripts.
 
-Group stand-ins deliver what cpg would, in one total order for every node:
+- The real cmanlkd in a VM (`Cmanlkd`, `corosync_conf`): started from the shared checkout,
+  `cmanlk-tool` and the `dlm` IPC call, SIGTERM and its clean-up checks, and the configfs/sysfs
+  writes it made (its `kernel:` debug lines) compared with dlm_controld's reference semantics
+  (`check_protocol` and the `proto_*` steps, shared/reference/dlm-controld-protocol.md §3).
+- Scenario plumbing: named checks and /lab barriers (`Checks`), a true hard reset (`crash_now`),
+  GFS2 mkfs/mount, uevent recording, libdlm via ctypes (`Libdlm`).
+- The stand-ins of the adapter scenarios (lockspace-join, two-node-lockspace), which test
+  dlmctl and kernel_glue without cmanlkd: `Node` carries out dlmctl's actions with the real
+  adapters, and group stand-ins deliver what cpg would, in one total order for every node:
 - `LoopbackBus`: a single node; its joins and messages come straight back.
 - `FileBus`: several VMs share the scenario folder /lab (9p, backed by one host directory).
   Every group event (join, leave, message) is one file /lab/bus/<seq>, claimed with O_EXCL,
@@ -47,7 +54,6 @@ from cmanlk.dlmctl import (
     SendGroupMessage,
     SysfsWrite,
 )
-from cmanlk.fencing import RunFenceAgent
 from cmanlk.types import Instant, NodeId
 from kernel_glue.configfs import ConfigfsDlm, carry_out
 from kernel_glue.sysfs import SysfsDlm
@@ -94,8 +100,6 @@ class Node:
         self.sysfs = SysfsDlm()
         self.done: list[tuple[object, ...]] = []
         self.protocol = protocol_file.open("w")
-        self.run_fence_agent: Callable[[RunFenceAgent], None] | None = None
-        """Where RunFenceAgent actions go (a cmanlk.runtime.fence.FenceRunner's carry_out)."""
 
     def feed(self, ev: DlmEvent) -> None:
         """Hand `ev` to the core and carry out its actions (and the events they cause) in order."""
@@ -113,10 +117,8 @@ class Node:
                 self.done.append(_as_op(a))
             case JoinGroup() | LeaveGroup() | SendGroupMessage():
                 return self.bus.send(a)
-            case RunFenceAgent():
-                if self.run_fence_agent is None:
-                    raise RuntimeError(f"no fence runner for {a}")
-                self.run_fence_agent(a)
+            case _:
+                raise RuntimeError(f"the stand-in node does not carry out {a}")
         return []
 
 
@@ -168,10 +170,6 @@ class FileBus:
             case SendGroupMessage(group, payload):
                 self._append({"t": "msg", "g": group, "n": self.me, "p": payload.hex()})
         return []  # everything, our own events too, comes back through poll() in bus order
-
-    def report_down(self, group: str, node: NodeId) -> None:
-        """Play cpg's failure detection: `node` died (NODEDOWN) for every member of `group`."""
-        self._append({"t": "down", "g": group, "n": node})
 
     def _append(self, record: dict[str, object]) -> None:
         data = json.dumps(record).encode()
@@ -279,7 +277,7 @@ class Libdlm:
         """Release lock `lkid`; return sb_status (65538 = EUNLOCK is success)."""
         lksb = Lksb()
         self.lib.dlm_ls_unlock_wait(self._ls(lockspace), lkid, 0, ctypes.byref(lksb))
-        return lksb.sb_status
+        return int(lksb.sb_status)
 
     def close(self) -> None:
         for ls in self.handles.values():
@@ -554,9 +552,9 @@ def check_protocol(c: Checks, ops: list[tuple[object, ...]], *, comms: list[int]
     ok = (rmdirs[:len(failed)] == failed and rmdirs[-1:] == [("rmdir", "cluster")]
           and sorted(rmdirs[len(failed):-1]) == rest)
     c.check(ok, f"protocol: comms removal {rmdirs}")
-    for ls, want in lockspaces.items():
+    for ls, steps in lockspaces.items():
         got = _nodes_unordered([op for op in ops if _in_lockspace(op, ls)])
-        expected = _nodes_unordered(want)
+        expected = _nodes_unordered(steps)
         c.check(got == expected, f"protocol: lockspace {ls} ({len(got)} ops)"
                 + ("" if got == expected else "\n  got  " + "\n  got  ".join(map(repr, got))
                    + "\n  want " + "\n  want ".join(map(repr, expected))))

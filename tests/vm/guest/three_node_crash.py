@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: cmanlk, kernel_glue
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
@@ -74,12 +75,12 @@ async def after_crash(c: Checks, daemon: Cmanlkd, dlm: Libdlm) -> None:
     c.say(f"lab4 waits for fencing of node 3, {time.monotonic() - t_crash:.1f}s after the crash")
     c.check(not (CONFIGFS / "cluster/comms/3").exists(), "comms/3 removed")
     code, out = daemon.tool("--json", "dlm")
-    body = json.loads(out) if code == 0 else {}
-    fencing = body.get("fencing", {})
-    v = next((v for v in fencing.get("victims", []) if v["nodeid"] == 3), {})
+    body: dict[str, Any] = json.loads(out) if code == 0 else {}
+    fencing: dict[str, Any] = body.get("fencing", {})
+    v: dict[str, Any] = next((v for v in fencing.get("victims", []) if v["nodeid"] == 3), {})
     c.check(fencing.get("waiting") == [3] and v.get("has_device") is False and v.get("state") == "waiting",
             f"cmanlk-tool --json dlm: node 3 waits for fencing, no device: {fencing}")
-    ls = next((ls for ls in body.get("lockspaces", []) if ls["name"] == LS), {})
+    ls: dict[str, Any] = next((ls for ls in body.get("lockspaces", []) if ls["name"] == LS), {})
     c.check(ls.get("stopped") is True and ls.get("members") == [1, 2], f"lab4 stopped, members [1, 2]: {ls}")
     c.check(kernel_nodes() == ["1", "2", "3"], f"nodes/3 kept until fenced: {kernel_nodes()}")
     blocked = None
