@@ -13,6 +13,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -162,7 +163,8 @@ def test_replays_the_2node_crash_with_fencing_trace() -> None:
     assert n.core.waiting_for("lab1") == ["fencing of node 2"]
     before = len(n.actions)
     status = n.core.status(n.now())
-    assert [ls["state"] for ls in status["lockspaces"]] == ["stopped", "stopped"]  # type: ignore[index]
+    lockspaces: Any = status["lockspaces"]
+    assert [ls["state"] for ls in lockspaces] == ["stopped", "stopped"]
     n.feed(FenceAck(n.now(), NodeId(2)))
     assert AnnounceFenced(NodeId(2), "ack") in n.actions[before:]
     n.feed(LockspaceOffline(n.now(), "gfs0"))
@@ -381,9 +383,9 @@ def _step(m: Model, data: st.DataObject) -> None:
             m.groups[ls].add(peer)
             m.feed(m.confchg(ls, joined=(peer,)))
     elif kind == "starts" and ls in m.pending_starts and ls in m.groups:
-        members = m.pending_starts[ls]
-        for n in data.draw(st.permutations(list(members))):
-            m.feed(GroupMessage(m.now(), f"dlm:ls:{ls}", n, encode_start(members)))
+        starting = m.pending_starts[ls]
+        for n in data.draw(st.permutations(list(starting))):
+            m.feed(GroupMessage(m.now(), f"dlm:ls:{ls}", n, encode_start(starting)))
     elif kind == "ack":
         m.unfenced.discard(peer)
         m.feed(FenceAck(m.now(), peer))
