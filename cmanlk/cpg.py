@@ -98,7 +98,7 @@ from cmanlk.cpgwire import (
 from cmanlk.errors import MalformedPacket, UsageError
 from cmanlk.service import CPG_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.totem.actions import DeliverConfiguration
-from cmanlk.totem.totempg import MESSAGE_SIZE_MAX
+from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import NO_RING, NodeId, RingId
 
 Handle = NewType("Handle", int)
@@ -111,6 +111,10 @@ MAX_MESSAGE_BYTES = MESSAGE_SIZE_MAX - MCAST_HEADER_SIZE - GROUP_HEADER_BYTES
 MAX_IN_FLIGHT_BYTES = 2 * MESSAGE_SIZE_MAX
 """Own MCAST bytes sent and not yet delivered back before we answer try_again: half of totem's
 4 MiB send queue, so votequorum/sync messages behind a burst still find room."""
+IN_FLIGHT_ENTRY_COST_BYTES = MCAST_HEADER_SIZE + GROUP_HEADER_BYTES + QUEUE_ENTRY_COST_BYTES
+"""Charged per message on top of its payload: what it costs in totempg's queue besides the payload
+(the headers and totempg's per-entry charge). Counting payload alone let a burst of tiny messages
+past totem's queue bound, where the accepted message was then dropped (Stack counts send_try-again)."""
 MAX_LOCAL_PROCESSES = 4096
 """Local (handle, group) memberships; 4096 × 144 bytes keeps our JOINLIST well under 1 MiB."""
 MAX_PROCESSES = 65536
@@ -310,9 +314,11 @@ class CpgService:
         # were not in it never get them (bench.chaos seed 11: ring 1.64 of nodes 1 and 4 aborted,
         # 1.68 added node 3; delivered after 1.68's confchg they showed as messages of 1.68 that
         # node 3 lacked). Every member that was in the aborted ring applies the same messages at
-        # the same point with the process list of its last activated ring; a sender unknown there
-        # is dropped ("unknown node") — which only happens where the clients' views differ.
-        out = self._apply_deferred()
+        # the same point with the process list of its last activated ring. A message whose sender
+        # is not in that configuration is dropped, PROCJOINs included (seed 11 again: node 2's
+        # PROCJOIN and messages from an aborted ring were applied under node 4's view (1,3,4));
+        # the sender learns nothing different: the next sync's JOINLISTs reconcile the process lists.
+        out = self._apply_deferred(frozenset(self._old_members))
         self._syncing = True
         self._sync_step = 0
         self._ring_id = ring_id
@@ -355,13 +361,17 @@ class CpgService:
         handles = self._all_handles()
         if handles:
             out.append(CpgTotemConfchg(handles, self._ring_id, self._members))
-        out += self._apply_deferred()
+        out += self._apply_deferred(frozenset(self._members))
         return out
 
-    def _apply_deferred(self) -> list[ServiceOutput]:
+    def _apply_deferred(self, view: frozenset[NodeId]) -> list[ServiceOutput]:
+        """Apply the deferred messages whose sender is in `view`, in order; drop (count) the rest."""
         deferred, self._deferred, self._deferred_bytes = self._deferred, [], 0
         out: list[ServiceOutput] = []
         for sender, function, message in deferred:
+            if sender not in view:
+                self._count("deferred_sender_not_in_view")
+                continue
             try:
                 out += self._apply_message(sender, function, message)
             except MalformedPacket:  # validated when deferred; kept for safety, never raised out
@@ -521,11 +531,12 @@ class CpgService:
         if len(req.payload) > MAX_MESSAGE_BYTES:
             raise UsageError("too_large", f"{len(req.payload)} bytes; at most {MAX_MESSAGE_BYTES}")
         self._maybe_refuse_during_sync()
-        if self._in_flight_bytes and self._in_flight_bytes + len(req.payload) > MAX_IN_FLIGHT_BYTES:
+        cost = len(req.payload) + IN_FLIGHT_ENTRY_COST_BYTES
+        if self._in_flight_bytes and self._in_flight_bytes + cost > MAX_IN_FLIGHT_BYTES:
             raise UsageError("try_again", f"{self._in_flight_bytes} bytes in flight; retry after deliveries")
         self._send_seq += 1
-        self._in_flight.append((self._send_seq, len(req.payload)))
-        self._in_flight_bytes += len(req.payload)
+        self._in_flight.append((self._send_seq, cost))
+        self._in_flight_bytes += cost
         message = encode_mcast(req.group, current.pid, self.me, self._send_seq, req.payload)
         return [SendMessage(MESSAGE_REQ_EXEC_CPG_MCAST, message)]
 

@@ -114,7 +114,7 @@ def test_messages_deferred_by_an_aborted_sync_go_out_under_the_last_view_at_the_
     assert kinds3[0] == "CpgDeliver" and kinds3.index("CpgTotemConfchg") > 0
     assert [(d.nodeid, d.payload) for d in notes[N3] if isinstance(d, CpgDeliver)] == [(N3, b"n3-old")]
     assert [d for d in notes[N2] if isinstance(d, CpgDeliver)] == []
-    assert svc2.stats["mcast_unknown_node"] == 1
+    assert svc2.stats["deferred_sender_not_in_view"] == 1
     for n in nodes:
         totems = [x for x in notes[n] if isinstance(x, CpgTotemConfchg)]
         assert [t.ring_id for t in totems] == [r2]
@@ -212,3 +212,33 @@ def test_merge_with_messages_queued_during_gather_delivers_the_same_everywhere()
         last_view = max(i for i, x in enumerate(notes) if isinstance(x, CpgTotemConfchg))
         first_delivery = next(i for i, x in enumerate(notes) if isinstance(x, CpgDeliver))
         assert last_view < first_delivery
+
+
+def test_an_aborted_rings_messages_from_outside_the_last_view_are_dropped() -> None:
+    """bench.chaos seed 11 (second run): node 4's last view was (1,3,4); in a ring with node 2
+    whose sync was aborted, node 2's new client joined and sent. Applied under (1,3,4), node 4's
+    client got node 2's messages in a configuration without node 2. They are dropped; the next
+    completed sync tells node 4 of node 2's process (JOINLIST) as usual."""
+    h2, h3 = Handle(20), Handle(30)
+    svc2 = CpgService(N2)
+    svc2.sync_init(RingId(0x40, N2), (N2,), (N2,))
+    svc2.sync_process()
+    svc2.sync_activate()
+    svc3 = _alone(N3, h3, 1003)
+    (join,) = svc2.on_local_request(CpgJoin(h2, G, 1002))
+    assert isinstance(join, SendMessage)
+    svc2.on_message(N2, join.function, join.message)
+    # Ring R of both: node 2's message is delivered during R's sync, which is then aborted.
+    function, message = _mcast(svc2, h2, b"from-2")
+    for n, svc in ((N2, svc2), (N3, svc3)):
+        svc.sync_init(R, (N2, N3), (n,))
+    for svc in (svc2, svc3):
+        assert svc.on_message(N2, function, message) == []
+        svc.sync_abort()
+    # Node 3 goes on alone: node 2 was never in its view.
+    notes3 = svc3.sync_init(RingId(0x58, N3), (N3,), (N3,))
+    assert [o for o in notes3 if isinstance(o, CpgDeliver)] == []
+    assert svc3.stats["deferred_sender_not_in_view"] == 1
+    # Node 2 applies its own message under its own last view.
+    notes2 = svc2.sync_init(RingId(0x58, N2), (N2,), (N2,))
+    assert [(d.nodeid, d.payload) for d in notes2 if isinstance(d, CpgDeliver)] == [(N2, b"from-2")]
