@@ -1,12 +1,18 @@
 """bench/driver.py's backend for cmanlkd: cmanlk.client's blocking Client, shaped like libcpg.
 
-`mcast` is one `cpg_send` without retries (a `try_again` refusal is flow control, as libcpg's
-CS_ERR_TRY_AGAIN); events the client kept while it waited for a reply are handed on by
-`dispatch`, which also reads what the socket holds, so the driver never waits on buffered events.
+`mcast` is one request/reply `cpg_send` without retries (a `try_again` refusal is flow control,
+as libcpg's CS_ERR_TRY_AGAIN); the soak mode (bench/chaos.py) uses it, since its history records
+a message as sent only once the daemon accepted it. `mcast_pipelined` is the pipelined
+`cpg_mcast(block=False)` the measurement rounds use: False when the window of unacknowledged
+sends is full (flow control again). With CMANLK_BENCH_SEND=call in the environment the rounds
+use `mcast` too, for comparing the two paths. Events the client kept while it waited are handed
+on by `dispatch`, which also reads what the socket holds, so the driver never waits on buffered
+events.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from typing import Any
@@ -17,6 +23,7 @@ from cmanlk.client import Client, ClientError, Event
 
 FRAME_WAIT_S = 0.05  # the socket is readable: the rest of a frame follows at once
 MAX_EVENTS_PER_DISPATCH = 1_000_000  # a bound, far above what a dispatch meets
+PIPELINED = os.environ.get("CMANLK_BENCH_SEND", "pipelined") != "call"
 
 
 class CmanlkBackend:
@@ -44,8 +51,7 @@ class CmanlkBackend:
             raise
         self._client = client
         self._group = group
-        fileno = getattr(client, "fileno", None)
-        self.fd = fileno() if callable(fileno) else client._sock.fileno()
+        self.fd = client.fileno()
 
     def mcast(self, data: bytes) -> bool:
         """Send `data` in agreed order; False on try_again (flow control). Raises ClientError."""
@@ -61,6 +67,17 @@ class CmanlkBackend:
             return False
         self.dispatch()
         return True
+
+    def mcast_pipelined(self, data: bytes) -> bool:
+        """Pipelined send of `data`; False when the send window is full. Raises ClientError
+        (SendError for an earlier refused send)."""
+        if not PIPELINED:
+            return self.mcast(data)
+        client = self._need()
+        t0 = time.monotonic_ns()
+        ok = client.cpg_mcast(self._group, data, block=False)
+        self.last_call_ns = time.monotonic_ns() - t0
+        return ok
 
     def dispatch(self) -> None:
         """Hand every event the client holds or the socket has to the callbacks; never waits idle.

@@ -181,6 +181,10 @@ class Stack:
             if svc.service_id in self.services:
                 raise ValueError(f"two services with id {svc.service_id}")
             self.services[svc.service_id] = svc
+        # isinstance() against a runtime-checkable Protocol costs microseconds: decided once here,
+        # not for every datagram (handle, next_deadline).
+        self._timed = tuple(s for s in self.services.values() if isinstance(s, TimedService))
+        self._local_handlers = {i: s for i, s in self.services.items() if isinstance(s, LocalRequestHandler)}
         # Services without sync callbacks (cfg) are not in the sync list, as in corosync.
         self.sync = Sync(me, [s for s in self.services.values() if takes_part_in_sync(s)])
         self.ring_id: RingId | None = None
@@ -194,7 +198,7 @@ class Stack:
     def next_deadline(self) -> Instant | None:
         """The earliest of Totem's and the services' deadlines."""
         deadlines = [self.totem.next_deadline]
-        deadlines += [s.next_deadline for s in self.services.values() if isinstance(s, TimedService)]
+        deadlines += [s.next_deadline for s in self._timed]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -208,9 +212,8 @@ class Stack:
         out: list[Action] = []
         pending: deque[TotemAction] = deque()
         outputs: list[SyncOutput] = []
-        for svc in self.services.values():
-            if isinstance(svc, TimedService):
-                outputs += svc.advance(event.now)
+        for svc in self._timed:
+            outputs += svc.advance(event.now)
         match event:
             case SetExpectedVotes() | SetVotes() | CancelWaitForAll() | ServiceRequest():
                 outputs += self._local_request(event, out)
@@ -357,8 +360,8 @@ class Stack:
         self, event: SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
     ) -> list[ServiceOutput]:
         if isinstance(event, ServiceRequest):
-            svc = self.services.get(event.service_id)
-            if not isinstance(svc, LocalRequestHandler):
+            svc = self._local_handlers.get(event.service_id)
+            if svc is None:
                 raise UsageError("no_service", f"service {event.service_id} takes no local requests")
             return svc.on_local_request(event.request)
         vq = self._votequorum()

@@ -244,6 +244,7 @@ class IpcServer:
         self._next_handle = 0
         self._next_request = 0
         self._pending: dict[int, asyncio.Future[RequestResult]] = {}
+        self._retry_waiters: list[asyncio.Future[None]] = []  # held pipelined MCASTs (try_again)
         self._gid = self._resolve_group(self.config.group)
         self.stats: dict[str, int] = {}
 
@@ -494,7 +495,7 @@ class IpcServer:
                     deadline = deadline or now + MCAST_RETRY_S
                     if now + pause <= deadline:
                         self._ack(client)  # what came before is through: let the client know
-                        await asyncio.sleep(pause)
+                        await self._retry_wait(pause)
                         pause = min(pause * 2, MCAST_RETRY_PAUSE_S[1])
                         continue
                 self._count(f"mcast_refused_{exc.code}")
@@ -503,6 +504,25 @@ class IpcServer:
                 client.send(ipcproto.event(ipcproto.EV_CPG_SEND_ERROR, info))
             client.mcast_handled = seq
             return
+
+    async def _retry_wait(self, pause: float) -> None:
+        """Wait until a cpg delivery or configuration change (what frees cpg's send window or
+        ends a synchronisation), or `pause` seconds at most."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._retry_waiters.append(waiter)
+        timer = loop.call_later(pause, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._retry_waiters.remove(waiter)
+
+    def _wake_retries(self) -> None:
+        waiters, self._retry_waiters = self._retry_waiters, []
+        for waiter in waiters:
+            _resolve(waiter)
 
     def _ack(self, client: _Client) -> None:
         """Acknowledge every pipelined MCAST handled so far (one frame for a whole read's worth)."""
@@ -516,6 +536,8 @@ class IpcServer:
     # --- notifications from the core -----------------------------------------------------------------
 
     def _on_notification(self, note: object) -> None:
+        if self._retry_waiters and not isinstance(note, RequestResult):
+            self._wake_retries()
         match note:
             case RequestResult():
                 future = self._pending.get(note.request_id)
@@ -944,6 +966,11 @@ class MemoryBackend:
 
 def _now() -> Instant:
     return Instant(time.monotonic_ns())
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _peer_cred(writer: asyncio.StreamWriter) -> PeerCred:
