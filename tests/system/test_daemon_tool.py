@@ -80,7 +80,7 @@ def test_every_node_reports_one_ring_and_the_read_commands_work(
     assert run_tool(c, 3, "links").stdout.count(" up") == 2
 
     code, version = tool_json(c, 1, "version")
-    assert code == 0 and version["daemon_protocol"] == 1 and version["daemon_error"] == ""
+    assert code == 0 and version["daemon_protocol"] == 2 and version["daemon_error"] == ""
     assert version["daemon_version"] == version["tool_version"]
     assert "cmanlkd" in run_tool(c, 1, "version").stdout
 
