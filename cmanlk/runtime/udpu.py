@@ -12,7 +12,9 @@
   that device (SO_BINDTODEVICE), so traffic cannot leave through another route.
 
 Receiving runs on the loop's reader callback and drains up to RECV_BATCH datagrams per wake-up
-with `recvfrom_into` into one buffer: no task and no large allocation per datagram.
+with `recvfrom_into` into one buffer: no task and no large allocation per datagram. The source
+address text of a listed node is mapped to its node id once (`_src_cache`), the clock is read and
+the counters are updated once per wake-up, not per datagram.
 
 Deviation: corosync's udpu also sends each MCAST to nodelist entries outside the ring at least
 every 2 × merge ms; our Totem core sends MERGE_DETECTs to them instead, which serves the same
@@ -30,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cmanlk.config import LinkConfig, NodeAddresses
 from cmanlk.runtime.transport import Deliver, LinkStatus, PeerReachability
@@ -158,6 +161,7 @@ class UdpuTransport:
         self._buffer = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._last_heard: dict[NodeId, int] = {}
+        self._src_cache: dict[str, NodeId] = {}  # source IP text → node id, listed nodes only
         self._drop_logged: dict[str, float] = {}
         self._closed = False
         self._set_peers(nodes)
@@ -255,28 +259,50 @@ class UdpuTransport:
         sock, deliver = self._recv, self._deliver
         if sock is None or deliver is None:
             return
-        for _ in range(RECV_BATCH):
-            try:
-                n, addr = sock.recvfrom_into(self._buffer)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # ICMP errors surface here on Linux (ECONNREFUSED from an earlier send): not fatal.
-                self.counters[f"recv_error_{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
-                continue
-            self.counters["received"] += 1
-            try:
-                key = _key(sock.family, addr[0])
-            except OSError:
-                self._drop("bad_source_address", addr)
-                continue
-            src = self._by_key.get(key)
-            if src is None and self.block_unlisted_ips:
+        received = 0
+        heard: set[NodeId] = set()
+        cache, buffer, view = self._src_cache, self._buffer, self._view
+        try:
+            for _ in range(RECV_BATCH):
+                try:
+                    n, addr = sock.recvfrom_into(buffer)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    # ICMP errors surface here on Linux (ECONNREFUSED from an earlier send): not fatal.
+                    self.counters[f"recv_error_{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+                    continue
+                received += 1
+                src = cache.get(addr[0])
+                if src is None:
+                    accepted, src = self._source(addr)
+                    if not accepted:
+                        continue
+                if src is not None:
+                    heard.add(src)
+                deliver(bytes(view[:n]), src, 0)
+        finally:
+            self.counters["received"] += received
+            if heard:
+                now = time.monotonic_ns()
+                for node in heard:
+                    self._last_heard[node] = now
+
+    def _source(self, addr: tuple[Any, ...]) -> tuple[bool, NodeId | None]:
+        """(accepted, node id) of a source address not in the cache; a dropped one is counted."""
+        try:
+            key = _key(self.local.family, addr[0])
+        except OSError:
+            self._drop("bad_source_address", addr)
+            return False, None
+        src = self._by_key.get(key)
+        if src is None:
+            if self.block_unlisted_ips:
                 self._drop("unlisted_source", addr)
-                continue
-            if src is not None:
-                self._last_heard[src] = time.monotonic_ns()
-            deliver(bytes(self._view[:n]), src, 0)
+                return False, None
+            return True, None
+        self._src_cache[addr[0]] = src  # bounded: one entry per address text of a listed node
+        return True, src
 
     def _drop(self, reason: str, addr: object) -> None:
         self.counters[f"dropped_{reason}"] += 1
@@ -338,6 +364,7 @@ class UdpuTransport:
                 log.error("udpu: node %d address %s is not of our address family; ignored", node, text)
                 del peers[node]
         self._by_key = {ep.key: node for node, ep in peers.items()}
+        self._src_cache = {}
         peers.pop(self.me, None)
         self._peers = peers
 
