@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     token_eff = args.token + max(0, len(nodes) - 2) * 650
     bound_s = 4 * token_eff / 1000 + 20  # token + consensus per round, a few rounds, start-up
     workdir = Path(tempfile.mkdtemp(prefix="cmkchaos-"))
+    started = time.monotonic()
     print(
         f"chaos: seed={seed} nodes={len(nodes)} transport={system.transport} token={args.token} ms "
         f"duration={args.duration} s",
@@ -628,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         "transport": system.transport,
         "token_ms": args.token,
         "faults": chaos.f.log,
+        "duration_s": args.duration,
+        "wall_s": round(time.monotonic() - started, 1),
         "quiet_from": quiet_from,
         "bound_ns": int(bound_s * 1e9),
         "traffic_until": traffic_until,
@@ -636,6 +639,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.save is not None:
         args.save.write_text(json.dumps(saved) + "\n")
     return report(saved, args.all)
+
+
+FAULT_KINDS = (
+    ("kill -9", "kill"),
+    ("SIGTERM", "stop"),
+    ("restart", "restart"),
+    ("partition and loss healed", "net-heal"),
+    ("partition", "partition"),
+    ("loss into", "loss"),
+    ("carrier down", "carrier-down"),
+    ("carrier up", "carrier-up"),
+)
+
+
+def fault_kinds(log: list[str]) -> dict[str, int]:
+    """Count the fault log's events by kind (the run's own notes are not counted)."""
+    counts = {name: 0 for _text, name in FAULT_KINDS}
+    for line in log:
+        for text, name in FAULT_KINDS:
+            if text in line:
+                counts[name] += 1
+                break
+    return counts
 
 
 def report(saved: dict[str, Any], show_all: bool) -> int:
@@ -650,10 +676,13 @@ def report(saved: dict[str, Any], show_all: bool) -> int:
     configs = sum(
         1 for h in histories.values() for r in h if isinstance(r, Installed) and r.kind is ConfigKind.REGULAR
     )
+    kinds = fault_kinds(saved["faults"])
     print(
-        f"seed={saved['seed']} faults={len(saved['faults'])} sent={sent} delivered={delivered} "
-        f"configurations={configs} unjudged={set_aside}"
+        f"seed={saved['seed']} transport={saved.get('transport', '?')} nodes={len(saved.get('nodes', ()))} "
+        f"duration={saved.get('duration_s', '?')} s wall={saved.get('wall_s', '?')} s"
     )
+    print(f"fault_events={sum(kinds.values())} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})")
+    print(f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside}")
     if violations:
         by_prop: dict[str, int] = {}
         for v in violations:

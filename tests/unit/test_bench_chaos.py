@@ -180,3 +180,30 @@ def test_a_client_that_joined_late_is_excused_what_was_delivered_before_its_join
     raw[1].append(["deliver", late, 1, 8, 1, _p("b")])  # after node 2 joined: it is owed "b"
     hist = {NodeId(n): to_history(r) for n, r in raw.items()}
     assert not late_join_excuses(hist, NodeId(2))
+
+
+def test_fault_log_is_counted_by_kind():
+    from bench.chaos import fault_kinds
+
+    log = [
+        "   0.70s ring of all nodes formed; faults start",
+        "   1.61s partition [1] | [2, 3]",
+        "   2.82s kill -9 node 1",
+        "   3.98s restart node 1",
+        "   5.51s SIGTERM node 2 (clean leave)",
+        "   8.58s carrier down node 3 link 0",
+        "   8.71s partition and loss healed",
+        "  12.01s 30% loss into node 1",
+        "  13.00s carrier up node 3 link 0",
+    ]
+    kinds = fault_kinds(log)
+    assert kinds == {
+        "kill": 1,
+        "stop": 1,
+        "restart": 1,
+        "net-heal": 1,
+        "partition": 1,
+        "loss": 1,
+        "carrier-down": 1,
+        "carrier-up": 1,
+    }
