@@ -700,6 +700,7 @@ class IpcServer:
 
 # --- op handlers: (server, client, args, payload) -> result dict ----------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class _Call:
     """One request being served: who asked, its args and payload."""
