@@ -252,7 +252,15 @@ class DlmDaemon:
                 self.members = item.members
                 self._feed_if_ready(self._cluster_changed)
             case QuorumChanged():
+                # The cluster view dlm_controld takes from its quorum callback: votequorum
+                # activates before cpg in a sync (service order), so this arrives ahead of the
+                # lockspace groups' confchgs of the same ring, and MembershipChanged after them.
+                # Members and quorum taken together from it: comms/N goes before the lockspaces
+                # stop (the reference order), and a node that lost quorum never decides about
+                # fencing with the old ring's quorum (a minority must not fence the majority).
                 self.quorate = item.quorate
+                if item.state.members:
+                    self.members = tuple(item.state.members)
                 self._feed_if_ready(self._cluster_changed)
             case CpgConfchg() if DLMD_HANDLE in item.handles:
                 self._on_confchg(item)

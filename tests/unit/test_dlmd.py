@@ -124,15 +124,20 @@ class Bus:
         self.nodes[node.me] = node
         return node
 
-    def membership(self, quorate: bool = True) -> None:
+    def membership(self, quorate: bool = True, between: Callable[[], None] | None = None) -> None:
+        """A new ring, published in the Stack's order for one sync: votequorum's notification
+        (it activates before cpg), cpg's confchgs (`between`), then MembershipChanged."""
         self.ring += 4
         members = tuple(sorted(self.nodes))
         ring = RingId(self.ring, members[0])
         qs = QuorumState(quorate, 2, len(members), 2, 2, False, False, False, False, False, False,
                          ring, members)
         for node in list(self.nodes.values()):
-            node.publish(MembershipChanged(ring, members, (), (), members))
             node.publish(QuorumChanged(quorate, 2, len(members), 2, tuple((m, 1) for m in members), ring, qs))
+        if between is not None:
+            between()
+        for node in list(self.nodes.values()):
+            node.publish(MembershipChanged(ring, members, (), (), members))
 
     def on_request(self, node: FakeNode, req: object) -> None:
         me = node.me
@@ -163,17 +168,20 @@ class Bus:
         for node in targets:
             node.publish(CpgConfchg((Handle(1 << 48),), group, members, left, joined))
 
-    def crash(self, nodeid: int) -> None:
-        """`nodeid` dies: cpg reports it down in every group (sync_activate), then the membership."""
+    def crash(self, nodeid: int, quorate: bool = True) -> None:
+        """`nodeid` dies: one sync reports it (quorum, cpg NODEDOWN in every group, membership)."""
         dead = NodeId(nodeid)
         del self.nodes[dead]
-        for group, procs in self.groups.items():
-            gone = [p for p in procs if p[0] == dead]
-            if gone:
-                procs[:] = [p for p in procs if p[0] != dead]
-                self._confchg(group, procs, joined=(),
-                              left=tuple(CpgAddress(n, pid, REASON_NODEDOWN) for n, pid in gone))
-        self.membership()
+
+        def groups_down() -> None:
+            for group, procs in self.groups.items():
+                gone = [p for p in procs if p[0] == dead]
+                if gone:
+                    procs[:] = [p for p in procs if p[0] != dead]
+                    self._confchg(group, procs, joined=(),
+                                  left=tuple(CpgAddress(n, pid, REASON_NODEDOWN) for n, pid in gone))
+
+        self.membership(quorate, between=groups_down)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -308,8 +316,8 @@ def test_member_failure_stops_lockspace_until_fence_ack_then_restarts_without_it
             bus.crash(2)
             await until(lambda: len(s1.rec.ops) >= mark + 2)
             await asyncio.sleep(0.1)  # time for a wrong restart to show
-            # cpg reports the group change before the Stack publishes the membership (sync_activate)
-            assert s1.ops_since(mark) == [("sysfs", "lab1", "control", "0\0"), ("rmdir", "cluster/comms/2")]
+            # dlm_controld's order: the cluster (quorum) view drops comms/2, then the group stops
+            assert s1.ops_since(mark) == [("rmdir", "cluster/comms/2"), ("sysfs", "lab1", "control", "0\0")]
             ls = s1.daemon.status()["lockspaces"][0]
             assert ls["state"] == "stopped"
             assert "fencing of node 2" in ls["waiting_for"]
@@ -343,6 +351,32 @@ def test_member_failure_recovers_after_fence_agent_succeeds(tmp_path: Path) -> N
 
     run(body())
     assert "action=off\nnodename=node2\n" in log.read_text()
+
+
+def test_a_node_that_lost_quorum_with_the_failure_does_not_fence(tmp_path: Path) -> None:
+    """The quorum of the failure's own ring decides, not the old one: a minority never shoots."""
+    agent = tmp_path / "fence_ok"
+    log = tmp_path / "agent.log"
+    agent.write_text(f"#!/bin/sh\ncat > {log}\nexit 0\n")
+    agent.chmod(agent.stat().st_mode | stat.S_IXUSR)
+    devices = {NodeId(2): FenceDevice(str(agent), "node2")}
+    policy = FencingPolicy(enabled=True, nodes_with_agent=frozenset(devices))
+
+    async def body() -> None:
+        async with cluster(policy, devices) as (bus, s1, s2):
+            await join(s1, "lab1")
+            await join(s2, "lab1")
+            bus.crash(2, quorate=False)
+            await until(lambda: s1.daemon.status()["lockspaces"][0]["state"] == "stopped")
+            await asyncio.sleep(0.3)  # time for a wrong agent run to show
+            status = s1.daemon.status()
+            assert status["fencing"]["fencer"] is False
+            assert [(v["nodeid"], v["state"], v["attempts"]) for v in status["fencing"]["victims"]] == [
+                (2, "waiting", 0)]
+            assert "quorum" in status["lockspaces"][0]["waiting_for"]
+
+    run(body())
+    assert not log.exists()
 
 
 def test_leave_then_shutdown_removes_everything_it_created() -> None:
