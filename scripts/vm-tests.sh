@@ -4,7 +4,8 @@
 # first time), adds what our guest scripts need to the guest root (python3-pytest), then boots
 # QEMU VMs for each scenario of tests/vm/scenarios.py and prints one line per scenario:
 #   PASS|FAIL <name> <seconds>s <vm=exit...> <result folder>
-# Usage: scripts/vm-tests.sh [--setup-only] [-v] [SCENARIO...]      (needs root)
+# and a last line with the wall time. Scenarios run 2 at a time (-j N, env CMANLK_VM_JOBS).
+# Usage: scripts/vm-tests.sh [--setup-only] [-v] [-j N] [SCENARIO...]      (needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KLAB_DIR="${KLAB_DIR:-/var/tmp/kernel-lab}"; export KLAB_DIR

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -178,10 +179,19 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
 
 
+_SLOTS = iter(range(1, 1 << 30))
+_SLOTS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def private_network(prefix: str) -> Iterator[str]:
-    """A network namespace with one bridge and no way out; yields its name, deletes it after."""
-    ns = f"{prefix}{os.getpid()}x"
+    """A network namespace with one bridge and no way out; yields its name, deletes it after.
+
+    Named <prefix><pid>x<n>: one per concurrent scenario of this harness process.
+    """
+    with _SLOTS_LOCK:
+        slot = next(_SLOTS)
+    ns = f"{prefix}{os.getpid()}x{slot}"
     _ip("netns", "add", ns)
     try:
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -210,7 +220,7 @@ def _add_tap(ns: str, tap: str) -> None:
 def reap_stale(lab: Lab | None = None) -> list[str]:
     """Clean up after harness runs that died without their cleanup (SIGKILL, OOM, power loss).
 
-    Only our own objects: namespaces named cmkvm<pid>x and qemu processes whose pidfile lies in
+    Only our own objects: namespaces named cmkvm<pid>x<n> and qemu processes whose pidfile lies in
     a result folder <scenario>-<time>-<pid>, in both cases only when that harness pid is gone.
     Returns what was removed.
     """
@@ -218,7 +228,7 @@ def reap_stale(lab: Lab | None = None) -> list[str]:
     removed: list[str] = []
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20,
                              check=False).stdout
-    for ns in re.findall(r"^(cmkvm(\d+)x)\b", listing, re.MULTILINE):
+    for ns in re.findall(r"^(cmkvm(\d+)x\d*)\b", listing, re.MULTILINE):
         if not _pid_alive(int(ns[1])):
             _kill_netns_processes(ns[0])
             subprocess.run(["ip", "netns", "del", ns[0]], capture_output=True, timeout=20, check=False)
@@ -247,14 +257,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def run_scenario(name: str, specs: Sequence[VmSpec], timeout_s: float, lab: Lab | None = None,
-                 keep: int = 5, shared_disk_mb: int = 0) -> Run:
+                 keep: int = 5, shared_disk_mb: int = 0, stop: threading.Event | None = None) -> Run:
     """Boot every VM of `specs` in parallel, wait for all (at most `timeout_s`), collect results.
 
     Returns a Run whose `folder` holds <vm>.console, out/<vm>/ (the guest's /out) and the /lab
     folder shared by all VMs. Raises LabMissing if the lab is not built, ValueError for more than
     MAX_VMS VMs. With `shared_disk_mb`, a sparse raw image of that size (a GFS2 disk) is
     attached to every VM as /dev/vda (cache=none, no image locking, as the lab does).
-    Always kills the VMs and removes the namespace before returning.
+    Always kills the VMs and removes the namespace before returning; a set `stop` (the runner
+    was interrupted) ends the wait early like a time limit. Several scenarios may run at once in
+    threads of one process: each has its own namespace, folder and disk.
     """
     if not 1 <= len(specs) <= MAX_VMS:
         raise ValueError(f"a scenario runs 1..{MAX_VMS} VMs, not {len(specs)}")
@@ -295,7 +307,7 @@ def run_scenario(name: str, specs: Sequence[VmSpec], timeout_s: float, lab: Lab 
                 procs.append((spec, p, out_dir, console, time.monotonic()))
             deadline = time.monotonic() + timeout_s
             ended: dict[int, float] = {}
-            while len(ended) < len(procs) and time.monotonic() < deadline:
+            while len(ended) < len(procs) and time.monotonic() < deadline and not (stop and stop.is_set()):
                 for i, (_, p, *_rest) in enumerate(procs):
                     if i not in ended and p.poll() is not None:
                         ended[i] = time.monotonic()

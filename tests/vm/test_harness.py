@@ -42,3 +42,39 @@ def test_an_incomplete_lab_is_reported_not_booted(tmp_path: Path) -> None:
 def test_at_most_three_vms(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"1\.\.3"):
         run_scenario("x", [VmSpec(f"v{i}", "/s") for i in range(4)], 1.0, lab=fake_lab(tmp_path))
+
+
+def test_runner_keeps_to_jobs_and_the_vm_budget_biggest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from tests.vm import run as runner
+    from tests.vm.scenarios import Scenario
+
+    def sc(name: str, vms: int) -> Scenario:
+        return Scenario(name, "", tuple(VmSpec(f"v{i}", "/s") for i in range(vms)), 1.0)
+
+    lock = threading.Lock()
+    active: list[Scenario] = []
+    seen: list[tuple[str, int, int]] = []  # (started, scenarios running, VMs running)
+
+    def fake(s: Scenario, stop: threading.Event) -> tuple[str, str, bool]:
+        with lock:
+            active.append(s)
+            seen.append((s.name, len(active), sum(len(x.vms) for x in active)))
+        time.sleep(0.3)
+        with lock:
+            active.remove(s)
+        return f"PASS {s.name}", "", s.name != "b"
+
+    monkeypatch.setattr(runner, "_run_one", fake)
+    lines: list[str] = []
+    chosen = [sc("a", 1), sc("b", 2), sc("c", 3), sc("d", 3), sc("e", 1)]
+    failed = runner.run_all(chosen, 2, threading.Event(), lambda line, tail: lines.append(line))
+    assert failed == 1 and sorted(lines) == [f"PASS {n}" for n in "abcde"]
+    assert [name for name, *_ in seen][:2] == ["c", "b"]  # the 3-VM scenarios first, then what fits
+    assert all(running <= 2 and vms <= runner.MAX_PARALLEL_VMS for _, running, vms in seen)
+
+    stop = threading.Event()
+    stop.set()
+    assert runner.run_all(chosen, 2, stop, lambda line, tail: lines.append(line)) == len(chosen)

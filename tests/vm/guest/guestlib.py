@@ -552,12 +552,26 @@ def check_protocol(c: Checks, ops: list[tuple[object, ...]], *, comms: list[int]
     ok = (rmdirs[:len(failed)] == failed and rmdirs[-1:] == [("rmdir", "cluster")]
           and sorted(rmdirs[len(failed):-1]) == rest)
     c.check(ok, f"protocol: comms removal {rmdirs}")
+    for n in removed:  # "rmdir comms/N as soon as the cluster membership loses N", then the stops
+        for ls in lockspaces:
+            c.check(_comms_before_stop(ops, n, ls), f"protocol: comms/{n} removed before {ls} stopped for it")
     for ls, steps in lockspaces.items():
         got = _nodes_unordered([op for op in ops if _in_lockspace(op, ls)])
         expected = _nodes_unordered(steps)
         c.check(got == expected, f"protocol: lockspace {ls} ({len(got)} ops)"
                 + ("" if got == expected else "\n  got  " + "\n  got  ".join(map(repr, got))
                    + "\n  want " + "\n  want ".join(map(repr, expected))))
+
+
+def _comms_before_stop(ops: list[tuple[object, ...]], n: int, ls: str) -> bool:
+    """Is `rmdir comms/N` before the `control 0` that stopped `ls` for N's failure?"""
+    try:
+        i = ops.index(("rmdir", f"cluster/comms/{n}"))
+        j = ops.index(("rmdir", f"cluster/spaces/{ls}/nodes/{n}"))
+    except ValueError:
+        return False
+    stops = [k for k in range(j) if ops[k] == ("sysfs", ls, "control", b"0\0")]
+    return bool(stops) and i < stops[-1]
 
 
 def _nodes_unordered(ops: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
