@@ -366,9 +366,7 @@ class Client:
             if frame is None:
                 return None
             if frame.kind == ipcproto.EVENT:
-                event = _as_event(frame)
-                self._note_flow(event)
-                return event
+                return _as_event(frame)
             if frame.kind == ipcproto.ERROR and frame.header.get("id") is None:
                 _result(frame)
 
@@ -422,6 +420,8 @@ class Client:
                     return False
                 raise
             return True
+        if self.slow and not self._wait_until_not_slow(block, timeout_s):
+            return False
         if not pipe.has_room(len(payload)) and not self._wait_for_room(len(payload), block, timeout_s):
             return False
         _, frame = pipe.frame(group, payload)
@@ -558,6 +558,19 @@ class Client:
                     raise ClientError(ipcproto.E_TRY_AGAIN, message)
         return True
 
+    def _wait_until_not_slow(self, block: bool, timeout_s: float) -> bool:
+        """The daemon said our events back up (flow "slow"): read them (kept for events()) until it
+        says "ok", rather than add to its queue. False at once with `block=False`."""
+        deadline = time.monotonic() + (timeout_s if block else 0.0)
+        while self.slow:
+            if not self._pump_frames(deadline - time.monotonic()):
+                if not block:
+                    return False
+                if time.monotonic() >= deadline:
+                    message = f"the daemon reports this connection slow for {timeout_s} s: read events"
+                    raise ClientError(ipcproto.E_TRY_AGAIN, message)
+        return True
+
     def _send_all(self, data: bytes, deadline: float) -> None:
         """Write `data`, reading (and keeping) what the daemon sends while the socket is full.
 
@@ -608,6 +621,12 @@ class Client:
         for item in items:
             if isinstance(item, ipcproto.ProtocolError) or not consume(item):
                 frames.append(item)
+                if isinstance(item, ipcproto.Frame) and item.header.get("event") == ipcproto.EV_FLOW:
+                    info = item.header.get("data")
+                    self.slow = isinstance(info, dict) and info.get("state") == "slow"
+        if len(frames) + len(self._events) > MAX_BUFFERED_EVENTS:
+            self.close()
+            raise ConnectionClosed(f"more than {MAX_BUFFERED_EVENTS} unread events; read events() sooner")
         return True
 
     def _raise_refusal(self) -> None:
@@ -618,15 +637,10 @@ class Client:
                 _result(frame)
 
     def _keep(self, event: Event) -> None:
-        self._note_flow(event)
         if len(self._events) >= MAX_BUFFERED_EVENTS:
             self.close()
             raise ConnectionClosed(f"more than {MAX_BUFFERED_EVENTS} unread events; read events() sooner")
         self._events.append(event)
-
-    def _note_flow(self, event: Event) -> None:
-        if event.name == ipcproto.EV_FLOW:
-            self.slow = event.data.get("state") == "slow"
 
     def _next_frame(self, timeout: float | None) -> ipcproto.Frame | None:
         """The next frame for the caller, waiting up to `timeout` (None: forever, 0: no wait)."""

@@ -17,7 +17,7 @@ import pytest
 
 from cmanlk import client as client_module
 from cmanlk import ipcproto
-from cmanlk.client import AsyncClient, Client, ClientError, SendError
+from cmanlk.client import AsyncClient, Client, ClientError, ConnectionClosed, SendError
 from cmanlk.runtime.ipc import IpcConfig
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness, harness
@@ -149,6 +149,21 @@ def test_a_pipelining_client_that_never_reads_is_told_then_disconnected(tmp_path
         raw.close()
     finally:
         h.close()
+
+
+def test_a_sender_that_never_reads_its_events_is_stopped_by_its_own_bound(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+):
+    """Reading acknowledgements reads the deliveries behind them too; they are kept for events(),
+    up to MAX_BUFFERED_EVENTS, then the library gives up rather than grow without bound."""
+    monkeypatch.setattr(client_module, "MAX_BUFFERED_EVENTS", 100)
+    with Client.connect(harness.path) as c:
+        c.cpg_join("g", pid=1)
+        with pytest.raises(ConnectionClosed) as info:
+            for i in range(5000):
+                c.cpg_mcast("g", b"%d" % i)
+                time.sleep(0.0005)
+        assert "unread events" in str(info.value)
 
 
 def test_malformed_compact_frames_are_refused_and_the_stream_goes_on(harness: Harness):
