@@ -52,6 +52,7 @@ from cmanlk import dlmctl
 from cmanlk.config import ClusterConfig
 from cmanlk.cpg import CpgConfchg, CpgDeliver, CpgJoin, CpgLeave, CpgMcast, CpgRequest, Handle
 from cmanlk.dlmctl import (
+    CPG_REASON_NODEDOWN,
     ClusterChanged,
     DeadlineReached,
     DlmCtl,
@@ -96,6 +97,11 @@ unless the ring keeps re-forming; the lockspace then shows what it waits for).""
 MAX_PENDING_GROUP_OPS = 4096
 """cpg requests queued for the sender: a few per lockspace change, MAX_LOCKSPACES lockspaces."""
 GROUP_REQUEST_TIMEOUT_S = 5.0
+MAX_HELD_GROUP_EVENTS = 4096
+"""Group events held until the membership of their ring is known (a few per lockspace)."""
+HOLD_LIMIT_S = 5.0
+"""The quorum and membership notifications follow the confchgs within one Stack step; if they
+ever did not, held events are fed after this long rather than never."""
 RETRYABLE = frozenset({"try_again", "busy"})
 """cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
 DLM_CONFIGFS = "/sys/kernel/config/dlm"
@@ -126,6 +132,7 @@ class DlmdStats:
     group_requests: int = 0
     group_retries: int = 0
     group_dropped: int = 0
+    group_events_held: int = 0
     uevents: int = 0
     uevents_lost: int = 0
 
@@ -133,6 +140,7 @@ class DlmdStats:
         """Return the counters as plain data."""
         return {"kernel_errors": dict(self.kernel_errors), "group_requests": self.group_requests,
                 "group_retries": self.group_retries, "group_dropped": self.group_dropped,
+                "group_events_held": self.group_events_held,
                 "uevents": self.uevents, "uevents_lost": self.uevents_lost}
 
 
@@ -172,6 +180,8 @@ class DlmDaemon:
         self.members: tuple[NodeId, ...] = ()
         self.quorate = False
         self._outbox: asyncio.Queue[CpgRequest] = asyncio.Queue(MAX_PENDING_GROUP_OPS)
+        self._held: list[Callable[[], DlmEvent]] = []
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: Instant | None = None
         self._stopped = False
@@ -251,17 +261,15 @@ class DlmDaemon:
             case MembershipChanged():
                 self.members = item.members
                 self._feed_if_ready(self._cluster_changed)
+                self._release_held()
             case QuorumChanged():
-                # The cluster view dlm_controld takes from its quorum callback: votequorum
-                # activates before cpg in a sync (service order), so this arrives ahead of the
-                # lockspace groups' confchgs of the same ring, and MembershipChanged after them.
-                # Members and quorum taken together from it: comms/N goes before the lockspaces
-                # stop (the reference order), and a node that lost quorum never decides about
-                # fencing with the old ring's quorum (a minority must not fence the majority).
+                # the cluster view dlm_controld takes from its quorum callback: members and
+                # quorum of one ring together (see _on_confchg for why group events wait for it)
                 self.quorate = item.quorate
                 if item.state.members:
                     self.members = tuple(item.state.members)
                 self._feed_if_ready(self._cluster_changed)
+                self._release_held()
             case CpgConfchg() if DLMD_HANDLE in item.handles:
                 self._on_confchg(item)
             case CpgDeliver() if DLMD_HANDLE in item.handles:
@@ -285,7 +293,14 @@ class DlmDaemon:
         members = tuple(sorted({a.nodeid for a in note.members}))
         joined = tuple(sorted({a.nodeid for a in note.joined}))
         left = tuple(sorted({(a.nodeid, a.reason) for a in note.left}))
-        self._feed_if_ready(lambda: GroupConfchg(_now(), group, members, joined, left))
+        # cpg activates before votequorum in a sync (service ids 2 < 5), so a member's
+        # NODEDOWN in a lockspace group reaches us before the quorum and membership of the
+        # ring that lost it. Acting on it at once would decide about fencing with the old
+        # ring's quorum (a partition that just lost quorum would still shoot the majority)
+        # and stop the lockspaces before comms/N goes (dlm_controld's order is the reverse).
+        # So group events wait, in order, until the cluster view has caught up.
+        down = any(r == CPG_REASON_NODEDOWN and n in self.members for n, r in left)
+        self._group_event(lambda: GroupConfchg(_now(), group, members, joined, left), hold=down)
 
     def _on_deliver(self, note: CpgDeliver) -> None:
         if note.group == FENCE_GROUP:
@@ -295,7 +310,31 @@ class DlmDaemon:
                 self._feed_if_ready(lambda: FencedElsewhere(_now(), nodeid, how))
             return
         group = note.group.decode("utf-8", "replace")
-        self._feed_if_ready(lambda: GroupMessage(_now(), group, note.nodeid, note.payload))
+        self._group_event(lambda: GroupMessage(_now(), group, note.nodeid, note.payload))
+
+    def _group_event(self, build: Callable[[], DlmEvent], hold: bool = False) -> None:
+        """Feed a lockspace group's event now, or keep it behind the ones already held."""
+        if not (hold or self._held):
+            self._feed_if_ready(build)
+            return
+        if len(self._held) >= MAX_HELD_GROUP_EVENTS:
+            log.error("dlm: %d group events wait for a membership; releasing them", len(self._held))
+            self._release_held()
+            self._feed_if_ready(build)
+            return
+        if not self._held:
+            self._hold_timer = asyncio.get_running_loop().call_later(HOLD_LIMIT_S, self._release_held)
+        self._held.append(build)
+        self.stats.group_events_held += 1
+
+    def _release_held(self) -> None:
+        """Feed the held group events in order (the cluster view is current now)."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, []
+        for build in held:
+            self._feed_if_ready(build)
 
     def _on_agent_exit(self, nodeid: NodeId, exit_code: int) -> None:
         self._feed_if_ready(lambda: FenceAgentExited(_now(), nodeid, exit_code))
@@ -415,6 +454,9 @@ class DlmDaemon:
                     self._kernel(action)
         self._stopped = True
         self.ready = False
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

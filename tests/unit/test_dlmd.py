@@ -125,17 +125,18 @@ class Bus:
         return node
 
     def membership(self, quorate: bool = True, between: Callable[[], None] | None = None) -> None:
-        """A new ring, published in the Stack's order for one sync: votequorum's notification
-        (it activates before cpg), cpg's confchgs (`between`), then MembershipChanged."""
+        """A new ring, published in the Stack's order for one sync: cpg's confchgs (`between`:
+        cpg, service 2, activates first), votequorum's notification (service 5), then
+        MembershipChanged once the sync completed."""
         self.ring += 4
         members = tuple(sorted(self.nodes))
         ring = RingId(self.ring, members[0])
         qs = QuorumState(quorate, 2, len(members), 2, 2, False, False, False, False, False, False,
                          ring, members)
-        for node in list(self.nodes.values()):
-            node.publish(QuorumChanged(quorate, 2, len(members), 2, tuple((m, 1) for m in members), ring, qs))
         if between is not None:
             between()
+        for node in list(self.nodes.values()):
+            node.publish(QuorumChanged(quorate, 2, len(members), 2, tuple((m, 1) for m in members), ring, qs))
         for node in list(self.nodes.values()):
             node.publish(MembershipChanged(ring, members, (), (), members))
 
