@@ -177,6 +177,10 @@ class CmanlkSettings:
     """Keep a lockspace stopped after a member failure until the node is fenced or acknowledged."""
     dlm_fence_agent: str | None = None
     """Fence agent run for every failed node (stdin: action=off, nodename=<nodelist name>)."""
+    sched_rr: bool = True
+    """corosync's `system.sched_rr`: run with SCHED_RR at the highest priority (cmanlk.runtime.sched)."""
+    priority: str = "max"
+    """corosync's `system.priority` when sched_rr is off (or cannot be set): max, min or a nice value."""
     fence_devices: tuple[FenceDeviceConfig, ...] = ()
     """Every node that has a fence device (`fence {}` blocks and `dlm_fence_agent`), by node id."""
 
@@ -324,6 +328,19 @@ def _text(text: str) -> str:
     if not text:
         raise _Bad("empty value")
     return text
+
+
+def _priority(text: str) -> str:
+    """corosync's `system.priority`: max, min, or a nice value -20..19."""
+    if text in ("max", "min"):
+        return text
+    try:
+        nice = int(text)
+    except ValueError:
+        raise _Bad(f"expected max, min or a nice value from -20 to 19; got {text!r}") from None
+    if not -20 <= nice <= 19:
+        raise _Bad(f"nice value out of range -20..19: {nice}")
+    return str(nice)
 
 
 def _name(text: str) -> str:
@@ -486,11 +503,11 @@ _CMANLK: dict[str, Conv] = {
 _SYSTEM: dict[str, Conv] = {
     "state_dir": _path,
     "sched_rr": _bool,
-    "priority": _text,
+    "priority": _priority,
     "move_to_root_cgroup": _text,
     "allow_knet_handle_fallback": _bool,
 }
-_SYSTEM_IGNORED = {"sched_rr", "priority", "move_to_root_cgroup", "allow_knet_handle_fallback"}
+_SYSTEM_IGNORED = {"move_to_root_cgroup", "allow_knet_handle_fallback"}
 
 _KNOWN_IGNORED_SECTIONS = {"resources", "nozzle", "qb", "uidgid", "amf", "service", "aisexec"}
 
@@ -911,6 +928,8 @@ class _Reader:
             dlm=_get(v, "dlm", defaults.dlm),
             dlm_fencing=_get(v, "dlm_fencing", defaults.dlm_fencing),
             dlm_fence_agent=_get(v, "dlm_fence_agent", None),
+            sched_rr=_get(sv, "sched_rr", defaults.sched_rr),
+            priority=_get(sv, "priority", defaults.priority),
             fence_devices=self._fence_devices([s for s in sec.sections if s.name == "fence"], nodes, v),
         )
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
 from cmanlk.errors import ConfigError, InternalError, KernelError, UsageError
+from cmanlk.runtime import sched
 from cmanlk.runtime.logsetup import setup_logging
 from cmanlk.runtime.node import CoreKind, Node
 from cmanlk.runtime.notify import Notifier
@@ -68,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-f", "--foreground", action="store_true", help="do not detach")
     p.add_argument("--check-config", action="store_true", help="validate the file, print problems, exit")
     p.add_argument("--debug", action="store_true", help="log at debug level")
+    p.add_argument(
+        "-p",
+        "--no-realtime",
+        action="store_true",
+        help="keep the scheduling and memory as started (ignore system.sched_rr/priority; no mlockall)",
+    )
     p.add_argument(
         "-n",
         "--nodeid",
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("config: %s", problem)
     if not args.foreground:
         _daemonize()
+    if not args.no_realtime:
+        sched.apply(config.cmanlk.sched_rr, config.cmanlk.priority)
     try:
         lock = _lock_pidfile(Path(config.cmanlk.run_dir))
     except OSError as exc:

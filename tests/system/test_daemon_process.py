@@ -143,3 +143,28 @@ def test_without_foreground_the_daemon_detaches_and_leaves_on_sigterm(
     c.wait_ring([2], timeout_s=5.0)
     c.wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5.0, "detached daemon exit")
     assert "left the cluster; exiting" in (c.workdir / "detached.log").read_text()
+
+
+def _vm_locked_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_realtime_scheduling_and_locked_memory_as_corosync(cluster_factory: Callable[..., Cluster]) -> None:
+    """Default `system.sched_rr: yes`: SCHED_RR at the top priority, memory locked; `sched_rr: no`
+    with `priority: 5` → ordinary scheduling at nice 5, nothing locked beyond the defaults."""
+    c = cluster_factory([1, 2])
+    c.conf_path(2).write_text(c.config_text(2, [1, 2]) + "system {\n  sched_rr: no\n  priority: 5\n}\n")
+    c.start_all()
+    c.wait_ring([1, 2])
+    rr = c.pid(1)
+    assert os.sched_getscheduler(rr) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+    assert os.sched_getparam(rr).sched_priority == os.sched_get_priority_max(os.SCHED_RR)
+    assert _vm_locked_kib(rr) > 0
+    other = c.pid(2)
+    assert os.sched_getscheduler(other) & ~os.SCHED_RESET_ON_FORK == os.SCHED_OTHER
+    assert os.getpriority(os.PRIO_PROCESS, other) == 5
+    assert "scheduling: SCHED_RR priority 99, memory locked" in c.log_path(1).read_text()
+    assert "scheduling: SCHED_OTHER nice 5" in c.log_path(2).read_text()

@@ -566,3 +566,14 @@ def test_native_transport_encrypts_unless_the_file_turns_crypto_off() -> None:
     )
     assert not parse_config(off, "t.conf").is_crypto_enabled
     assert not parse_config(nodelist("10.0.0.1", transport="udpu"), "t.conf").is_crypto_enabled
+
+
+def test_system_sched_rr_and_priority_are_honoured_and_validated() -> None:
+    default = parse_config(DEBIAN_CONF, "corosync.conf")
+    assert default.cmanlk.sched_rr is True and default.cmanlk.priority == "max"
+    tuned = parse_config(DEBIAN_CONF + "system {\n\tsched_rr: no\n\tpriority: -5\n}\n", "corosync.conf")
+    assert tuned.cmanlk.sched_rr is False and tuned.cmanlk.priority == "-5"
+    assert not [w for w in tuned.warnings if "sched_rr" in str(w) or "priority" in str(w)]
+    with pytest.raises(ConfigError) as bad:
+        parse_config(DEBIAN_CONF + "system {\n\tpriority: 25\n}\n", "corosync.conf")
+    assert any("system.priority" in str(p) and "-20..19" in str(p) for p in bad.value.problems)
