@@ -360,7 +360,11 @@ class IpcServer:
     async def _read_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
         decoder = ipcproto.FrameDecoder()
         while not client.closed:
-            data = await reader.read(READ_CHUNK_BYTES)
+            try:
+                data = await reader.read(READ_CHUNK_BYTES)
+            except OSError as exc:  # ECONNRESET: the client died with unread data queued for it
+                log.debug("IPC: client pid %d: %s", client.cred.pid, exc)
+                return
             if not data:
                 return
             try:

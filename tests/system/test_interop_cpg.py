@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +117,12 @@ def start_clients(c: Cluster, count: int, extra: int = 0) -> tuple[dict[int, Pat
             cmd = h.client_command("libcpg", outs[n], **opts)
         else:
             cmd = h.client_command("cmanlk", outs[n], socket=h.socket_path(c.run_dir(n)), **opts)
-        c.lab.popen(n, cmd, c.workdir / f"cpg{n}.log", h.child_env())
-        c.wait_until(partial(_has_members, c, ours[0], n), 15.0, f"client {n} in the group")
-        pids[n] = group_members(c, ours[0])[n]
+        proc = c.lab.popen(n, cmd, c.workdir / f"cpg{n}.log", h.child_env())
+        pids[n] = proc.pid  # `ip netns exec` execs the client: the pid it joins the group with
+        # The last client completes the start barrier, so the whole exchange may be over (and
+        # every client gone from the group) before a poll sees it: its output counts as joined.
+        c.wait_until(lambda n=n: _has_members(c, ours[0], n) or outs[n].exists(), 15.0,
+                     f"client {n} in the group")
     return outs, pids
 
 

@@ -363,3 +363,20 @@ def test_frame_codec_bounds():
         out += decoder.feed(frame[i : i + 1])
     assert out == [ipcproto.Frame({"kind": "event", "event": "x", "data": {"a": 1}}, b"\x00\xff")]
     assert json.loads(frame[8 : 8 + struct.unpack(">I", frame[4:8])[0]])["event"] == "x"
+
+
+def test_client_reset_with_unread_replies_ends_quietly_and_others_are_served(harness: Harness):
+    """A client that dies with replies still unread makes the server's read fail with ECONNRESET:
+    that connection ends like an EOF (no unhandled exception), the daemon serves the next one."""
+    unhandled: list[dict[str, Any]] = []
+    record = lambda _loop, ctx: unhandled.append(ctx)  # noqa: E731
+    harness.loop.call_soon_threadsafe(harness.loop.set_exception_handler, record)
+    with raw_connect(harness.path) as s:
+        s.sendall(ipcproto.request(1, "hello", {"versions": [1]}))
+        read_frames(s, 1)
+        s.sendall(b"".join(ipcproto.request(i, "status") for i in range(2, 60)))
+        time.sleep(0.3)  # the replies wait, unread, in our receive queue
+    with Client.connect(harness.path) as c:
+        assert c.status()["node_id"] == 1
+    time.sleep(0.2)
+    assert not unhandled, unhandled
