@@ -47,7 +47,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -548,27 +548,31 @@ class Client:
     def _wait_for_room(self, size: int, block: bool, timeout_s: float) -> bool:
         """Read acknowledgements until `size` more bytes fit the window; see cpg_mcast."""
         pipe = self._pipe
-        deadline = time.monotonic() + (timeout_s if block else 0.0)
-        while not pipe.has_room(size):
-            if not self._pump_frames(deadline - time.monotonic()):
-                if not block:
-                    return False
-                if time.monotonic() >= deadline:
-                    message = f"{len(pipe.unacked)} pipelined sends unacknowledged for {timeout_s} s"
-                    raise ClientError(ipcproto.E_TRY_AGAIN, message)
-        return True
+        return self._pump_until(
+            lambda: pipe.has_room(size), block, timeout_s,
+            lambda: f"{len(pipe.unacked)} pipelined sends unacknowledged for {timeout_s} s",
+        )
 
     def _wait_until_not_slow(self, block: bool, timeout_s: float) -> bool:
         """The daemon said our events back up (flow "slow"): read them (kept for events()) until it
         says "ok", rather than add to its queue. False at once with `block=False`."""
+        return self._pump_until(
+            lambda: not self.slow, block, timeout_s,
+            lambda: f"the daemon reports this connection slow for {timeout_s} s: read events",
+        )
+
+    def _pump_until(
+        self, done: Callable[[], bool], block: bool, timeout_s: float, why: Callable[[], str]
+    ) -> bool:
+        """Read frames until `done()`; False when it is not (at once with `block=False`); raises
+        ClientError(try_again, why()) when `timeout_s` passes while blocking."""
         deadline = time.monotonic() + (timeout_s if block else 0.0)
-        while self.slow:
+        while not done():
             if not self._pump_frames(deadline - time.monotonic()):
                 if not block:
                     return False
                 if time.monotonic() >= deadline:
-                    message = f"the daemon reports this connection slow for {timeout_s} s: read events"
-                    raise ClientError(ipcproto.E_TRY_AGAIN, message)
+                    raise ClientError(ipcproto.E_TRY_AGAIN, why())
         return True
 
     def _send_all(self, data: bytes, deadline: float) -> None:

@@ -473,17 +473,19 @@ class IpcServer:
         self._pending[request_id] = future
         try:
             self._submit(make(request_id))
-            if future.done():  # the Stack answers while handling the event: no timer, no task
-                result = future.result()
-            else:
-                try:
-                    result = await asyncio.wait_for(future, self.config.request_timeout_s)
-                except TimeoutError:
-                    raise UsageError(ipcproto.E_TIMEOUT, "the daemon did not answer in time") from None
+            # the Stack usually answers while handling the event: then no timer, no task
+            result = future.result() if future.done() else await self._answer(future)
         finally:
             self._pending.pop(request_id, None)
         if result.error is not None:
             raise UsageError(result.error, result.message or result.error)
+
+    async def _answer(self, future: asyncio.Future[RequestResult]) -> RequestResult:
+        """The core's answer to a submitted request; UsageError(timeout) after request_timeout_s."""
+        try:
+            return await asyncio.wait_for(future, self.config.request_timeout_s)
+        except TimeoutError:
+            raise UsageError(ipcproto.E_TIMEOUT, "the daemon did not answer in time") from None
 
     # --- pipelined sends (version 2) -----------------------------------------------------------------
 
@@ -508,9 +510,7 @@ class IpcServer:
             future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future
             try:
-                result = await asyncio.wait_for(future, self.config.request_timeout_s)
-            except TimeoutError:
-                raise UsageError(ipcproto.E_TIMEOUT, "the daemon did not answer in time") from None
+                result = await self._answer(future)
             finally:
                 self._pending.pop(request_id, None)
         if result.error is not None:
