@@ -62,6 +62,15 @@ SCENARIOS: dict[str, Scenario] = {
             shared_disk_mb=256,
         ),
         Scenario(
+            "crash-fencing-ipv6",
+            "crash-fencing over IPv6: ring, DLM comms (sockaddr_in6) and the fence agent's address on the "
+            "ULAs; GFS2 recovers after the hard reset",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "crash_fencing.py"), (str(n), "ipv6"), node=n)
+                  for n in (1, 2)),
+            timeout_s=300.0,
+            shared_disk_mb=256,
+        ),
+        Scenario(
             "three-node-crash",
             "3 VMs run cmanlkd: joins one by one; node 3 hard-resets holding a lock; the survivors wait for "
             "`cmanlk-tool fence-ack 3` (no fence device), then recover and the lock is free",

@@ -18,7 +18,9 @@ lockspace lab3, node 2 takes EX on res1, writes a file to GFS2 and syncs, then h
   went with it), gfs2 replays node 2's journal (uevent JID=1 RECOVERY=Done), node 2's file is
   read and a new file written;
 - unmount, leave, SIGTERM; the configfs/sysfs writes match dlm_controld's fencing trace.
-Usage: crash_fencing.py NODEID   (1 or 2)
+With "ipv6" (scenario "crash-fencing-ipv6") the ring, the DLM's comms and the agent's `ip` use
+the IPv6 ULAs.
+Usage: crash_fencing.py NODEID [ipv6]   (NODEID 1 or 2)
 """
 
 from __future__ import annotations
@@ -68,8 +70,13 @@ GFS = "gfs0"
 MNT = Path("/mnt/gfs")
 SYSFS = Path("/sys/kernel/dlm")
 AGENT = Path(__file__).resolve().parent / "fence_lab.py"
-FENCE = ({"agent": str(AGENT), "flagdir": str(LAB), "fail_first": "1"},
-         {"node": "2", "ip": node_address(2)})
+FAMILY = 4
+"""4, or 6 for scenario "crash-fencing-ipv6" (ring, DLM comms and the agent's address on the ULAs)."""
+
+
+def fence_blocks() -> tuple[dict[str, str], ...]:
+    return ({"agent": str(AGENT), "flagdir": str(LAB), "fail_first": "1"},
+            {"node": "2", "ip": node_address(2, FAMILY)})
 
 
 def victim(daemon: Cmanlkd, nodeid: int) -> dict[str, object] | None:
@@ -124,7 +131,7 @@ async def after_crash(c: Checks, daemon: Cmanlkd, dlm: Libdlm, seen: list[object
             and "is off" in str((v.get("agent") or {}).get("output_tail")),
             f"cmanlk-tool --json dlm: node 2 fenced by its agent on attempt 2: {v}")
     stdin = (LAB / "fence-attempt.1").read_text()
-    want = f"action=off\nnodename=cmkvm2\nflagdir={LAB}\nfail_first=1\nip={node_address(2)}\n"
+    want = f"action=off\nnodename=cmkvm2\nflagdir={LAB}\nfail_first=1\nip={node_address(2, FAMILY)}\n"
     c.check(stdin == want, f"agent stdin {stdin!r}")
     async with asyncio.timeout(STEP_TIMEOUT_S):
         status_code, lkid = await blocked
@@ -151,7 +158,8 @@ async def after_crash(c: Checks, daemon: Cmanlkd, dlm: Libdlm, seen: list[object
 
 async def main(me: NodeId) -> int:
     c = Checks(me)
-    daemon = Cmanlkd(me, corosync_conf(2, two_node=True, fencing=True, fence_blocks=FENCE))
+    daemon = Cmanlkd(me, corosync_conf(2, family=FAMILY, two_node=True, fencing=True,
+                                       fence_blocks=fence_blocks()))
     watch = DlmUeventWatch()
     seen: list[object] = []
     recorder: asyncio.Task[None] | None = None
@@ -179,4 +187,5 @@ async def main(me: NodeId) -> int:
 
 
 if __name__ == "__main__":
+    FAMILY = 6 if sys.argv[2:] == ["ipv6"] else 4
     sys.exit(asyncio.run(main(NodeId(int(sys.argv[1])))))
