@@ -176,7 +176,7 @@ def test_traffic_is_encrypted_on_the_wire(lab: LinkLab, nodes: tuple[Node, Node]
             "capture",
             "p1l0,p1l1,p2l0,p2l1",
             MESSAGE_PREFIX.hex(),
-            "1.0",
+            "2.0",
         ],
         capture_output=True,
         text=True,
@@ -186,7 +186,10 @@ def test_traffic_is_encrypted_on_the_wire(lab: LinkLab, nodes: tuple[Node, Node]
     )
     counts = json.loads(cap.stdout.strip().splitlines()[-1])
     print(f"\ncapture on the bridge ports of both links: {counts}")
-    assert counts["udp"] > 100
+    # enough datagrams that a message sent in clear would have been seen (the stream sends one
+    # every INTERVAL_MS, packed into fewer datagrams, fewer still on a loaded host), and none
+    # carries the marker
+    assert counts["udp"] > 50
     assert counts["clear"] == 0
     assert any(r["n"] > 0 for r in receiver.rx())  # the marker is in every delivered message
     assert sender.status()["local"]["2"].startswith("unbound: refusing to bind link 2 to loopback")
