@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_votes)
     p = sub.add_parser("kill", help="make a member leave the cluster; its daemon exits (root)")
     p.add_argument("nodeid", type=int)
+    p.add_argument("-r", "--reason", help="what the killed node logs (at most 255 bytes)")
     p.set_defaults(run=_cmd_kill)
     p = sub.add_parser("fence-ack", help="confirm a node is fenced so DLM recovery goes on (root)")
     p.add_argument("nodeid", type=int)
@@ -328,7 +329,10 @@ def _cmd_leave(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_kill(args: argparse.Namespace, out: TextIO) -> int:
     with _connect(args) as c:
-        result = c.call("kill", {"nodeid": args.nodeid})
+        request: dict[str, Any] = {"nodeid": args.nodeid}
+        if args.reason:
+            request["reason"] = args.reason
+        result = c.call("kill", request)
     if result.get("result") == "leaving":
         out.write(f"node {args.nodeid} is this node: leaving the cluster\n")
     else:

@@ -505,9 +505,9 @@ class Client:
         """Make this node leave the cluster cleanly (root)."""
         self.call("leave")
 
-    def kill(self, nodeid: int) -> None:
-        """Ask node `nodeid` to leave the cluster (root)."""
-        self.call("kill", {"nodeid": nodeid})
+    def kill(self, nodeid: int, reason: str | None = None) -> None:
+        """Ask node `nodeid` to leave the cluster (root); `reason` is logged by the target."""
+        self.call("kill", {"nodeid": nodeid, **({"reason": reason} if reason else {})})
 
     def fence_ack(self, nodeid: int) -> None:
         """Confirm node `nodeid` is fenced/off so DLM recovery may go on (root)."""
@@ -897,8 +897,8 @@ class AsyncClient:
     async def leave(self) -> None:
         await self.call("leave")
 
-    async def kill(self, nodeid: int) -> None:
-        await self.call("kill", {"nodeid": nodeid})
+    async def kill(self, nodeid: int, reason: str | None = None) -> None:
+        await self.call("kill", {"nodeid": nodeid, **({"reason": reason} if reason else {})})
 
     async def fence_ack(self, nodeid: int) -> None:
         await self.call("fence_ack", {"nodeid": nodeid})

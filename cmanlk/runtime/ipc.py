@@ -103,9 +103,11 @@ class LeaveCluster:
 
 @dataclass(frozen=True, slots=True)
 class KillNode:
-    """Privileged: ask node `nodeid` to leave the cluster (cman_tool kill)."""
+    """Privileged: ask node `nodeid` to leave the cluster (cman_tool kill); `reason` is what the
+    target logs (None: the default text)."""
 
     nodeid: NodeId
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -882,7 +884,7 @@ _OPS: dict[str, tuple[Handler, bool]] = {
     "set_expected": (_op_set_expected, True),
     "set_votes": (_op_set_votes, True),
     "leave": (_admin_op(lambda a: LeaveCluster()), True),
-    "kill": (_admin_op(lambda a: KillNode(NodeId(_int_arg(a, "nodeid")))), True),
+    "kill": (_admin_op(lambda a: KillNode(NodeId(_int_arg(a, "nodeid")), _reason_arg(a))), True),
     "fence_ack": (_admin_op(lambda a: FenceAck(NodeId(_int_arg(a, "nodeid")))), True),
 }
 
@@ -1048,6 +1050,16 @@ def _int_arg(args: Mapping[str, Any], key: str) -> int:
     value = args.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ProtocolError(ipcproto.E_BAD_REQUEST, f"{key} must be an integer")
+    return value
+
+
+def _reason_arg(args: Mapping[str, Any]) -> str | None:
+    """The optional `reason` of a kill (its length is checked by the cfg service: 255 bytes)."""
+    value = args.get("reason")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ProtocolError(ipcproto.E_BAD_REQUEST, "reason must be a non-empty string")
     return value
 
 

@@ -731,7 +731,7 @@ class NodeIpcBackend:
             from cmanlk.service import CFG_SERVICE
             from cmanlk.stack import ServiceRequest
 
-            kill = KillNodeRequest(command.nodeid, KILL_REASON)
+            kill = KillNodeRequest(command.nodeid, command.reason or KILL_REASON)
             await self.node.request(lambda now, rid: ServiceRequest(now, CFG_SERVICE, kill, rid))
             return {"result": "kill_sent", "nodeid": command.nodeid}
         if isinstance(command, LeaveCluster | KillNode):

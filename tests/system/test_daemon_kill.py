@@ -31,13 +31,15 @@ def test_kill_makes_the_target_exit_and_the_rest_reform(cluster_factory: Callabl
     assert unknown.returncode == 1 and "not_found" in unknown.stderr, unknown.stderr
     assert "node 7 is not a member" in unknown.stderr
 
-    done = run_tool(c, 1, "kill", "3")
+    too_long = run_tool(c, 1, "kill", "3", "--reason", "x" * 300)
+    assert too_long.returncode == 1 and "invalid_param" in too_long.stderr, too_long.stderr
+    done = run_tool(c, 1, "kill", "3", "--reason", "disk controller replacement")
     assert done.returncode == 0, done.stderr
     assert "node 3: kill request sent" in done.stdout
     c.wait_until(lambda: not c.alive(3), 10.0, "node 3's daemon exits")
     assert c.procs.pop(3).returncode == EXIT_KILLED  # gone for good: later waits must not see a failure
     log3 = c.log_path(3).read_text()
-    assert "killed by node 1: Killed by an administrator (cmanlk-tool kill)" in log3, log3[-2000:]
+    assert "killed by node 1: disk controller replacement" in log3, log3[-2000:]
     assert "exiting with status 5: killed by node 1" in log3
     c.wait_ring([1, 2], [1, 2])
     for n in (1, 2):

@@ -150,5 +150,7 @@ def test_kill_reports_what_the_daemon_did(harness: Harness):
     code, text = run(harness, "kill", "2")
     assert code == 0 and text == "node 2: kill request sent; it leaves the cluster and its daemon exits\n"
     assert harness.backend.admin_log[-1] == KillNode(NodeId(2))
+    assert run(harness, "kill", "2", "--reason", "maintenance")[0] == 0
+    assert harness.backend.admin_log[-1] == KillNode(NodeId(2), "maintenance")
     harness.backend.admin_results[KillNode] = {"result": "leaving", "node_id": 1}
     assert run(harness, "kill", "1") == (0, "node 1 is this node: leaving the cluster\n")
