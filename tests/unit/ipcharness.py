@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ class Harness:
     """An IpcServer and its MemoryBackend on an event loop in a thread; tests talk through the socket."""
 
     def __init__(self, config: IpcConfig) -> None:
+        self.config = config
         self.path = config.path
         self.backend = MemoryBackend(node_id=1, cluster_name="testcluster")
         self.backend.names.update({2: "node2", 3: "node3"})
@@ -31,10 +33,17 @@ class Harness:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
     def on_loop(self, fn: Any, *args: Any) -> Any:
-        async def call() -> Any:
-            return fn(*args)
+        """Call `fn(*args)` on the loop's thread; return its result or raise its exception here."""
+        done: Future[Any] = Future()
 
-        return self.run(call())
+        def call() -> None:
+            try:
+                done.set_result(fn(*args))
+            except Exception as exc:  # handed to the test thread
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(call)
+        return done.result(10)
 
     def close(self) -> None:
         self.run(self.server.close())

@@ -5,7 +5,6 @@ stalling the others."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -18,7 +17,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -29,47 +27,12 @@ from cmanlk.client import Client, ClientError, ConnectionClosed
 from cmanlk.runtime.ipc import FenceAck, IpcConfig, IpcServer, MemoryBackend
 from cmanlk.types import NodeId, RingId
 from cmanlk.votequorum import QuorumChanged
+from tests.unit.ipcharness import Harness
 
 REPO = Path(__file__).resolve().parents[2]
 # The venv's interpreter lives under /root (not reachable by nobody); the client needs only the stdlib.
 SYSTEM_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
-
-
-class Harness:
-    """An IpcServer and its MemoryBackend on an event loop in a thread; tests talk through the socket."""
-
-    def __init__(self, config: IpcConfig) -> None:
-        self.config = config
-        self.path = config.path
-        self.backend = MemoryBackend(node_id=1, cluster_name="testcluster")
-        self.backend.names.update({2: "node2", 3: "node3"})
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = IpcServer(self.backend, config)
-        self.run(self.server.start())
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def on_loop(self, fn: Any, *args: Any) -> Any:
-        done: Future[Any] = Future()
-
-        def call() -> None:
-            try:
-                done.set_result(fn(*args))
-            except Exception as exc:  # handed to the test thread
-                done.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(call)
-        return done.result(10)
-
-    def close(self) -> None:
-        self.run(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
