@@ -36,6 +36,8 @@ from cmanlk.stack import RequestResult, ServiceRequest, Stack, StackConfig, defa
 from cmanlk.totem.config import TotemConfig
 from cmanlk.types import NodeId, RingId, ms
 
+from .test_stack import Recorder
+
 N1, N2, N3 = NodeId(1), NodeId(2), NodeId(3)
 H1, H2 = Handle(11), Handle(12)
 G = b"dlm:controld"
@@ -246,21 +248,6 @@ def test_partial_mcast_is_reassembled_and_bounded():
 
 
 # --- three simulated nodes -----------------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self, stack: Stack, log: dict[NodeId, list[Notification]]) -> None:
-        self.stack = stack
-        self.log = log.setdefault(stack.me, [])
-
-    def handle(self, event):
-        actions = self.stack.handle(event)
-        self.log.extend(a for a in actions if isinstance(a, Notification))
-        return actions
-
-    @property
-    def next_deadline(self):
-        return self.stack.next_deadline
 
 
 def make_cluster(n: int, seed: int = 1):
