@@ -333,13 +333,18 @@ def test_member_failure_stops_lockspace_until_fence_ack_then_restarts_without_it
     run(body())
 
 
-def test_member_failure_recovers_after_fence_agent_succeeds(tmp_path: Path) -> None:
+def agent_for_node2(tmp_path: Path) -> tuple[Path, dict[NodeId, FenceDevice], FencingPolicy]:
+    """A fence agent for node 2 that records its stdin and succeeds: (its log, devices, policy)."""
     agent = tmp_path / "fence_ok"
     log = tmp_path / "agent.log"
     agent.write_text(f"#!/bin/sh\ncat > {log}\nexit 0\n")
     agent.chmod(agent.stat().st_mode | stat.S_IXUSR)
     devices = {NodeId(2): FenceDevice(str(agent), "node2")}
-    policy = FencingPolicy(enabled=True, nodes_with_agent=frozenset(devices))
+    return log, devices, FencingPolicy(enabled=True, nodes_with_agent=frozenset(devices))
+
+
+def test_member_failure_recovers_after_fence_agent_succeeds(tmp_path: Path) -> None:
+    log, devices, policy = agent_for_node2(tmp_path)
 
     async def body() -> None:
         async with cluster(policy, devices) as (bus, s1, s2):
@@ -356,12 +361,7 @@ def test_member_failure_recovers_after_fence_agent_succeeds(tmp_path: Path) -> N
 
 def test_a_node_that_lost_quorum_with_the_failure_does_not_fence(tmp_path: Path) -> None:
     """The quorum of the failure's own ring decides, not the old one: a minority never shoots."""
-    agent = tmp_path / "fence_ok"
-    log = tmp_path / "agent.log"
-    agent.write_text(f"#!/bin/sh\ncat > {log}\nexit 0\n")
-    agent.chmod(agent.stat().st_mode | stat.S_IXUSR)
-    devices = {NodeId(2): FenceDevice(str(agent), "node2")}
-    policy = FencingPolicy(enabled=True, nodes_with_agent=frozenset(devices))
+    log, devices, policy = agent_for_node2(tmp_path)
 
     async def body() -> None:
         async with cluster(policy, devices) as (bus, s1, s2):
