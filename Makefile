@@ -21,7 +21,7 @@ install-python:
 		--target "$(DESTDIR)$(SITE)" .
 	rm -rf "$(DESTDIR)$(SITE)/bin"
 	install -d "$(DESTDIR)$(PREFIX)/sbin"
-	for tool in cmanlkd:cmanlk.daemon cmanlk-tool:cmanlk.cli cmanlk-keygen:cmanlk.keygen cmanlk-sim:cmanlk.sim.cli; do \
+	for tool in cmanlkd:cmanlk.daemon cmanlk-tool:cmanlk.client.cli cmanlk-keygen:cmanlk.keygen cmanlk-sim:cmanlk.sim.cli; do \
 		name=$${tool%%:*}; mod=$${tool#*:}; \
 		printf '#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "%s")\nfrom %s import main\nsys.exit(main())\n' \
 			"$(SITE)" "$$mod" > "$(DESTDIR)$(PREFIX)/sbin/$$name"; \

@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from bench.cpg_ctypes import Confchg, Deliver, TotemConfchg
-from cmanlk import ipcproto
 from cmanlk.client import Client, ClientError, Event
+from cmanlk.client import proto as ipcproto
 
 FRAME_WAIT_S = 0.05  # the socket is readable: the rest of a frame follows at once
 MAX_EVENTS_PER_DISPATCH = 1_000_000  # a bound, far above what a dispatch meets

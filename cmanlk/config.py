@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cmanlk.errors import ConfigError, ConfigProblem
-from cmanlk.quorum import QuorumConfig
+from cmanlk.services.votequorum.policy import QuorumConfig
 from cmanlk.totem.config import TotemConfig
 from cmanlk.types import NodeId
 

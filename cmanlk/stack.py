@@ -28,11 +28,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cmanlk import svcwire
-from cmanlk.cmapsync import CmapSync
 from cmanlk.errors import MalformedPacket, UsageError
-from cmanlk.quorum import QuorumConfig, QuorumState
-from cmanlk.service import (
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import (
     LocalRequestHandler,
     Notification,
     SendMessage,
@@ -42,7 +40,10 @@ from cmanlk.service import (
     TimedService,
     takes_part_in_sync,
 )
-from cmanlk.sync import SendSync, Sync, SyncCompleted, SyncOutput
+from cmanlk.services.cmap.service import CmapSync
+from cmanlk.services.sync import SendSync, Sync, SyncCompleted, SyncOutput
+from cmanlk.services.votequorum.policy import QuorumConfig, QuorumState
+from cmanlk.services.votequorum.service import VotequorumService
 from cmanlk.totem.actions import (
     Action as TotemAction,
 )
@@ -61,7 +62,6 @@ from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import LeaveRequested, McastRequested
 from cmanlk.types import Instant, NodeId, RingId
-from cmanlk.votequorum import VotequorumService
 
 # One event can cascade (a delivery makes a service send, which Totem may deliver at once when
 # alone). The bound turns a feedback loop bug into a counted stop instead of a hang.

@@ -26,7 +26,7 @@ import logging
 import os
 import struct
 
-from cmanlk.dlmctl import (
+from cmanlk.dlm.control import (
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,

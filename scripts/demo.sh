@@ -172,6 +172,6 @@ watch_for 5 || exit 0
 say "final state"
 show_status
 say "cmanlk-tool status on node 1 (the local client API, $WORK/run1/cmanlk.sock)"
-env PYTHONPATH="$ROOT" "$PY" -m cmanlk.cli -s "$WORK/run1/cmanlk.sock" status || true
+env PYTHONPATH="$ROOT" "$PY" -m cmanlk.client.cli -s "$WORK/run1/cmanlk.sock" status || true
 say "node 1's log (last 8 lines)"
 tail -n 8 "$WORK/node1.log"

@@ -1,7 +1,7 @@
 """cmanlkd's own dlm_controld: drives the kernel DLM from the node's membership, quorum and cpg.
 
 `DlmDaemon` is a companion of the `Node` (it runs under the node's TaskGroup). It owns one pure
-`cmanlk.dlmctl.DlmCtl` and is its runtime, the way `node.py` is the Stack's:
+`cmanlk.dlm.control.DlmCtl` and is its runtime, the way `node.py` is the Stack's:
 
 - inputs: the node's notifications (`MembershipChanged`, `QuorumChanged` → `ClusterChanged` with
   the nodelist's addresses; `CpgConfchg`/`CpgDeliver` of our own groups → `GroupConfchg`/
@@ -48,10 +48,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cmanlk import dlmctl
 from cmanlk.config import ClusterConfig
-from cmanlk.cpg import CpgConfchg, CpgDeliver, CpgJoin, CpgLeave, CpgMcast, CpgRequest, Handle
-from cmanlk.dlmctl import (
+from cmanlk.dlm import control as dlmctl
+from cmanlk.dlm.control import (
     CPG_REASON_NODEDOWN,
     ClusterChanged,
     DeadlineReached,
@@ -72,13 +71,22 @@ from cmanlk.dlmctl import (
     SendGroupMessage,
     ShutdownRequested,
 )
+from cmanlk.dlm.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
 from cmanlk.errors import KernelError, UsageError
-from cmanlk.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
 from cmanlk.runtime.fence import FenceDevice, FenceRunner
-from cmanlk.service import CPG_SERVICE
+from cmanlk.services.base import CPG_SERVICE
+from cmanlk.services.cpg.service import (
+    CpgConfchg,
+    CpgDeliver,
+    CpgJoin,
+    CpgLeave,
+    CpgMcast,
+    CpgRequest,
+    Handle,
+)
+from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import MembershipChanged, ServiceRequest
 from cmanlk.types import Instant, NodeId
-from cmanlk.votequorum import QuorumChanged
 from kernel_glue.configfs import carry_out, clear_stale, parse_sockaddr_storage
 from kernel_glue.dlm_protocol import DlmControl, DlmSysfs, DlmUeventSource, LockspaceUevent, UeventsLost
 

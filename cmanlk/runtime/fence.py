@@ -4,7 +4,7 @@ Agents follow the fence-agents convention (fence_ipmilan, fence_virsh, ...): opt
 "key=value" lines on stdin, at least `action=off` and `nodename=<name>`, followed by the
 device's configured options (ip=, username=, password=, plug=, ...); exit status 0 means the
 node is off. A hung agent is killed after `timeout_s` and counts as a failure. The outcome is
-reported to the pure core (`cmanlk.fencing`, via dlmctl's `FenceAgentExited`), which decides
+reported to the pure core (`cmanlk.dlm.fencing`, via dlmctl's `FenceAgentExited`), which decides
 about retries.
 """
 
@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cmanlk.dlm.fencing import RunFenceAgent
 from cmanlk.errors import ConfigError, ConfigProblem
-from cmanlk.fencing import RunFenceAgent
 from cmanlk.types import NodeId
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The local client API of cmanlkd: an asyncio Unix-socket server speaking cmanlk/ipcproto.py.
+"""The local client API of cmanlkd: an asyncio Unix-socket server speaking cmanlk/client/proto.py.
 
 docs/ipc.md is the manual (frames, ops, events, error codes). This module is the edge between
 local clients (cmanlk-tool, cmanlk.client, cluster subsystems) and the daemon, which it reaches
@@ -49,8 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cmanlk import ipcproto
-from cmanlk.cpg import (
+from cmanlk.client import proto as ipcproto
+from cmanlk.client.proto import ProtocolError
+from cmanlk.errors import UsageError
+from cmanlk.services.base import CPG_SERVICE
+from cmanlk.services.cpg.service import (
     ClientGone,
     CpgAddress,
     CpgConfchg,
@@ -62,12 +65,9 @@ from cmanlk.cpg import (
     CpgTotemConfchg,
     Handle,
 )
-from cmanlk.errors import UsageError
-from cmanlk.ipcproto import ProtocolError
-from cmanlk.service import CPG_SERVICE
+from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import MembershipChanged, RequestResult, ServiceRequest, SetExpectedVotes, SetVotes
 from cmanlk.types import Instant, NodeId, RingId
-from cmanlk.votequorum import QuorumChanged
 
 log = logging.getLogger("cmanlk.ipc")
 

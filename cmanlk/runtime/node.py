@@ -34,16 +34,17 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from cmanlk.cfgsvc import CfgService, KilledByNode, KillRequested, NodeShutDown
-from cmanlk.cmapsync import ConfigVersionMismatch
 from cmanlk.config import ClusterConfig
-from cmanlk.cpg import CpgService
 from cmanlk.errors import UsageError
-from cmanlk.quorum import QuorumState
 from cmanlk.runtime import statedir
 from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.transport import LinkStatus, Transport, build_transport
-from cmanlk.service import Notification
+from cmanlk.services.base import Notification
+from cmanlk.services.cfg.service import CfgService, KilledByNode, KillRequested, NodeShutDown
+from cmanlk.services.cmap.service import ConfigVersionMismatch
+from cmanlk.services.cpg.service import CpgService
+from cmanlk.services.votequorum.policy import QuorumState
+from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import MembershipChanged, RequestResult, Stack, StackConfig, default_services
 from cmanlk.totem.actions import (
     ConfigKind,
@@ -66,7 +67,6 @@ from cmanlk.totem.events import (
     Started,
 )
 from cmanlk.types import NO_RING, Instant, NodeId, RingId
-from cmanlk.votequorum import QuorumChanged
 
 log = logging.getLogger("cmanlk.node")
 
@@ -727,8 +727,8 @@ class NodeIpcBackend:
         from cmanlk.runtime.ipc import KillNode, LeaveCluster
 
         if isinstance(command, KillNode) and command.nodeid != self.node.me:
-            from cmanlk.cfgsvc import KILL_REASON, KillNodeRequest
-            from cmanlk.service import CFG_SERVICE
+            from cmanlk.services.base import CFG_SERVICE
+            from cmanlk.services.cfg.service import KILL_REASON, KillNodeRequest
             from cmanlk.stack import ServiceRequest
 
             kill = KillNodeRequest(command.nodeid, command.reason or KILL_REASON)
@@ -746,7 +746,7 @@ class NodeIpcBackend:
         raise UsageError("not_supported", f"{type(command).__name__} is not served by this daemon")
 
     def _cpg_groups(self) -> list[dict[str, object]]:
-        from cmanlk.cpg import CpgService
+        from cmanlk.services.cpg.service import CpgService
 
         core = self.node.core
         svc = core.services.get(CpgService.service_id) if isinstance(core, Stack) else None

@@ -9,13 +9,10 @@ are xfail(strict=False) until the core is fixed.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from cmanlk.sim.schedule import FAULT_KINDS, run_schedule
 
-HAVE_CORE = importlib.util.find_spec("cmanlk.totem.core") is not None
 SEEDS = range(100)
 NODES = (2, 7)
 KNOWN_FAILING: dict[int, str] = {}
@@ -34,9 +31,6 @@ REGRESSIONS = [
     (65, (2, 7), FAULT_KINDS, "liveness: partitions never merged after the heal"),
     (523, (2, 7), FAULT_KINDS, "liveness: two nodes stayed in separate rings"),
 ]
-
-pytestmark = pytest.mark.skipif(not HAVE_CORE, reason="no Totem core (cmanlk/totem/core.py) yet")
-
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_schedule_keeps_evs_invariants(seed: int, request: pytest.FixtureRequest) -> None:

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from cmanlk import ipcproto
 from cmanlk.client import Client
+from cmanlk.client import proto as ipcproto
 from tests.system import cpghelpers as h
 from tests.system.conftest import Cluster
 

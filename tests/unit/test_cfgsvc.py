@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmanlk import svcwire
-from cmanlk.cfgsvc import (
+from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import CFG_SERVICE, SendMessage
+from cmanlk.services.cfg.service import (
     KILLNODE_SIZE,
     MESSAGE_REQ_EXEC_CFG_KILLNODE,
     MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG,
@@ -25,9 +27,7 @@ from cmanlk.cfgsvc import (
     encode_killnode,
     printable_reason,
 )
-from cmanlk.errors import MalformedPacket, UsageError
-from cmanlk.quorum import QuorumConfig
-from cmanlk.service import CFG_SERVICE, SendMessage
+from cmanlk.services.votequorum.policy import QuorumConfig
 from cmanlk.sim.cluster import Cluster
 from cmanlk.stack import RequestResult, ServiceRequest, Stack, StackConfig, default_services
 from cmanlk.totem.actions import ConfigKind, DeliverConfiguration

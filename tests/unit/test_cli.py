@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cmanlk import cli
+from cmanlk.client import cli
 from cmanlk.runtime.ipc import DlmStatus, KillNode
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness, harness

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 
-from cmanlk import cli
+from cmanlk.client import cli
 from cmanlk.runtime.ipc import DlmStatus
 from tests.unit.ipcharness import Harness, harness
 

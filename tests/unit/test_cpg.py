@@ -9,9 +9,12 @@ import struct
 
 import pytest
 
-from cmanlk import cpg, svcwire
-from cmanlk import cpgwire as cw
-from cmanlk.cpg import (
+from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import CPG_SERVICE, Notification, SendMessage
+from cmanlk.services.cpg import service as cpg
+from cmanlk.services.cpg import wire as cw
+from cmanlk.services.cpg.service import (
     REASON_JOIN,
     REASON_LEAVE,
     REASON_NODEDOWN,
@@ -28,9 +31,7 @@ from cmanlk.cpg import (
     CpgTotemConfchg,
     Handle,
 )
-from cmanlk.errors import MalformedPacket, UsageError
-from cmanlk.quorum import QuorumConfig
-from cmanlk.service import CPG_SERVICE, Notification, SendMessage
+from cmanlk.services.votequorum.policy import QuorumConfig
 from cmanlk.sim.cluster import Cluster
 from cmanlk.stack import RequestResult, ServiceRequest, Stack, StackConfig, default_services
 from cmanlk.totem.config import TotemConfig

@@ -10,8 +10,9 @@ delivered only its own old-ring messages in R, a virtual-synchrony and agreed-or
 
 from __future__ import annotations
 
-from cmanlk import cpgwire as cw
-from cmanlk.cpg import (
+from cmanlk.services.base import Notification, SendMessage
+from cmanlk.services.cpg import wire as cw
+from cmanlk.services.cpg.service import (
     CpgAddress,
     CpgConfchg,
     CpgDeliver,
@@ -21,7 +22,6 @@ from cmanlk.cpg import (
     CpgTotemConfchg,
     Handle,
 )
-from cmanlk.service import Notification, SendMessage
 from cmanlk.types import NodeId, RingId, ms
 
 N2, N3 = NodeId(2), NodeId(3)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from cmanlk.dlmctl import (
+from cmanlk.dlm.control import (
     CPG_REASON_LEAVE,
     CPG_REASON_NODEDOWN,
     ClusterChanged,
@@ -52,7 +52,7 @@ from cmanlk.dlmctl import (
     lockspace_global_id,
     sockaddr_storage,
 )
-from cmanlk.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
+from cmanlk.dlm.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
 from cmanlk.types import Instant, NodeId, ms
 from kernel_glue.configfs import carry_out
 from kernel_glue.fakes import FakeDlmKernel

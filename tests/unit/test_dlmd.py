@@ -18,16 +18,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from cmanlk.cpg import CpgAddress, CpgConfchg, CpgDeliver, CpgJoin, CpgLeave, CpgMcast, Handle
-from cmanlk.cpgwire import REASON_JOIN, REASON_LEAVE, REASON_NODEDOWN
-from cmanlk.dlmctl import DlmSettings, lockspace_global_id, sockaddr_storage
-from cmanlk.fencing import FencingPolicy
-from cmanlk.quorum import QuorumState
+from cmanlk.dlm.control import DlmSettings, lockspace_global_id, sockaddr_storage
+from cmanlk.dlm.fencing import FencingPolicy
 from cmanlk.runtime.dlmd import DlmDaemon
 from cmanlk.runtime.fence import FenceDevice
+from cmanlk.services.cpg.service import (
+    CpgAddress,
+    CpgConfchg,
+    CpgDeliver,
+    CpgJoin,
+    CpgLeave,
+    CpgMcast,
+    Handle,
+)
+from cmanlk.services.cpg.wire import REASON_JOIN, REASON_LEAVE, REASON_NODEDOWN
+from cmanlk.services.votequorum.policy import QuorumState
+from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import MembershipChanged, ServiceRequest
 from cmanlk.types import Instant, NodeId, RingId
-from cmanlk.votequorum import QuorumChanged
 from kernel_glue.fakes import FakeDlmKernel, FakeRequest
 
 Op = tuple[str, ...]

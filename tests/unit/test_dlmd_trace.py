@@ -4,7 +4,7 @@ of dlm_controld's trace (shared/kernel-lab/traces), turned into dlmctl's action,
 
 from __future__ import annotations
 
-from cmanlk.dlmctl import ConfigfsMkdir, ConfigfsRmdir, ConfigfsWrite, KernelAction, SysfsWrite
+from cmanlk.dlm.control import ConfigfsMkdir, ConfigfsRmdir, ConfigfsWrite, KernelAction, SysfsWrite
 from cmanlk.runtime.dlmd import describe_kernel_action
 from tests.unit.test_dlmctl import CONFIGFS, SYSFS, TRACES, trace_ops
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cmanlk.dlm.fencing import AnnounceFenced, Fencing, FencingPolicy, RunFenceAgent, VictimState
 from cmanlk.errors import ConfigError
-from cmanlk.fencing import AnnounceFenced, Fencing, FencingPolicy, RunFenceAgent, VictimState
 from cmanlk.runtime.fence import (
     EXIT_NOT_STARTED,
     EXIT_TIMEOUT,

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from cmanlk import ipcproto
 from cmanlk.client import Client, ClientError, ConnectionClosed
+from cmanlk.client import proto as ipcproto
 from cmanlk.runtime.ipc import FenceAck, IpcConfig, IpcServer, MemoryBackend
+from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.types import NodeId, RingId
-from cmanlk.votequorum import QuorumChanged
 from tests.unit.ipcharness import Harness
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cmanlk import client as client_module
-from cmanlk import ipcproto
 from cmanlk.client import AsyncClient, Client, ClientError, ConnectionClosed, SendError
+from cmanlk.client import api as client_module
+from cmanlk.client import proto as ipcproto
 from cmanlk.runtime.ipc import IpcConfig
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness, harness

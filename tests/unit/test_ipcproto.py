@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from cmanlk import ipcproto
-from cmanlk.ipcproto import Frame, FrameDecoder, ProtocolError
+from cmanlk.client import proto as ipcproto
+from cmanlk.client.proto import Frame, FrameDecoder, ProtocolError
 
 
 def test_round_trip_of_each_kind():

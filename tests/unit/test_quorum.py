@@ -1,4 +1,4 @@
-"""Votequorum semantics (cmanlk/quorum.py) against naive references, under hypothesis.
+"""Votequorum semantics (cmanlk/services/votequorum/policy.py) against naive references, under hypothesis.
 
 A tiny harness plays the votequorum protocol between Quorum objects the way the service does it:
 on every membership change each member runs sync_init, then every member's NODEINFO (self and
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmanlk.errors import ConfigError, UsageError
-from cmanlk.quorum import (
+from cmanlk.services.votequorum.policy import (
     FLAG_FIRST,
     FLAG_QUORATE,
     FLAG_WFASTATUS,
@@ -516,7 +516,7 @@ def test_quorate_peer_hands_over_its_expected_votes():
     nodes = [NodeId(x) for x in ids(3)]
     q = Quorum(QuorumConfig(expected_votes=5).resolve(NodeId(1)), NodeId(1))
     q.sync_init(RingId(4, NodeId(1)), (NodeId(1), NodeId(2)))
-    from cmanlk.quorum import NodeInfo
+    from cmanlk.services.votequorum.policy import NodeInfo
 
     q.node_info(NodeId(2), NodeInfo(NodeId(2), 1, 2, FLAG_QUORATE))
     q.sync_activate()
@@ -531,7 +531,7 @@ def test_quorate_peer_hands_over_its_expected_votes():
     )
 )
 def test_arbitrary_nodeinfo_never_raises(infos):
-    from cmanlk.quorum import NodeInfo
+    from cmanlk.services.votequorum.policy import NodeInfo
 
     q = Quorum(QuorumConfig.for_nodes([NodeId(1), NodeId(2)]).resolve(NodeId(1)), NodeId(1))
     q.sync_init(RingId(4, NodeId(1)), (NodeId(1), NodeId(2)))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import random
 
-from cmanlk.quorum import QuorumConfig
-from cmanlk.service import Notification
+from cmanlk.services.base import Notification
+from cmanlk.services.sync import SyncState
+from cmanlk.services.votequorum.policy import QuorumConfig
+from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.sim.cluster import Cluster
 from cmanlk.stack import (
     MembershipChanged,
@@ -15,10 +17,8 @@ from cmanlk.stack import (
     Stack,
     StackConfig,
 )
-from cmanlk.sync import SyncState
 from cmanlk.totem.config import TotemConfig
 from cmanlk.types import NodeId, ms
-from cmanlk.votequorum import QuorumChanged
 
 
 class Recorder:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cmanlk import svcwire
 from cmanlk.errors import MalformedPacket
+from cmanlk.services import wire as svcwire
 
 
 def test_group_a_prefix_is_five_bytes_and_sync_eight():

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cmanlk import svcwire
-from cmanlk.cmapsync import CmapSync, decode_config_version, encode_config_version_message
 from cmanlk.errors import MalformedPacket
-from cmanlk.service import SendMessage
-from cmanlk.sync import (
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import SendMessage
+from cmanlk.services.cmap.service import CmapSync, decode_config_version, encode_config_version_message
+from cmanlk.services.sync import (
     BARRIER_SIZE,
     SERVICE_BUILD_SIZE,
     Barrier,

@@ -9,10 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cmanlk.errors import MalformedPacket, UsageError
-from cmanlk.quorum import FLAG_FIRST, NodeInfo, QuorumConfig
-from cmanlk.service import SendMessage
-from cmanlk.types import NodeId, RingId
-from cmanlk.votequorum import (
+from cmanlk.services.base import SendMessage
+from cmanlk.services.votequorum.policy import FLAG_FIRST, NodeInfo, QuorumConfig
+from cmanlk.services.votequorum.service import (
     QuorumChanged,
     VotequorumService,
     decode_nodeinfo,
@@ -20,6 +19,7 @@ from cmanlk.votequorum import (
     encode_nodeinfo,
     encode_reconfigure,
 )
+from cmanlk.types import NodeId, RingId
 
 
 def test_nodeinfo_is_32_bytes_packed_after_header():

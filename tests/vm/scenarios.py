@@ -35,7 +35,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "lockspace-join",
-            "dlm_tool join/leave answered by cmanlk.dlmctl + kernel_glue on one node (no dlm_controld)",
+            "dlm_tool join/leave answered by cmanlk.dlm.control + kernel_glue on one node (no dlm_controld)",
             (VmSpec("cmkvm1", str(GUEST / "lockspace_join.py"), node=1),),
             timeout_s=240.0,
         ),

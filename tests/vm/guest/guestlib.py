@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from cmanlk.dlmctl import (
+from cmanlk.dlm.control import (
     CPG_REASON_LEAVE,
     CPG_REASON_NODEDOWN,
     ConfigfsMkdir,
@@ -317,7 +317,7 @@ class Checks:
 
 async def answer_uevents(node: Node, watch: object, seen: list[object] | None = None) -> None:
     """Feed every lockspace online/offline uevent to `node` (and record all DLM/gfs2 events in `seen`)."""
-    from cmanlk.dlmctl import LockspaceOffline, LockspaceOnline, LockspaceRemoved
+    from cmanlk.dlm.control import LockspaceOffline, LockspaceOnline, LockspaceRemoved
     from kernel_glue.dlm_protocol import LockspaceUevent
 
     async for ev in watch.events():  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Guest side of scenario "lockspace-join": cmanlk.dlmctl + kernel_glue answer `dlm_tool join`.
+"""Guest side of scenario "lockspace-join": cmanlk.dlm.control + kernel_glue answer `dlm_tool join`.
 
 No corosync, no dlm_controld: one node, ourselves. The kernel DLM is loaded and configfs mounted
 by kernel_glue.kmod, the cluster is configured from dlmctl's actions, the lockspace's process
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
 from guestlib import Libdlm, LoopbackBus, Node, eth0_address, log, now, wait_for_control_device
 
-from cmanlk.dlmctl import (
+from cmanlk.dlm.control import (
     ClusterChanged,
     DlmCtl,
     DlmSettings,
@@ -30,7 +30,7 @@ from cmanlk.dlmctl import (
     LockspaceOnline,
     ShutdownRequested,
 )
-from cmanlk.fencing import FencingPolicy
+from cmanlk.dlm.fencing import FencingPolicy
 from cmanlk.types import NodeId
 from kernel_glue.configfs import clear_stale
 from kernel_glue.dlm_protocol import LockspaceUevent

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Guest side of scenario "two-node-lockspace": two kernels, one lockspace, a real lock conflict.
 
-Each VM configures its kernel DLM from cmanlk.dlmctl (comms for both nodes with their eth0
+Each VM configures its kernel DLM from cmanlk.dlm.control (comms for both nodes with their eth0
 addresses), and the lockspace group runs over guestlib.FileBus (one total order through the
 shared /lab folder) until cmanlkd's cpg runs here. Node 1 joins first; node 2's join makes node 1
 stop, add node 2 and restart, as dlm_controld does. Then node 1 holds EX on "res1", node 2's
@@ -35,13 +35,13 @@ from guestlib import (
     wait_for_control_device,
 )
 
-from cmanlk.dlmctl import (
+from cmanlk.dlm.control import (
     ClusterChanged,
     DlmCtl,
     DlmSettings,
     ShutdownRequested,
 )
-from cmanlk.fencing import FencingPolicy
+from cmanlk.dlm.fencing import FencingPolicy
 from cmanlk.types import NodeId
 from kernel_glue.configfs import clear_stale
 from kernel_glue.kmod import ensure_dlm_kernel

@@ -1,7 +1,7 @@
 """Fencing decisions: whom to fence, who runs the agent, when to retry, when a node counts as fenced.
 
 Pure: no clocks, no processes. `cmanlk/runtime/fence.py` runs the agents this core asks for and
-feeds their exit back; `cmanlk/dlmctl.py` asks `is_fenced()` before it lets a lockspace recover.
+feeds their exit back; `cmanlk/dlm/control.py` asks `is_fenced()` before it lets a lockspace recover.
 
 What dlm_controld does and we follow (shared/reference/dlm-controld-protocol.md §3, fencing
 trace): a member lost without a clean leave stays a *victim*; lockspaces it was in stay

@@ -19,7 +19,7 @@ The kernel protocol follows dlm_controld 4.2.0 as traced on Linux 6.1
 - our leave (uevent offline): control "0"; rmdir nodes/*; rmdir spaces/<ls>; event_done "0";
 - a node N fails: rmdir comms/N at once; control "0" in every lockspace N was in; recovery
   (rmdir nodes/N, control "1") only when quorate, every failed node is fenced
-  (cmanlk/fencing.py) and all survivors started.
+  (cmanlk/dlm/fencing.py) and all survivors started.
 Configfs values are ASCII without newline, sysfs values end in NUL: exactly dlm_controld's bytes.
 
 Agreement: cpg delivers a configuration change and the messages sent after it in the same
@@ -41,7 +41,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 
-from cmanlk.fencing import FenceAction, Fencing, FencingPolicy
+from cmanlk.dlm.fencing import FenceAction, Fencing, FencingPolicy
 from cmanlk.types import Instant, NodeId
 
 log = logging.getLogger(__name__)

@@ -64,7 +64,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NewType
 
-from cmanlk.cpgwire import (
+from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.services.base import CPG_SERVICE, Notification, SendMessage, ServiceOutput
+from cmanlk.services.cpg.wire import (
     CPG_MAX_NAME_LENGTH,
     MCAST_HEADER_SIZE,
     MESSAGE_REQ_EXEC_CPG_DOWNLIST,
@@ -95,8 +97,6 @@ from cmanlk.cpgwire import (
     encode_mcast,
     encode_procjoin,
 )
-from cmanlk.errors import MalformedPacket, UsageError
-from cmanlk.service import CPG_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.totem.actions import DeliverConfiguration
 from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import NO_RING, NodeId, RingId
@@ -268,7 +268,7 @@ class _Assembly:
 
 
 class CpgService:
-    """Service 2 for node `me` (implements Service and LocalRequestHandler of cmanlk.service)."""
+    """Service 2 for node `me` (implements Service and LocalRequestHandler of cmanlk.services.base)."""
 
     service_id = CPG_SERVICE
     name = "cpg"

@@ -1,4 +1,4 @@
-"""The votequorum service (service 5): corosync's wire messages around cmanlk/quorum.py.
+"""The votequorum service (service 5): corosync's wire messages around cmanlk/services/votequorum/policy.py.
 
 corosync-wire.md §8. Messages on group "a" (packed after the 16-byte header):
 
@@ -26,9 +26,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cmanlk import svcwire
 from cmanlk.errors import MalformedPacket
-from cmanlk.quorum import (
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import VOTEQUORUM_SERVICE, Notification, SendMessage, ServiceOutput
+from cmanlk.services.votequorum.policy import (
     PARAM_CANCEL_WFA,
     PARAM_EXPECTED_VOTES,
     PARAM_NODE_VOTES,
@@ -37,7 +38,6 @@ from cmanlk.quorum import (
     QuorumConfig,
     QuorumState,
 )
-from cmanlk.service import VOTEQUORUM_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.totem.actions import DeliverConfiguration
 from cmanlk.types import Instant, NodeId, RingId, after, ms
 
@@ -111,7 +111,7 @@ def decode_reconfigure(message: bytes) -> tuple[NodeId, int, int]:
 
 
 class VotequorumService:
-    """Service 5 for node `me` (implements cmanlk.service.Service and TimedService)."""
+    """Service 5 for node `me` (implements cmanlk.services.base.Service and TimedService)."""
 
     service_id = VOTEQUORUM_SERVICE
     name = "votequorum"

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from cmanlk import ipcproto
+from cmanlk.client import proto as ipcproto
 from cmanlk.errors import CmanlkError
 
 CONNECT_TIMEOUT_S = 5.0

@@ -12,9 +12,9 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cmanlk import svcwire
 from cmanlk.errors import MalformedPacket
-from cmanlk.service import CPG_SERVICE
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import CPG_SERVICE
 from cmanlk.totem.totempg import MESSAGE_SIZE_MAX
 from cmanlk.types import NodeId
 

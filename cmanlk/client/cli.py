@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from cmanlk import __version__, ipcproto
+from cmanlk import __version__
 from cmanlk.client import Client, ClientError
+from cmanlk.client import proto as ipcproto
 
 EXIT_OK = 0
 EXIT_ERROR = 1

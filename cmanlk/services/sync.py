@@ -34,9 +34,9 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from cmanlk import svcwire
 from cmanlk.errors import MalformedPacket
-from cmanlk.service import Service, ServiceOutput
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import Service, ServiceOutput
 from cmanlk.types import NodeId, RingId
 
 MESSAGE_REQ_SYNC_BARRIER = 0

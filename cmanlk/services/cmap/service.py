@@ -21,9 +21,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cmanlk import svcwire
 from cmanlk.errors import MalformedPacket
-from cmanlk.service import CMAP_SERVICE, Notification, SendMessage, ServiceOutput
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import CMAP_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.totem.actions import DeliverConfiguration
 from cmanlk.types import NodeId, RingId
 

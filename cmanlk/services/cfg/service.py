@@ -31,9 +31,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cmanlk import svcwire
 from cmanlk.errors import MalformedPacket, UsageError
-from cmanlk.service import CFG_SERVICE, Notification, SendMessage, ServiceOutput
+from cmanlk.services import wire as svcwire
+from cmanlk.services.base import CFG_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.totem.actions import ConfigKind, DeliverConfiguration
 from cmanlk.types import NodeId, RingId
 
@@ -132,7 +132,7 @@ def printable_reason(raw: bytes) -> str:
 
 
 class CfgService:
-    """Service 1 for node `me` (implements cmanlk.service.Service and LocalRequestHandler)."""
+    """Service 1 for node `me` (implements cmanlk.services.base.Service and LocalRequestHandler)."""
 
     service_id = CFG_SERVICE
     name = "cfg"

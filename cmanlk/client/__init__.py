@@ -1,0 +1,18 @@
+"""The client side of cmanlkd's local API: the Python library, the wire protocol, `cmanlk-tool`.
+
+- `cmanlk.client.api` — `Client` (blocking) and `AsyncClient` (asyncio), re-exported here, so
+  `from cmanlk.client import Client` is the import programs use;
+- `cmanlk.client.proto` — the frames both sides speak (docs/ipc.md), pure;
+- `cmanlk.client.cli` — `cmanlk-tool`.
+"""
+
+from cmanlk.client.api import (
+    AsyncClient,
+    Client,
+    ClientError,
+    ConnectionClosed,
+    Event,
+    SendError,
+)
+
+__all__ = ["AsyncClient", "Client", "ClientError", "ConnectionClosed", "Event", "SendError"]

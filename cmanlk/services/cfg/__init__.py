@@ -1,0 +1,1 @@
+"""cfg (service 1): `service` handles kill, shutdown and reload requests over the ring."""

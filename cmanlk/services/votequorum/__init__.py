@@ -1,0 +1,1 @@
+"""votequorum (service 5): `policy` is the pure quorum decision, `service` its exec messages and state."""
