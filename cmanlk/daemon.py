@@ -10,6 +10,8 @@ Process behaviour:
   when WatchdogSec= is set, STOPPING=1 on leave; journald-friendly stderr (no timestamps).
 - Without -f the daemon detaches (double fork); with -f it stays in the foreground (systemd).
 - One daemon per run directory: `<run_dir>/cmanlkd.pid` is locked for the daemon's lifetime.
+- Local APIs: cmanlk's own socket `<run_dir>/cmanlk.sock` (docs/ipc.md) and corosync's libqb IPC
+  (cmap, cfg, cpg, quorum, votequorum; docs/libqb.md) for corosync's client libraries and tools.
 
 Exit codes: 0 left cleanly (or --check-config found no error), 1 configuration error,
 2 usage error, 3 runtime failure (sockets, directories, another instance, a kernel DLM that
@@ -36,6 +38,7 @@ from typing import Any
 from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
 from cmanlk.errors import ConfigError, InternalError, KernelError, UsageError
 from cmanlk.runtime import sched
+from cmanlk.runtime.libqb.glue import NodeLibqb
 from cmanlk.runtime.logsetup import setup_logging
 from cmanlk.runtime.node import CoreKind, Node
 from cmanlk.runtime.notify import Notifier
@@ -141,7 +144,8 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
         return EXIT_CONFIG
     try:
         node = Node(config, me, core=CoreKind(args.core), notifier=Notifier())
-        node.companions = _companions(node, config)
+        libqb = NodeLibqb(node)
+        node.companions = (*_companions(node, config), libqb.run)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
@@ -152,7 +156,7 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_stop_signal, node, sig)
-    loop.add_signal_handler(signal.SIGHUP, _on_reload_signal, node, args.config)
+    loop.add_signal_handler(signal.SIGHUP, _on_reload_signal, node, args.config, libqb)
     try:
         await node.run()
     except OSError as exc:
@@ -368,7 +372,7 @@ def _on_stop_signal(node: Node, sig: signal.Signals) -> None:
     node.request_leave()
 
 
-def _on_reload_signal(node: Node, path: str) -> None:
+def _on_reload_signal(node: Node, path: str, libqb: NodeLibqb | None = None) -> None:
     log.info("SIGHUP received: reloading %s", path)
     try:
         config = load_config(path)
@@ -378,6 +382,8 @@ def _on_reload_signal(node: Node, path: str) -> None:
         log.error("reload: %d error(s); keeping the running configuration", len(exc.problems))
         return
     node.request_reload(config)
+    if libqb is not None:
+        libqb.config_reloaded(config)  # cmap's key tree follows the file
 
 
 def _lock_pidfile(run_dir: Path) -> int:
