@@ -67,6 +67,8 @@ QUEUE_BYTES = 16 * 1024 * 1024
 QUEUE_EVENTS = 16_384
 MAX_REQUESTS_PER_WAKE = 256
 RETRY_PAUSE_S = (0.0005, 0.05)
+CHECK_INTERVAL_S = 0.05
+"""A connection's files are checked for truncation at most this often (six stat calls each)."""
 """First and longest pause between offers of a held request or flushes of a full ring."""
 
 
@@ -101,6 +103,7 @@ class Session:
     closed: bool = False
     writing: bool = False
     fds: tuple[int, ...] = ()
+    checked_at: float = 0.0
 
 
 class LibqbServer:
@@ -124,6 +127,7 @@ class LibqbServer:
         """`names` replaces the socket name of a face (tests run beside a real corosync);
         `queue_bytes`/`queue_events` bound what waits for one slow client."""
         self.faces = {f.name: f for f in faces}
+        self._timed = frozenset(name for name, f in self.faces.items() if hasattr(f, "next_deadline"))
         self.names = dict(names or {})
         self.queue_bytes = queue_bytes
         self.queue_events = queue_events
@@ -140,6 +144,7 @@ class LibqbServer:
         self._setups: dict[int, _Setup] = {}
         self._next_handle = FIRST_HANDLE
         self._dirty: set[Handle] = set()
+        self._held: set[Handle] = set()
         self._flush_scheduled = False
         self._face_timers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -214,8 +219,11 @@ class LibqbServer:
 
     def wake(self) -> None:
         """The core moved (a delivery, a new ring): offer held requests again now."""
-        for session in list(self.sessions.values()):
-            if session.held is not None and not session.closed:
+        if not self._held:
+            return
+        for handle in list(self._held):
+            session = self.sessions.get(handle)
+            if session is not None and session.held is not None and not session.closed:
                 self._retry_soon(session, 0.0)
 
     def face_timer(self, face: LibFace) -> None:
@@ -400,7 +408,10 @@ class LibqbServer:
         if session.held is not None or session.closed:
             return
         try:
-            session.channels.check()
+            now = time.monotonic()
+            if now - session.checked_at >= CHECK_INTERVAL_S:
+                session.channels.check()
+                session.checked_at = now
             for _ in range(MAX_REQUESTS_PER_WAKE):
                 chunk = session.channels.take_request()
                 if chunk is None:
@@ -420,12 +431,14 @@ class LibqbServer:
             self._end(session, "client asked to disconnect")
             return False
         outputs = session.face.request(session.peer, chunk)
-        if any(isinstance(o, Hold) and o.handle == session.handle for o in outputs):
+        if outputs and any(isinstance(o, Hold) and o.handle == session.handle for o in outputs):
             session.held = chunk
+            self._held.add(session.handle)
             session.channels.set_flow_control(FC_MCAST)
             self._retry_soon(session, session.pause)
         self.deliver(outputs)
-        self.face_timer(session.face)
+        if session.face.name in self._timed:
+            self.face_timer(session.face)
         return session.held is None
 
     def _retry_soon(self, session: Session, delay: float) -> None:
@@ -441,6 +454,7 @@ class LibqbServer:
         if session.events or session.responses:
             self._drain_pending(session)
         held, session.held = session.held, None
+        self._held.discard(session.handle)
         if held is not None and not self._request(session, held):
             session.pause = min(session.pause * 2, RETRY_PAUSE_S[1])
             return
@@ -524,6 +538,7 @@ class LibqbServer:
         session.closed = True
         self.sessions.pop(session.handle, None)
         self._dirty.discard(session.handle)
+        self._held.discard(session.handle)
         if session.timer is not None:
             session.timer.cancel()
         if self._loop is not None:
@@ -535,7 +550,8 @@ class LibqbServer:
         log.debug("libqb %s: connection %d (pid %d) ended: %s", session.face.name, session.handle,
                   session.peer.pid, reason)  # fmt: skip
         self.deliver(session.face.disconnect(session.handle))
-        self.face_timer(session.face)
+        if session.face.name in self._timed:
+            self.face_timer(session.face)
 
     def _clean_stale(self) -> None:
         """Remove connection directories of an earlier cmanlkd that is gone; record our pid."""
