@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,7 @@ def served(c: Cluster, node: int) -> bool:
 
 
 @pytest.fixture
-def ring(cluster_factory: Callable[..., Cluster]) -> Cluster:
+def ring(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     why = _missing()
     if why:
         pytest.skip(why)
@@ -74,7 +74,14 @@ def ring(cluster_factory: Callable[..., Cluster]) -> Cluster:
     c.wait_ring([1, 2, 3])
     for n in (1, 2, 3):
         c.wait_until(lambda n=n: served(c, n), 15.0, f"libqb IPC on node {n}")
-    return c
+    pids = {n: c.pid(n) for n in (1, 2, 3)}
+    yield c
+    for n in (1, 2, 3):  # a clean stop removes every connection's files; a killed daemon's stay
+        if c.alive(n):
+            c.stop(n)
+    for pid in pids.values():
+        for left in Path("/dev/shm").glob(f"qb-{pid}-*"):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def cmanlk_tool(c: Cluster, node: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -231,3 +238,38 @@ def test_a_non_root_client_needs_a_uidgid_key(ring: Cluster) -> None:
     allowed = run(c, 2, *nobody)
     assert allowed.returncode == 0 and "totem.token" in allowed.stdout, allowed
     assert "denied connection" in c.log_path(2).read_text()
+
+
+def test_the_socket_channel_type_serves_the_same_tools_and_libcpg(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """`system { qb_ipc_type: socket }`: datagram channels instead of shared memory (docs/libqb.md)."""
+    why = _missing()
+    if why:
+        pytest.skip(why)
+    c = cluster_factory([1, 2, 3])
+    for n in (1, 2, 3):
+        conf = c.conf_path(n)
+        conf.write_text(conf.read_text().replace("cmanlk {", "system {\n  qb_ipc_type: socket\n}\ncmanlk {"))
+    c.start_all()
+    c.wait_ring([1, 2, 3])
+    for n in (1, 2, 3):
+        c.wait_until(lambda n=n: served(c, n), 15.0, f"libqb IPC on node {n}")
+    try:
+        assert "libqb IPC: serving cmap, cfg, cpg, quorum, votequorum (socket)" in c.log_path(1).read_text()
+        quorum = run(c, 2, "corosync-quorumtool", "-s")
+        assert quorum.returncode == 0 and re.search(r"Nodes:\s+3\n", quorum.stdout), quorum.stdout
+        outs: dict[int, Path] = {}
+        for n in (1, 2, 3):
+            outs[n] = c.workdir / f"sock{n}.json"
+            cmd = h.client_command("libcpg", outs[n], group="dgram", me=n, count=300, members=3, timeout=60)
+            c.lab.popen(n, cmd, c.workdir / f"sock{n}.log", h.child_env())
+        results = h.wait_results(outs, 70)
+        seqs = {n: h.from_barrier(r["events"], 3) for n, r in results.items()}
+        assert all(not r["error"] for r in results.values()), results
+        assert all(len(h.deliveries(s)) == 900 for s in seqs.values())
+        assert seqs[1] == seqs[2] == seqs[3]
+    finally:
+        for n in (1, 2, 3):
+            if c.alive(n):
+                c.stop(n)
