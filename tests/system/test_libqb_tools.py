@@ -149,6 +149,19 @@ def test_cmapctl_tracks_a_change_and_a_reload_reaches_every_node(ring: Cluster) 
         tracker.wait(timeout=10)
     refused = run(c, 1, "corosync-cmapctl", "-s", "totem.cluster_name", "str", "other")
     assert refused.returncode != 0 and "CS_ERR_ACCESS" in refused.stderr
+    # cmanlk-tool's cmap commands and corosync-cmapctl see each other's writes
+    assert cmanlk_tool(c, 2, "cmap", "set", "runtime.test.mine", "str", "hello world").returncode == 0
+    assert (
+        run(c, 2, "corosync-cmapctl", "-g", "runtime.test.mine").stdout
+        == "runtime.test.mine (str) = hello world\n"
+    )
+    code, body = h.tool_json(c.lab.ns(2), h.socket_path(c.run_dir(2)), "cmap", "get", "totem.token", "nope.x")
+    assert code == 1 and body["keys"] == [{"key": "totem.token", "type": "u32", "value": 300}]
+    assert body["missing"] == ["nope.x"]
+    denied = cmanlk_tool(c, 2, "cmap", "set", "nodelist.node.0.nodeid", "u32", "9")
+    assert denied.returncode == 1 and "CS_ERR_ACCESS" in denied.stderr
+    assert cmanlk_tool(c, 2, "cmap", "delete", "runtime.test.mine").returncode == 0
+    assert run(c, 2, "corosync-cmapctl", "-g", "runtime.test.mine").returncode != 0
     # the cluster-wide reload: node 2's file gets a new logging key, node 1 asks for the reload
     conf = c.conf_path(2)
     conf.write_text(conf.read_text().replace("  timestamp: hires\n", "  timestamp: hires\n  fileline: yes\n"))
