@@ -10,6 +10,12 @@ for pair in ip:iproute2 nft:nftables dbus-daemon:dbus busctl:systemd gdbus:libgl
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libcpg.so.4 ] || need_apt+=(libcpg4)
+# corosync's client libraries and libqb for building the C libcpg client of the libqb tests
+# (tests/system/cpg_c_client.c) and checking the rings against libqb100 (docs/libqb.md).
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+for pkg in libqb-dev libcpg-dev libquorum-dev libvotequorum-dev libcmap-dev libcfg-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -10,8 +10,9 @@ corosync would (@cmap, @cfg, @cpg, @quorum, @votequorum):
    another corosync-cmapctl -s; cmanlk-tool cmap reads the same tree; a reload (cmanlk-tool
    reload, corosync-cfgtool -R) reaches every node;
 4. corosync-cpgtool lists groups joined by a libcpg client and by a cmanlk Python client;
-5. a libcpg client (Debian's libcpg through ctypes) on node 1 and cmanlk.client processes on nodes
-   2 and 3 deliver the same messages in one agreed order;
+5. a C client linked with Debian's libcpg (tests/system/cpg_c_client.c) on node 1 and
+   cmanlk.client processes on nodes 2 and 3 deliver the same messages in one agreed order; with
+   `qb_ipc_type: socket`, three libcpg clients (ctypes) do;
 6. access: a non-root client is refused (CS_ERR_ACCESS) until a uidgid key lets it in.
 
 Bounded: every tool run has a timeout, every wait a deadline; the namespaces go with the test.
@@ -205,16 +206,37 @@ def test_cpgtool_lists_groups_of_a_libcpg_client_and_of_a_cmanlk_client(ring: Cl
     assert not list(Path("/dev/shm").glob(f"qb-{daemon}-*")), "libqb files left after the clients went"
 
 
-def test_a_libcpg_client_and_cmanlk_clients_deliver_one_agreed_order(ring: Cluster) -> None:
+def c_client(workdir: Path) -> Path:
+    """tests/system/cpg_c_client.c built against Debian's libcpg-dev (skip when it cannot be)."""
+    if shutil.which("gcc") is None or not Path("/usr/include/corosync/cpg.h").exists():
+        pytest.skip("gcc and libcpg-dev are needed for the C client (scripts/setup.sh installs them)")
+    binary = workdir / "cpg_c_client"
+    source = Path(__file__).with_name("cpg_c_client.c")
+    built = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source), "-lcpg"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    return binary
+
+
+def test_a_c_libcpg_client_and_cmanlk_clients_deliver_one_agreed_order(ring: Cluster) -> None:
     c = ring
+    binary = c_client(c.workdir)
     outs: dict[int, Path] = {}
     for n in (1, 2, 3):
         outs[n] = c.workdir / f"cpg{n}.json"
-        opts: dict[str, object] = {"group": "mixed", "me": n, "count": MESSAGES_PER_CLIENT, "members": 3,
-                                   "timeout": CLIENT_TIMEOUT_S}  # fmt: skip
-        if n == 1:
-            cmd = h.client_command("libcpg", outs[n], **opts)  # Debian's libcpg, through libqb
+        if n == 1:  # a C program linked with Debian's libcpg, talking libqb to cmanlkd
+            cmd = [
+                str(binary),
+                "mixed",
+                "1",
+                str(MESSAGES_PER_CLIENT),
+                "3",
+                str(CLIENT_TIMEOUT_S),
+                str(outs[n]),
+            ]
         else:
+            opts: dict[str, object] = {"group": "mixed", "me": n, "count": MESSAGES_PER_CLIENT, "members": 3,
+                                       "timeout": CLIENT_TIMEOUT_S}  # fmt: skip
             cmd = h.client_command("cmanlk", outs[n], socket=h.socket_path(c.run_dir(n)), **opts)
         c.lab.popen(n, cmd, c.workdir / f"cpg{n}.log", h.child_env())
     results = h.wait_results(outs, CLIENT_TIMEOUT_S + 10)
@@ -228,7 +250,7 @@ def test_a_libcpg_client_and_cmanlk_clients_deliver_one_agreed_order(ring: Clust
     took = max(r["done"] for r in results.values()) - first
     hashes = {n: h.digest(seq) for n, seq in seqs.items()}
     rate = f"{total} messages in {took:.2f} s = {total / took:.0f} msg/s"
-    print(f"\nlibcpg on cmanlkd + cmanlk clients: {rate}; {hashes}")
+    print(f"\nC libcpg client on cmanlkd + cmanlk clients: {rate}; {hashes}")
     assert seqs[1] == seqs[2] == seqs[3], hashes
 
 
