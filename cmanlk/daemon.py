@@ -3,7 +3,9 @@
     cmanlkd [-c FILE] [-f] [--check-config] [--debug] [--nodeid N]
 
 Process behaviour:
-- SIGTERM/SIGINT: graceful leave (peers see a leave JOIN and reform at once), then exit 0.
+- SIGTERM/SIGINT: graceful leave (peers see a leave JOIN and reform at once), then exit 0. When
+  programs track cfg shutdown (pacemakerd), they are stopped first and the leave waits for them
+  (docs/libqb.md, "Leaving"); a second signal leaves at once.
 - SIGHUP: re-read the file; a valid file updates the nodelist and logging at run time; an invalid
   one is reported (every problem) and the running configuration is kept.
 - systemd: READY=1 after the first ring forms, STATUS on every membership change, WATCHDOG=1
@@ -146,6 +148,7 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
         node = Node(config, me, core=CoreKind(args.core), notifier=Notifier())
         libqb = NodeLibqb(node)
         node.companions = (*_companions(node, config), libqb.run)
+        node.before_leave = libqb.before_leave
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
@@ -155,7 +158,7 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
         return EXIT_RUNTIME
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_stop_signal, node, sig)
+        loop.add_signal_handler(sig, _on_stop_signal, node, sig, libqb)
     loop.add_signal_handler(signal.SIGHUP, _on_reload_signal, node, args.config, libqb)
     try:
         await node.run()
@@ -367,8 +370,10 @@ def _dbus_companions(
     return (dbus, bridge.watch_links)
 
 
-def _on_stop_signal(node: Node, sig: signal.Signals) -> None:
+def _on_stop_signal(node: Node, sig: signal.Signals, libqb: NodeLibqb | None = None) -> None:
     log.info("%s received: leaving", sig.name)
+    if libqb is not None:
+        libqb.stop_requested()  # a second signal: leave without waiting for pacemaker any longer
     node.request_leave()
 
 

@@ -13,7 +13,9 @@ corosync would (@cmap, @cfg, @cpg, @quorum, @votequorum):
 5. a C client linked with Debian's libcpg (tests/system/cpg_c_client.c) on node 1 and
    cmanlk.client processes on nodes 2 and 3 deliver the same messages in one agreed order; with
    `qb_ipc_type: socket`, three libcpg clients (ctypes) do;
-6. access: a non-root client is refused (CS_ERR_ACCESS) until a uidgid key lets it in.
+6. access: a non-root client is refused (CS_ERR_ACCESS) until a uidgid key lets it in;
+7. a leave (SIGTERM) stops a cfg shutdown tracker (pacemakerd's way, tests/system/cfg_tracker.py)
+   first and waits for it; a second SIGTERM leaves at once.
 
 Bounded: every tool run has a timeout, every wait a deadline; the namespaces go with the test.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -308,3 +311,43 @@ def test_the_socket_channel_type_serves_the_same_tools_and_libcpg(
         for n in (1, 2, 3):
             if c.alive(n):
                 c.stop(n)
+
+
+def _tracker(c: Cluster, node: int, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """tests/system/cfg_tracker.py on `node` (what pacemakerd does with cfg), tracking when this returns."""
+    log = c.workdir / f"tracker{node}.log"
+    proc = c.lab.popen(node, [sys.executable, "-m", "tests.system.cfg_tracker", *extra], log, h.child_env())
+    c.wait_until(lambda: "tracking" in log.read_text() if log.exists() else False, 15.0, "the cfg tracker")
+    return proc, log
+
+
+def test_a_leave_stops_the_cfg_shutdown_trackers_first(ring: Cluster) -> None:
+    """SIGTERM to cmanlkd with pacemakerd's way of tracking cfg: the tracker is told (TESTSHUTDOWN,
+    "forced"), gets SIGTERM, and the node leaves only once it has gone (docs/libqb.md, "Leaving")."""
+    c = ring
+    tracker, log = _tracker(c, 3)
+    c.signal(3, signal.SIGTERM)
+    assert tracker.wait(timeout=20) == 0, log.read_text()
+    assert c.procs[3].wait(timeout=20) == 0, c.logs()
+    c.wait_ring([1, 2])
+    said = log.read_text().splitlines()
+    # TESTSHUTDOWN "forced" (REGARDLESS) and SIGTERM, in either order (the event is dispatched when
+    # the tracker next polls); the reply's answer is not the library's return (libcfg's is the IPC's)
+    assert sorted(said[1:]) == ["reply 1", "shutdown 1", "sigterm"], said
+    text = c.log_path(3).read_text()
+    stopping = text.index(f"leaving: stopping pid {tracker.pid}")
+    stopped = text.index("leaving: the cfg shutdown trackers have stopped")
+    assert stopping < stopped < text.index("leaving the cluster"), text[stopping:]
+
+
+def test_a_second_stop_signal_leaves_without_waiting_for_the_trackers(ring: Cluster) -> None:
+    c = ring
+    tracker, log = _tracker(c, 3, "--ignore-term")
+    c.signal(3, signal.SIGTERM)
+    c.wait_until(lambda: "sigterm" in log.read_text(), 15.0, "the tracker's SIGTERM")
+    time.sleep(1.0)
+    assert c.alive(3) and c.members(1) == [1, 2, 3], "the node left while its tracker still ran"
+    c.signal(3, signal.SIGTERM)
+    assert c.procs[3].wait(timeout=20) == 0, c.logs()
+    c.wait_ring([1, 2])
+    assert tracker.wait(timeout=20) == 1 and "lost" in log.read_text(), log.read_text()

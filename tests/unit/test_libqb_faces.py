@@ -245,6 +245,22 @@ def test_cfg_try_shutdown_waits_for_the_trackers_vote() -> None:
     assert error_of(outside) == CsError.ERR_ACCESS
 
 
+def test_cfg_announces_a_forced_shutdown_to_its_trackers_before_a_leave() -> None:
+    c = three()
+    v = c.view(2)
+    pacemakerd = v.connect("cfg", pid=777)
+    assert error_of(v.answer("cfg", pacemakerd, header(10, 24) + bytes(8))) == CsError.OK
+    v.connect("cfg")  # not a tracker
+    cfg = v.face("cfg")
+    assert cfg.trackers() == (pacemakerd.handle,)
+    told = cfg.announce_shutdown()
+    assert [(type(o), o.handle) for o in told] == [(Event, pacemakerd.handle)]
+    assert id_of(told[0].data) == 10 and struct.unpack_from("<I", told[0].data, 16)[0] == 1  # REGARDLESS
+    assert error_of(v.answer("cfg", pacemakerd, header(4, 24) + bytes(8))) == CsError.ERR_ACCESS  # no vote
+    v.call("cfg", pacemakerd, header(11, 16))  # trackstop
+    assert cfg.trackers() == ()
+
+
 def test_cfg_try_shutdown_with_no_tracker_shuts_the_node_down_over_the_ring() -> None:
     c = three()
     v = c.view(3)

@@ -20,9 +20,12 @@ own range so they never meet the IPC server's or the node's).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +55,9 @@ from cmanlk.types import Instant, NodeId, RingId
 log = logging.getLogger("cmanlk.libqb")
 
 FIRST_REQUEST_ID = 1 << 48
+STOP_TRACKERS_S = 120.0
+"""How long a requested leave waits for the cfg shutdown trackers it stopped (pacemaker moves its
+resources away first); then the node leaves anyway."""
 _WAKING = (CpgDeliver, CpgConfchg, MembershipChanged, DeliverConfiguration)
 _CPG_ONLY = (CpgDeliver, CpgConfchg, CpgTotemConfchg)
 """cpg's traffic goes to the cpg face alone: the hot path (one delivery per message) skips the rest."""
@@ -173,6 +179,13 @@ class NodeView:
         return out
 
 
+def _proc_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 class NodeLibqb:
     """The libqb IPC of one node (module docstring). `run` is a companion coroutine of the Node."""
 
@@ -190,6 +203,9 @@ class NodeLibqb:
             VotequorumLib(self.view),
         )
         self._ready = False
+        self._leave_now = False
+        self._voted = False
+        self._stop_asked = False
         self.server = LibqbServer(
             self.faces,
             allows=self.cmap.allows,
@@ -203,8 +219,6 @@ class NodeLibqb:
 
     async def run(self) -> None:
         """Serve until cancelled. When another server holds the names, log it and serve nothing."""
-        import asyncio
-
         try:
             await self.server.start()
         except OSError as exc:
@@ -213,6 +227,43 @@ class NodeLibqb:
             await asyncio.Event().wait()
         finally:
             await self.server.close()
+
+    async def before_leave(self) -> None:
+        """Before a requested leave: stop the programs that track cfg shutdown and wait for them.
+
+        corosync leaves this to systemd (stopping corosync.service stops pacemaker.service first,
+        which Requires= it); for a leave asked of cmanlkd directly (SIGTERM, cmanlk-tool leave)
+        cmanlkd does the same: the trackers get TESTSHUTDOWN, then SIGTERM, and the node leaves
+        once their connections have closed (at most STOP_TRACKERS_S, or until a second stop signal), so
+        pacemaker shuts down cleanly and its peers see a clean shutdown, not a lost node. Not after
+        a libcfg try-shutdown the trackers agreed to (or that was forced): corosync then leaves at
+        once, and so does cmanlkd.
+        """
+        handles = [h for h in self.cfg.trackers() if h in self.server.sessions]
+        if not handles or self._voted:
+            return
+        self.server.deliver(self.cfg.announce_shutdown())
+        for handle in handles:
+            pid = self.server.sessions[handle].peer.pid
+            log.warning(
+                "leaving: stopping pid %d (%s), which tracks cfg shutdown, first", pid, _proc_name(pid)
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TRACKERS_S
+        while any(h in self.server.sessions for h in handles) and not self._leave_now:
+            if time.monotonic() >= deadline:
+                log.error("leaving: cfg shutdown trackers still connected after %.0f s; leaving anyway",
+                          STOP_TRACKERS_S)  # fmt: skip
+                return
+            await asyncio.sleep(0.2)
+        log.info("leaving: the cfg shutdown trackers have stopped")
+
+    def stop_requested(self) -> None:
+        """A stop signal arrived; at the second, stop waiting for the trackers."""
+        if self._stop_asked:
+            self._leave_now = True
+        self._stop_asked = True
 
     def config_reloaded(self, config: ClusterConfig) -> None:
         """The daemon took a new configuration (SIGHUP): cmap's key tree follows."""
@@ -236,6 +287,7 @@ class NodeLibqb:
             self.server.wake()
         if isinstance(note, NodeShutDown) and note.nodeid == self.node.me:
             log.info("shut down through libcfg (try-shutdown): leaving the cluster")
+            self._voted = True  # the trackers had their say: leave without stopping them (corosync)
             self.node.request_leave()
         elif isinstance(note, ReloadRequested):
             self._reload(note)
@@ -256,4 +308,3 @@ class NodeLibqb:
         if note.requester == self.node.me:
             outputs += self.cfg.reloaded(note.cookie, status)
         self.server.deliver(outputs)
-

@@ -175,6 +175,17 @@ class CfgLib:
         out += [Event(h, testshutdown) for h in self._s.trackers]
         return out
 
+    def trackers(self) -> tuple[Handle, ...]:
+        """The connections that track shutdown (pacemakerd does)."""
+        return tuple(self._s.trackers)
+
+    def announce_shutdown(self, flags: int = SHUTDOWN_REGARDLESS) -> list[LibOutput]:
+        """TESTSHUTDOWN to every tracker, outside a vote: the daemon was told to leave and will
+        ("forced", pacemakerd logs); their replies are answered CS_ERR_ACCESS, as corosync answers
+        a reply with no vote open."""
+        testshutdown = response(RES_TESTSHUTDOWN, CsError.OK, padded(_U32.pack(flags), 8))
+        return [Event(h, testshutdown) for h in self._s.trackers]
+
     def reloaded(self, cookie: int, status: CsError) -> list[LibOutput]:
         """Our RELOAD_CONFIG came back and this node reloaded: answer the waiting client."""
         handle = self._s.reloads.pop(cookie, None)
