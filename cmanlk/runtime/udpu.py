@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cmanlk.config import LinkConfig, NodeAddresses
+from cmanlk.config import ADDRESS_FAMILIES, LinkConfig, NodeAddresses
 from cmanlk.runtime.transport import Deliver, LinkStatus, PeerReachability
 from cmanlk.types import NodeId
 
@@ -76,12 +76,7 @@ def resolve(text: str, port: int, ip_version: str = "ipv6-4") -> Endpoint:
         flags = int(socket.AI_NUMERICHOST)
     except ValueError:
         flags = 0
-    order = {
-        "ipv4": [socket.AF_INET],
-        "ipv6": [socket.AF_INET6],
-        "ipv4-6": [socket.AF_INET, socket.AF_INET6],
-        "ipv6-4": [socket.AF_INET6, socket.AF_INET],
-    }.get(ip_version, [socket.AF_INET6, socket.AF_INET])
+    order = ADDRESS_FAMILIES.get(ip_version, ADDRESS_FAMILIES["ipv6-4"])
     last: OSError | None = None
     for family in order:
         try:
