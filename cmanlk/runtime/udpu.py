@@ -112,6 +112,14 @@ def find_local_node(
     When several match (all nodes on one host, e.g. 127.0.0.x), None is returned: the caller
     must be told which (cmanlkd --nodeid). Unresolvable addresses are skipped.
     """
+    found = local_candidates(nodes, link, ip_version)
+    return found[0] if len(found) == 1 else None
+
+
+def local_candidates(
+    nodes: Mapping[NodeId, Mapping[int, str]], link: int = 0, ip_version: str = "ipv6-4"
+) -> list[NodeId]:
+    """Return, in id order, every node whose address on `link` can be bound on this host."""
     found: list[NodeId] = []
     for node, addrs in sorted(nodes.items()):
         text = addrs.get(link)
@@ -123,7 +131,7 @@ def find_local_node(
             continue
         if is_local_address(endpoint):
             found.append(node)
-    return found[0] if len(found) == 1 else None
+    return found
 
 
 class UdpuTransport:

@@ -584,12 +584,37 @@ def test_check_config_exits_nonzero_and_prints_every_error(tmp_path: Path) -> No
     assert f"{path}:3: totem.token" in result.stderr and f"{path}:4: totem.join" in result.stderr
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_check_config_accepts_a_good_file_and_prints_warnings(tmp_path: Path) -> None:
+    # a file cmanlkd could start with here: one node on 127.0.0.1 (udpu may use loopback)
     path = tmp_path / "good.conf"
-    path.write_text(nodelist("10.0.0.1") + "quorum {\n  colour: blue\n}\n")
+    port_line = f"    mcastport: {free_udp_port()}\n"
+    path.write_text(
+        nodelist("127.0.0.1").replace("  version: 2\n", f"  version: 2\n  interface {{\n{port_line}  }}\n")
+        + "quorum {\n  colour: blue\n}\n"
+        + f"cmanlk {{\n  run_dir: {tmp_path}/run\n  state_dir: {tmp_path}/state\n}}\n"
+    )
     result = run_check(path)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout and "quorum.colour" in result.stderr
+    assert "note: this is node 1" in result.stdout
+    assert not (tmp_path / "run").exists() and not (tmp_path / "state").exists()  # the check creates nothing
+
+
+def test_check_config_runs_the_start_checks_of_the_host(tmp_path: Path) -> None:
+    # 203.0.113.0/24 (TEST-NET-3) is no address of this host: the daemon could not start
+    path = tmp_path / "elsewhere.conf"
+    path.write_text(nodelist("203.0.113.1", "203.0.113.2"))
+    result = run_check(path)
+    assert result.returncode == 1
+    expected = "no ring0_addr of the nodelist (1=203.0.113.1, 2=203.0.113.2) is an address of this host"
+    assert expected in result.stderr
+    assert "cmanlkd would not start" in result.stderr
 
 
 def test_native_transport_encrypts_unless_the_file_turns_crypto_off() -> None:
