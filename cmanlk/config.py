@@ -47,6 +47,9 @@ from cmanlk.totem.config import TotemConfig
 from cmanlk.types import NodeId
 
 DEFAULT_CONFIG_PATH = "/etc/corosync/corosync.conf"
+DEFAULT_KEY_FILE = "/etc/corosync/authkey"
+"""The key file of the native transport when the file names none: corosync's (corosync-keygen,
+pcs), so the one default of `cmanlk-keygen` and the daemon is the path administrators know."""
 DEFAULT_PORT = 5405
 """corosync's default `mcastport`: the udpu receive port and every native link's port."""
 MAX_LINKS = 8
@@ -236,7 +239,7 @@ class CmanlkSettings:
     state_dir: str = "/var/lib/cmanlk"
     run_dir: str = "/run/cmanlk"
     ipc_group: str | None = None
-    keyfile: str = "/etc/corosync/authkey"
+    keyfile: str = DEFAULT_KEY_FILE
     dbus: str = "auto"
     dlm: str = "no"
     """Drive the kernel DLM as dlm_controld does (cmanlk.runtime.dlmd): yes, no, or auto (when the
