@@ -170,10 +170,9 @@ def _local_node(
             out.error("nodelist", f"the ring0_addr of nodes {ids} are all addresses of this host; "
                       "give --nodeid to say which node this is", EXIT_CONFIG)
             return None
-        if time.monotonic() >= deadline:
-            waited = f" (waited {wait_s:.0f} s)" if wait_s > 0 else ""
-            out.error("nodelist", f"no ring0_addr of the nodelist ({listed}) is an address of this host"
-                      f"{waited}; fix the nodelist or give --nodeid", EXIT_CONFIG)
+        if time.monotonic() >= deadline:  # the same words after a wait: the daemon logged the wait
+            out.error("nodelist", f"no ring0_addr of the nodelist ({listed}) is an address of this host; "
+                      "fix the nodelist or give --nodeid", EXIT_CONFIG)
             return None
         if on_wait is not None:
             on_wait(f"no ring0_addr of the nodelist ({listed}) is an address of this host yet; "
