@@ -228,16 +228,21 @@ LINK_POLL_S = 1.0
 
 
 class DbusBridge:
-    """The daemon's side of the D-Bus edge: `ClusterStatusSource` over a Node, and the notices.
+    """The daemon's side of the D-Bus edge: `ClusterStatusSource` over a Node (and its DLM
+    control, when `cmanlk { dlm }` runs one), and the notices.
 
-    Departures are reported as "nodedown" unless votequorum saw the node announce LEAVING
-    (allow_downscale); Totem does not tell the layers above whether a node left or failed.
+    Every departure is reported as "nodedown", as corosync's CPG reports NODEDOWN for a node that
+    left the membership: Totem delivers who is in the new ring, not whether one that is gone left
+    cleanly (its leave JOIN is a best-effort datagram that helps the others re-form sooner).
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, dlm: Any = None) -> None:
         self.node = node
+        self.dlm = dlm
+        """cmanlk.runtime.dlmd.DlmDaemon, or None when DLM control is off."""
         self.service: Any = None
         self._links: dict[tuple[int, int], bool] = {}
+        self._lockspaces: dict[str, str] = {}
         self._quorum: tuple[bool, int, int] | None = None
 
     def snapshot(self) -> Any:
@@ -275,8 +280,15 @@ class DbusBridge:
             links=tuple(
                 ds.LinkInfo(p.node, lk.index, p.reachable) for lk in node.transport.links() for p in lk.peers
             ),
+            lockspaces=tuple(ds.LockspaceInfo(n, state) for n, state in self.lockspace_states().items()),
             quorum_flags=tuple(flags),
         )
+
+    def lockspace_states(self) -> dict[str, str]:
+        """Return lockspace name → state from DLM control ({} when it is off)."""
+        if self.dlm is None:
+            return {}
+        return {str(ls["name"]): str(ls["state"]) for ls in self.dlm.status().get("lockspaces", [])}
 
     async def submit(self, request: Any) -> str:
         """Carry out a privileged request; raises UsageError when refused."""
@@ -292,6 +304,12 @@ class DbusBridge:
             votes = request.votes
             await self.node.request(lambda now, rid: stack.SetVotes(now, target, votes, rid))
             return f"votes of node {target} set to {votes}"
+        if isinstance(request, ds.FenceAck):
+            if self.dlm is None:
+                why = "DLM control is off here (cmanlk { dlm: no }): nothing waits for fencing"
+                raise UsageError("not_supported", why)
+            self.dlm.fence_ack(request.nodeid)  # raises UsageError for this node's own id
+            return f"fencing of node {request.nodeid} acknowledged"
         raise UsageError("not_supported", f"{type(request).__name__} is not handled by this daemon")
 
     def on_item(self, item: object) -> None:
@@ -317,18 +335,32 @@ class DbusBridge:
             self.service.publish(ds.QuorumNotice(q.quorate, q.quorum, q.total_votes))
 
     async def watch_links(self) -> None:
-        """Publish LinkNotice for each (peer, link) whose reachability changed; runs until cancelled."""
-        from cmanlk.runtime import dbus_status as ds
-
+        """Publish LinkNotice for each (peer, link) whose reachability changed and LockspaceNotice
+        for each lockspace whose state changed (a gone one: "removed"); runs until cancelled."""
         while True:
             await asyncio.sleep(LINK_POLL_S)
-            for lk in self.node.transport.links():
-                for p in lk.peers:
-                    key = (p.node, lk.index)
-                    if self._links.get(key) != p.reachable:
-                        self._links[key] = p.reachable
-                        if self.service is not None:
-                            self.service.publish(ds.LinkNotice(p.node, lk.index, p.reachable))
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """One round of watch_links: compare and publish what changed since the last round."""
+        from cmanlk.runtime import dbus_status as ds
+
+        notices: list[Any] = []
+        for lk in self.node.transport.links():
+            for p in lk.peers:
+                key = (p.node, lk.index)
+                if self._links.get(key) != p.reachable:
+                    self._links[key] = p.reachable
+                    notices.append(ds.LinkNotice(p.node, lk.index, p.reachable))
+        states = self.lockspace_states()
+        for name in sorted(set(states) | set(self._lockspaces)):
+            state = states.get(name, "removed")
+            if self._lockspaces.get(name, "removed") != state:
+                notices.append(ds.LockspaceNotice(name, state))
+        self._lockspaces = states
+        if self.service is not None:
+            for notice in notices:
+                self.service.publish(notice)
 
 
 def _dbus_wanted(config: ClusterConfig) -> bool:
@@ -357,11 +389,11 @@ def _companions(node: Node, config: ClusterConfig) -> tuple[Callable[[], Corouti
             await server.close()
 
     dlm = (dlmd.run,) if dlmd is not None else ()
-    return (ipc, *dlm, *_dbus_companions(node, config))
+    return (ipc, *dlm, *_dbus_companions(node, config, dlmd))
 
 
 def _dbus_companions(
-    node: Node, config: ClusterConfig
+    node: Node, config: ClusterConfig, dlmd: Any = None
 ) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
     """D-Bus when wanted (and dbus-fast is installed)."""
     if not _dbus_wanted(config):
@@ -371,7 +403,7 @@ def _dbus_companions(
     except ImportError as exc:
         log.warning("D-Bus disabled: %s", exc)
         return ()
-    bridge = DbusBridge(node)
+    bridge = DbusBridge(node, dlmd)
     service = DbusService(bridge)
     bridge.service = service
     node.add_listener(bridge.on_item)
