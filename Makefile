@@ -1,12 +1,15 @@
 # make install DESTDIR=/some/root [PREFIX=/usr] — installs cmanlk the way the .deb lays it out:
-# the Python package and its PyPI dependencies privately under $(PREFIX)/lib/cmanlk/site,
-# launchers in $(PREFIX)/sbin, systemd/D-Bus/tmpfiles/sysusers files and man pages.
+# the Python package privately under $(PREFIX)/lib/cmanlk/site with the dependencies Debian has
+# no new enough version of (pyroute2, dbus-fast); the others (python3-cryptography,
+# python3-pyudev: DEBIAN_PROVIDED) come from the distribution. Launchers in $(PREFIX)/sbin,
+# systemd/D-Bus/tmpfiles/sysusers files and man pages.
 PREFIX ?= /usr
 DESTDIR ?=
 PYTHON ?= python3
 SITE = $(PREFIX)/lib/cmanlk/site
 UNITDIR = /lib/systemd/system
 PIP_FLAGS ?=
+DEBIAN_PROVIDED = cryptography pyudev
 
 .PHONY: all install install-data install-python test demo deb clean
 
@@ -17,7 +20,9 @@ install: install-python install-data
 
 install-python:
 	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check $(PIP_FLAGS) \
-		--target "$(DESTDIR)$(SITE)" .
+		--no-deps --target "$(DESTDIR)$(SITE)" .
+	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check $(PIP_FLAGS) \
+		--target "$(DESTDIR)$(SITE)" $$($(PYTHON) packaging/private_requirements.py $(DEBIAN_PROVIDED))
 	rm -rf "$(DESTDIR)$(SITE)/bin"
 	install -d "$(DESTDIR)$(PREFIX)/sbin"
 	for tool in cmanlkd:cmanlk.daemon cmanlk-tool:cmanlk.client.cli cmanlk-keygen:cmanlk.keygen cmanlk-sim:cmanlk.sim.cli; do \
