@@ -1,13 +1,15 @@
 # make install DESTDIR=/some/root [PREFIX=/usr] — installs cmanlk the way the .deb lays it out:
-# the Python package and its PyPI dependencies privately under $(PREFIX)/lib/cmanlk/site,
-# launchers in $(PREFIX)/sbin, systemd/D-Bus/udev/tmpfiles/sysusers files and man pages.
+# the Python package privately under $(PREFIX)/lib/cmanlk/site with the dependencies Debian has
+# no new enough version of (pyroute2, dbus-fast); the others (python3-cryptography,
+# python3-pyudev: DEBIAN_PROVIDED) come from the distribution. Launchers in $(PREFIX)/sbin,
+# systemd/D-Bus/tmpfiles/sysusers files and man pages.
 PREFIX ?= /usr
 DESTDIR ?=
 PYTHON ?= python3
 SITE = $(PREFIX)/lib/cmanlk/site
 UNITDIR = /lib/systemd/system
-UDEVDIR = /lib/udev/rules.d
 PIP_FLAGS ?=
+DEBIAN_PROVIDED = cryptography pyudev
 
 .PHONY: all install install-data install-python test demo deb clean
 
@@ -18,7 +20,9 @@ install: install-python install-data
 
 install-python:
 	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check $(PIP_FLAGS) \
-		--target "$(DESTDIR)$(SITE)" .
+		--no-deps --target "$(DESTDIR)$(SITE)" .
+	$(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check $(PIP_FLAGS) \
+		--target "$(DESTDIR)$(SITE)" $$($(PYTHON) packaging/private_requirements.py $(DEBIAN_PROVIDED))
 	rm -rf "$(DESTDIR)$(SITE)/bin"
 	install -d "$(DESTDIR)$(PREFIX)/sbin"
 	for tool in cmanlkd:cmanlk.daemon cmanlk-tool:cmanlk.client.cli cmanlk-keygen:cmanlk.keygen cmanlk-sim:cmanlk.sim.cli; do \
@@ -38,8 +42,6 @@ install-data:
 		install -D -m 0644 "$$f" "$(DESTDIR)$(PREFIX)/share/dbus-1/system.d/$$(basename $$f)"; done
 	for f in dbus/*.xml; do [ -e "$$f" ] || continue; \
 		install -D -m 0644 "$$f" "$(DESTDIR)$(PREFIX)/share/dbus-1/interfaces/$$(basename $$f)"; done
-	for f in udev/*.rules; do [ -e "$$f" ] || continue; \
-		install -D -m 0644 "$$f" "$(DESTDIR)$(UDEVDIR)/$$(basename $$f)"; done
 	install -D -m 0644 packaging/cmanlk.conf.example "$(DESTDIR)/usr/share/doc/cmanlk/examples/cmanlk.conf"
 	install -d "$(DESTDIR)$(PREFIX)/share/man/man8" "$(DESTDIR)$(PREFIX)/share/man/man5"
 	$(PYTHON) scripts/md2man.py docs/cmanlkd.8.md cmanlkd 8 | gzip -9n > "$(DESTDIR)$(PREFIX)/share/man/man8/cmanlkd.8.gz"

@@ -12,7 +12,17 @@ Every key we read is documented in docs/config.md.
 Deviations from corosync, each on purpose:
 - `transport: knet` (corosync 3's default) selects our native transport (cmanlk.runtime.native),
   which is not libknet on the wire; `udpu` is wire-compatible with corosync 3.
-- `nodeid` is required for every node (corosync derives one from an IPv4 address with udpu only).
+- `nodeid`: as corosync 3 (exec/totemconfig.c, generate_nodeid): with `transport: udpu` or `udp`
+  a node without one gets the IPv4 address of its ring0_addr as a 32-bit number (a host name is
+  resolved to IPv4 for this; `clear_node_high_bit: yes` clears bit 31); an IPv6 ring0_addr gives
+  none, and `transport: knet` needs an explicit nodeid on every node — corosync refuses those
+  files too.
+- Host names are resolved when the file is loaded (`load_config`, as corosync does), in the
+  family order of `totem.ip_version`; a name that does not resolve is an error, as in corosync.
+  The transports and the rules below (one address per node and link, one family per link) see
+  the addresses, never the names. `parse_config` without a `HostLookup` leaves names as written.
+- A value of 0 for a timer or count that corosync reads as "use the default" (`consensus: 0`,
+  which pcs writes, `token: 0`, `join: 0`, …; `_ZERO_MEANS_DEFAULT`) means the default here too.
 - Our own keys: `totem.interface.name` (bind the link to a device, SO_BINDTODEVICE) and the
   section `cmanlk { state_dir, run_dir, ipc_group, keyfile }`.
 
@@ -20,6 +30,9 @@ Deviations from corosync, each on purpose:
 builds corosync's key tree from it (cmanlk/services/cmap/keys.py). `uidgid {}` sections and the
 files of `<directory of corosync.conf>/uidgid.d/` (read by `load_config`, as corosync's
 coroparse does) name the users and groups that may use the libqb IPC besides root.
+
+Problems that follow from another one are not reported: a node whose `nodeid` or `ring0_addr` has
+a bad value is reported for that value only, not also as "missing".
 """
 
 from __future__ import annotations
@@ -29,10 +42,11 @@ import grp
 import ipaddress
 import pwd
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cmanlk.errors import ConfigError, ConfigProblem
 from cmanlk.services.votequorum.policy import QuorumConfig
@@ -40,6 +54,9 @@ from cmanlk.totem.config import TotemConfig
 from cmanlk.types import NodeId
 
 DEFAULT_CONFIG_PATH = "/etc/corosync/corosync.conf"
+DEFAULT_KEY_FILE = "/etc/corosync/authkey"
+"""The key file of the native transport when the file names none: corosync's (corosync-keygen,
+pcs), so the one default of `cmanlk-keygen` and the daemon is the path administrators know."""
 DEFAULT_PORT = 5405
 """corosync's default `mcastport`: the udpu receive port and every native link's port."""
 MAX_LINKS = 8
@@ -52,6 +69,57 @@ MAX_DEPTH = 8
 """Deepest section nesting accepted (corosync's deepest real one is 3: quorum.device.net)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+ADDRESS_FAMILIES: dict[str, tuple[int, ...]] = {
+    "ipv4": (socket.AF_INET,),
+    "ipv6": (socket.AF_INET6,),
+    "ipv4-6": (socket.AF_INET, socket.AF_INET6),
+    "ipv6-4": (socket.AF_INET6, socket.AF_INET),
+}
+"""`totem.ip_version` → the address families a host name is looked up in, in order (corosync.conf(5))."""
+
+
+class HostLookup(Protocol):
+    """What loading a file needs to know about the host it is loaded on."""
+
+    def resolve(self, name: str, families: tuple[int, ...]) -> str:
+        """Return the first address of host `name` in the first of `families` that has one.
+
+        Raises LookupError whose message is the resolver's reason.
+        """
+        ...
+
+    def has_interface(self, scope: str) -> bool:
+        """Is `scope` (an interface name or index) a network interface of this host?"""
+        ...
+
+
+class SystemHost:
+    """HostLookup of the running host: getaddrinfo(3) and the kernel's interface names."""
+
+    def resolve(self, name: str, families: tuple[int, ...]) -> str:
+        """See HostLookup.resolve."""
+        reason = "no address"
+        for family in families:
+            try:
+                infos = socket.getaddrinfo(name, None, family, socket.SOCK_DGRAM)
+            except OSError as exc:  # socket.gaierror
+                reason = exc.strerror or str(exc)
+                continue
+            if infos:
+                return str(infos[0][4][0])
+        raise LookupError(reason)
+
+    def has_interface(self, scope: str) -> bool:
+        """See HostLookup.has_interface."""
+        try:
+            if scope.isdigit():
+                socket.if_indextoname(int(scope))
+            else:
+                socket.if_nametoindex(scope)
+        except (OSError, OverflowError):
+            return False
+        return True
 
 
 class TransportKind(enum.Enum):
@@ -160,6 +228,10 @@ class NodeConfig:
     name: str | None = None
     quorum_votes: int = 1
     line: int = 0
+    nodeid_derived_from: str | None = None
+    """The ring0_addr the nodeid was derived from (no `nodeid` key, udpu/udp), else None."""
+    hostnames: tuple[tuple[int, str], ...] = ()
+    """Link → the host name written in the file, for each address that was resolved from one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +282,7 @@ class CmanlkSettings:
     state_dir: str = "/var/lib/cmanlk"
     run_dir: str = "/run/cmanlk"
     ipc_group: str | None = None
-    keyfile: str = "/etc/corosync/authkey"
+    keyfile: str = DEFAULT_KEY_FILE
     dbus: str = "auto"
     dlm: str = "no"
     """Drive the kernel DLM as dlm_controld does (cmanlk.runtime.dlmd): yes, no, or auto (when the
@@ -255,6 +327,8 @@ class ClusterConfig:
     qb_ipc_type: str = "native"
     """`system.qb_ipc_type`: native (= shm), shm or socket — the libqb channel type offered."""
     uidgid: UidGid = UidGid()
+    cluster_uuid: str | None = None
+    """`totem.cluster_uuid` (pcs writes one); kept as read, not used by cmanlk."""
     warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
     tree: ConfigSection = field(default=ConfigSection("", 0), compare=False)
     """The file as written (cmap's key tree is built from it)."""
@@ -277,8 +351,9 @@ class ClusterConfig:
         return self.crypto_cipher != "none" or self.crypto_hash != "none"
 
 
-def load_config(path: str | Path) -> ClusterConfig:
-    """Read and validate a corosync.conf file.
+def load_config(path: str | Path, host: HostLookup | None = None) -> ClusterConfig:
+    """Read and validate a corosync.conf file; host names are resolved on `host` (default: this
+    host, `SystemHost`).
 
     Returns the ClusterConfig (warnings in `.warnings`). Raises ConfigError listing every error
     (an unreadable file is one problem on line 0).
@@ -295,7 +370,7 @@ def load_config(path: str | Path) -> ClusterConfig:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(name, 0, "", f"not UTF-8 text: {exc}")]) from exc
-    config = parse_config(text, name)
+    config = parse_config(text, name, host if host is not None else SystemHost())
     extra = read_uidgid_dir(Path(name).parent / "uidgid.d")
     return replace(config, uidgid=config.uidgid.merged(extra)) if extra.uids or extra.gids else config
 
@@ -331,12 +406,14 @@ def read_uidgid_dir(directory: Path) -> UidGid:
     return out
 
 
-def parse_config(text: str, source: str = "<string>") -> ClusterConfig:
+def parse_config(text: str, source: str = "<string>", host: HostLookup | None = None) -> ClusterConfig:
     """Parse and validate corosync.conf text; `source` names it in problems.
 
+    With `host`, host names are resolved and IPv6 scopes checked on it (see the module
+    docstring); without, names stay as written and a nodeid is derived from IPv4 literals only.
     Returns the ClusterConfig; raises ConfigError listing every error at once.
     """
-    reader = _Reader(source)
+    reader = _Reader(source, host)
     root = reader.parse(text)
     config = reader.interpret(root)
     if reader.errors or config is None:
@@ -454,29 +531,30 @@ def _address(text: str) -> str:
 
 _MS = _int(1, 3_600_000)
 _MS0 = _int(0, 3_600_000)
-_COUNT = _int(1, 1_000_000)
+_COUNT0 = _int(0, 1_000_000)
 
 _TOTEM: dict[str, Conv] = {
     "version": _int(2, 2),
     "cluster_name": _name,
+    "cluster_uuid": _text,
     "transport": _choice("udpu", "knet", "udp"),
-    "token": _MS,
+    "token": _MS0,
     "token_coefficient": _MS0,
-    "token_retransmit": _MS,
-    "token_retransmits_before_loss_const": _int(1, 1000),
+    "token_retransmit": _MS0,
+    "token_retransmits_before_loss_const": _int(0, 1000),
     "token_warning": _int(0, 100),
-    "hold": _MS,
-    "join": _MS,
+    "hold": _MS0,
+    "join": _MS0,
     "send_join": _MS0,
-    "consensus": _MS,
-    "merge": _MS,
-    "downcheck": _MS,
-    "fail_recv_const": _COUNT,
-    "seqno_unchanged_const": _COUNT,
-    "miss_count_const": _COUNT,
-    "window_size": _int(1, 10_000),
-    "max_messages": _int(1, 10_000),
-    "max_network_delay": _MS,
+    "consensus": _MS0,
+    "merge": _MS0,
+    "downcheck": _MS0,
+    "fail_recv_const": _COUNT0,
+    "seqno_unchanged_const": _COUNT0,
+    "miss_count_const": _COUNT0,
+    "window_size": _int(0, 10_000),
+    "max_messages": _int(0, 10_000),
+    "max_network_delay": _MS0,
     "netmtu": _int(576, 65_535),
     "crypto_cipher": _choice("none", "aes256", "aes192", "aes128"),
     "crypto_hash": _choice("none", "md5", "sha1", "sha256", "sha384", "sha512"),
@@ -489,17 +567,23 @@ _TOTEM: dict[str, Conv] = {
     "cancel_token_hold_on_retransmit": _bool,
     "clear_node_high_bit": _bool,
     "heartbeat_failures_allowed": _int(0, 1000),
-    "knet_pmtud_interval": _int(1, 1_000_000),
+    "knet_pmtud_interval": _int(0, 1_000_000),
     "knet_mtu": _int(0, 65_535),
     "knet_compression_model": _text,
     "knet_compression_threshold": _int(0, 1 << 30),
     "knet_compression_level": _int(-1, 9),
 }
 """Keys of `totem {}`. Keys from `_TOTEM_IGNORED` are accepted for compatibility and have no effect."""
+_ZERO_MEANS_DEFAULT = frozenset({
+    "token", "token_retransmits_before_loss_const", "max_network_delay", "window_size", "max_messages",
+    "miss_count_const", "knet_pmtud_interval", "knet_mtu", "token_retransmit", "hold", "join",
+    "consensus", "merge", "downcheck", "fail_recv_const", "seqno_unchanged_const",
+})
+"""Keys whose value 0 corosync replaces by the default (totem_volatile_config_set_uint32_value with
+allow_zero_value 0, exec/totemconfig.c); `consensus: 0` is in files pcs writes. Here 0 is unset."""
 _TOTEM_IGNORED = {
     "crypto_model",
     "cancel_token_hold_on_retransmit",
-    "clear_node_high_bit",
     "heartbeat_failures_allowed",
     "knet_pmtud_interval",
     "knet_mtu",
@@ -597,10 +681,14 @@ _KNOWN_IGNORED_SECTIONS = {"resources", "nozzle", "qb", "amf", "service", "aisex
 class _Reader:
     """Collects errors and warnings while turning text into a ClusterConfig."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, host: HostLookup | None = None) -> None:
         self.source = source
+        self.host = host
         self.errors: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
+        self.broken_nodes: set[str] = set()
+        """Node ids and names of nodes left out for an error of their own: a reference to one
+        (a fence block) is not reported again."""
 
     def error(self, line: int, key: str, message: str) -> None:
         self.errors.append(ConfigProblem(self.source, line, key, message))
@@ -696,8 +784,9 @@ class _Reader:
             elif len(secs) > 1 and name != "uidgid":
                 self.warn(secs[1].line, name, f"section repeated (first on line {secs[0].line}); merged")
         totem_sec = _merged(top.get("totem"), "totem")
-        nodes = self._nodelist(_merged(top.get("nodelist"), "nodelist"))
         totem_vals = self._totem_values(totem_sec)
+        nodes = self._nodelist(_merged(top.get("nodelist"), "nodelist"), totem_vals)
+        nodes = self._resolve_hosts(nodes, totem_vals)
         links = self._links(totem_sec, totem_vals)
         transport = self._transport(totem_vals, links, nodes)
         totem = self._totem(totem_vals, nodes)
@@ -736,6 +825,7 @@ class _Reader:
             config_version=_get(totem_vals, "config_version", None),
             qb_ipc_type=_get(system_vals, "qb_ipc_type", "native"),
             uidgid=uidgid,
+            cluster_uuid=_get(totem_vals, "cluster_uuid", None),
             warnings=tuple(self.warnings),
             tree=_freeze(root),
         )
@@ -770,6 +860,7 @@ class _Reader:
             if sub.name != "interface":
                 self.warn(sub.line, sub.path, "unknown section, ignored")
         vals = self.values(plain, _TOTEM, _TOTEM_IGNORED)
+        vals = {k: v for k, v in vals.items() if not (k in _ZERO_MEANS_DEFAULT and v[0] == 0)}
         if "version" not in vals and sec.line:
             self.warn(sec.line, "totem.version", "not set; corosync requires 'version: 2'")
         return vals
@@ -868,41 +959,120 @@ class _Reader:
             self.error(tv.get(key, (None, 0))[1], f"totem.{key}", text)
             return None
 
-    def _nodelist(self, sec: _Section) -> tuple[NodeConfig, ...]:
+    def _nodelist(self, sec: _Section, tv: dict[str, tuple[Any, int]]) -> tuple[NodeConfig, ...]:
         for entry in sec.entries:
             self.warn(entry.line, f"nodelist.{entry.key}", "unknown key, ignored")
         nodes: list[NodeConfig] = []
-        seen: dict[int, int] = {}
+        seen: dict[int, tuple[int, str | None]] = {}
         for sub in sec.sections:
             if sub.name != "node":
                 self.warn(sub.line, sub.path, "unknown section, ignored")
                 continue
-            v = self.values(sub, _NODE)
-            addrs = {i: v[f"ring{i}_addr"][0] for i in range(MAX_LINKS) if f"ring{i}_addr" in v}
-            if "nodeid" not in v:
-                self.error(sub.line, "nodelist.node.nodeid", "missing (cmanlk needs a nodeid on every node)")
+            node = self._node(sub, tv)
+            if node is None:
                 continue
-            nodeid, line = v["nodeid"]
-            if not addrs:
-                self.error(sub.line, "nodelist.node.ring0_addr", f"node {nodeid} has no ring0_addr")
+            line = next((e.line for e in sub.entries if e.key == "nodeid"), sub.line)
+            if node.nodeid in seen:
+                first, first_from = seen[node.nodeid]
+                mine = node.nodeid_derived_from
+                how = f" (derived from ring0_addr {mine})" if mine else ""
+                there = f" (there derived from ring0_addr {first_from})" if first_from else ""
+                why = f"node id {node.nodeid}{how} already used on line {first}{there}"
+                self.error(line, "nodelist.node.nodeid", why)
                 continue
-            if nodeid in seen:
-                self.error(
-                    line, "nodelist.node.nodeid", f"node id {nodeid} already used on line {seen[nodeid]}"
-                )
-                continue
-            seen[nodeid] = line
-            name = _get(v, "name", None)
-            nodes.append(
-                NodeConfig(
-                    NodeId(nodeid), NodeAddresses.of(addrs, name), name, _get(v, "quorum_votes", 1), sub.line
-                )
-            )
+            seen[node.nodeid] = (line, node.nodeid_derived_from)
+            nodes.append(node)
         if len(nodes) > MAX_NODES:
             self.error(sec.line, "nodelist", f"{len(nodes)} nodes; at most {MAX_NODES}")
         if not nodes and not self.errors:
             self.error(sec.line, "nodelist", "no nodes configured (cmanlk needs a nodelist)")
         return tuple(sorted(nodes, key=lambda n: n.nodeid))
+
+    def _node(self, sub: _Section, tv: dict[str, tuple[Any, int]]) -> NodeConfig | None:
+        """One `node {}`; None when it has an error (reported once: a bad value is not also "missing")."""
+        v = self.values(sub, _NODE)
+        present = {e.key: e.value for e in sub.entries}
+        name = _get(v, "name", None)
+        addrs = {i: v[f"ring{i}_addr"][0] for i in range(MAX_LINKS) if f"ring{i}_addr" in v}
+        nodeid: int | None = _get(v, "nodeid", None)
+        if 0 not in addrs and "ring0_addr" not in present:
+            who = f"node {nodeid}" if nodeid is not None else f"the node on line {sub.line}"
+            self.error(sub.line, "nodelist.node.ring0_addr", f"{who} has no ring0_addr")
+        elif 0 in addrs and nodeid is None and "nodeid" not in present:
+            nodeid = self._derive_nodeid(sub, addrs[0], tv)
+        if 0 not in addrs or nodeid is None:  # reported here, or as the bad value it has
+            self.broken_nodes.update(present[k] for k in ("name", "nodeid") if k in present)
+            return None
+        derived_from = None if "nodeid" in v else addrs[0]
+        votes = _get(v, "quorum_votes", 1)
+        return NodeConfig(NodeId(nodeid), NodeAddresses.of(addrs, name), name, votes, sub.line, derived_from)
+
+    def _derive_nodeid(self, sub: _Section, ring0: str, tv: dict[str, tuple[Any, int]]) -> int | None:
+        """corosync's generate_nodeid: the IPv4 address of ring0_addr as a number (udpu/udp only)."""
+        key = "nodelist.node.nodeid"
+        transport = _get(tv, "transport", "knet")
+        if transport == "knet":
+            self.error(sub.line, key, "missing: with transport knet every node needs a nodeid (corosync 3 "
+                       "refuses this file too); udpu and udp derive one from an IPv4 ring0_addr")
+            return None
+        literal = _ip_version(ring0)
+        if literal == 6:
+            self.error(sub.line, key, f"missing, and an IPv6 ring0_addr ({ring0}) gives no nodeid to derive "
+                       "(corosync: an IPv6 network requires that a node ID be specified)")
+            return None
+        address = ring0
+        if literal is None:
+            if self.host is None:
+                self.error(sub.line, key, f"missing, and ring0_addr {ring0} is a host name: only a file "
+                           "loaded on a host (cmanlkd, --check-config) resolves it to derive the nodeid")
+                return None
+            try:
+                address = self.host.resolve(ring0, (socket.AF_INET,))
+            except LookupError as exc:
+                self.error(sub.line, key, f"missing, and ring0_addr {ring0} has no IPv4 address to derive it "
+                           f"from ({exc}); give a nodeid or make the name resolve")
+                return None
+        nodeid = int(ipaddress.IPv4Address(address))
+        if _get(tv, "clear_node_high_bit", False):
+            nodeid &= 0x7FFF_FFFF
+        if nodeid == 0:
+            self.error(sub.line, key, f"missing, and the id derived from ring0_addr {ring0} is 0 (reserved)")
+            return None
+        return nodeid
+
+    def _resolve_hosts(
+        self, nodes: tuple[NodeConfig, ...], tv: dict[str, tuple[Any, int]]
+    ) -> tuple[NodeConfig, ...]:
+        """Resolve host names and check IPv6 scopes on `self.host` (nothing without one)."""
+        if self.host is None:
+            return nodes
+        families = ADDRESS_FAMILIES[_get(tv, "ip_version", "ipv6-4")]
+        native = _get(tv, "transport", "knet") == "knet"
+        return tuple(self._resolve_node(self.host, node, families, native) for node in nodes)
+
+    def _resolve_node(
+        self, host: HostLookup, node: NodeConfig, families: tuple[int, ...], native: bool
+    ) -> NodeConfig:
+        addrs: dict[int, str] = {}
+        names: list[tuple[int, str]] = []
+        for link, text in node.addresses.items():
+            key = f"nodelist.node.ring{link}_addr"
+            addrs[link] = text
+            scope = text.partition("%")[2]
+            if _ip_version(text) is None:
+                try:
+                    addrs[link] = host.resolve(text, families)
+                    names.append((link, text))
+                except LookupError as exc:
+                    why = f"node {node.nodeid}: host name {text} does not resolve ({exc})"
+                    self.error(node.line, key, why)
+            elif scope and not host.has_interface(scope):
+                what = f"{text}: %{scope} is not a network interface of this host"
+                if native:  # NativeTransport binds the link's device and sends with its index as scope
+                    self.warn(node.line, key, f"{what}; the native transport ignores the scope")
+                else:
+                    self.error(node.line, key, what)
+        return replace(node, addresses=NodeAddresses.of(addrs, node.name), hostnames=tuple(names))
 
     def _check_addresses(
         self,
@@ -1133,7 +1303,9 @@ class _Reader:
         text, line = b.node
         found = next((n for n in nodes if str(n.nodeid) == text or n.name == text), None)
         if found is None:
-            self.error(line, "cmanlk.fence.node", f"{text!r} is no nodelist node (give its nodeid or name)")
+            if text not in self.broken_nodes:
+                why = "is no nodelist node (give its nodeid or name)"
+                self.error(line, "cmanlk.fence.node", f"{text!r} {why}")
             return None
         return found.nodeid
 

@@ -1,6 +1,9 @@
 """cmanlkd: the cluster membership daemon (see docs/cmanlkd.8.md).
 
-    cmanlkd [-c FILE] [-f] [--check-config] [--debug] [--nodeid N]
+    cmanlkd [-c FILE] [-f] [--check-config] [--debug] [--nodeid N] [--wait-for-address S]
+
+The start checks (cmanlk.runtime.preflight) are one function that `--check-config` runs too, so
+the check says OK exactly for the files the start gets past, in the same words when it does not.
 
 Process behaviour:
 - SIGTERM/SIGINT: graceful leave (peers see a leave JOIN and reform at once), then exit 0. When
@@ -32,7 +35,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,7 @@ from cmanlk.runtime.libqb.glue import NodeLibqb
 from cmanlk.runtime.logsetup import setup_logging
 from cmanlk.runtime.node import CoreKind, Node
 from cmanlk.runtime.notify import Notifier
-from cmanlk.runtime.udpu import find_local_node
-from cmanlk.types import NodeId
+from cmanlk.runtime.preflight import Prepared, prepare
 
 log = logging.getLogger("cmanlk.daemon")
 
@@ -57,9 +58,8 @@ EXIT_INTERNAL = 4
 EXIT_KILLED = 5
 
 LOCAL_ADDRESS_WAIT_S = 30.0
-"""How long to wait at start for one of the nodelist addresses to appear on this host (boot
-order: the network may come up after us)."""
-LOCAL_ADDRESS_POLL_S = 0.5
+"""How long, by default, to wait at start for one of the nodelist addresses to appear on this host
+(boot order: the network may come up after us); `--wait-for-address` sets it."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,13 +88,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="this node's id (default: the node whose ring0_addr is a local address)",
     )
     p.add_argument(
+        "--wait-for-address",
+        type=float,
+        default=LOCAL_ADDRESS_WAIT_S,
+        metavar="SECONDS",
+        help=f"wait this long for a nodelist ring0_addr to become local (default {LOCAL_ADDRESS_WAIT_S:.0f}; "
+        "--check-config never waits)",
+    )
+    p.add_argument(
         "--core", choices=[k.value for k in CoreKind], default=CoreKind.STACK.value, help=argparse.SUPPRESS
     )
     return p.parse_args(argv)
 
 
-def check_config(path: str) -> int:
-    """--check-config: print every problem (errors and warnings); return the exit code."""
+def check_config(args: argparse.Namespace) -> int:
+    """--check-config: the daemon's start checks without starting; print every problem and return
+    the exit code (0 no error, 1 errors)."""
+    path = args.config
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -102,11 +112,20 @@ def check_config(path: str) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print(f"{path}: {len(exc.problems)} error(s)", file=sys.stderr)
         return EXIT_CONFIG
-    for problem in config.warnings:
+    found = prepare(config, nodeid=args.nodeid)
+    warnings = [*config.warnings, *found.warnings]
+    for problem in warnings:
         print(f"warning: {problem}", file=sys.stderr)
+    for note in found.notes:
+        print(f"note: {note}")
+    if found.errors:
+        for problem in found.errors:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{path}: {len(found.errors)} error(s): cmanlkd would not start", file=sys.stderr)
+        return EXIT_CONFIG
     print(
         f"{path}: OK ({len(config.nodes)} nodes, transport {config.transport.value}, "
-        f"token {config.totem.token_ms} ms, {len(config.warnings)} warning(s))"
+        f"token {config.totem.token_ms} ms, {len(warnings)} warning(s))"
     )
     return EXIT_OK
 
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `cmanlkd`; returns the process exit code."""
     args = parse_args(argv)
     if args.check_config:
-        return check_config(args.config)
+        return check_config(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -129,23 +148,48 @@ def main(argv: list[str] | None = None) -> int:
         _daemonize()
     if not args.no_realtime:
         sched.apply(config.cmanlk.sched_rr, config.cmanlk.priority)
+    prepared = _prepare(config, args)
+    if prepared.errors:
+        return prepared.exit_code
     try:
         lock = _lock_pidfile(Path(config.cmanlk.run_dir))
     except OSError as exc:
         log.error("%s", exc)
         return EXIT_RUNTIME
     try:
-        return asyncio.run(_serve(args, config))
+        return asyncio.run(_serve(args, prepared))
     finally:
         os.close(lock)
 
 
-async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
-    me = await _local_node(config, args.nodeid)
-    if me is None:
-        return EXIT_CONFIG
+def _prepare(config: ClusterConfig, args: argparse.Namespace) -> Prepared:
+    """The start checks of --check-config (cmanlk.runtime.preflight), logged; waits for an address."""
+    notifier = Notifier()
+    waiting: list[str] = []
+
+    def on_wait(what: str) -> None:
+        if not waiting:
+            log.warning("%s", what)
+            waiting.append(what)
+        notifier.notify(STATUS=what, WATCHDOG="1")
+
+    prepared = prepare(config, nodeid=args.nodeid, address_wait_s=max(0.0, args.wait_for_address),
+                       on_wait=on_wait)
+    notifier.close()
+    for note in prepared.notes:
+        log.info("%s", note)
+    for problem in prepared.warnings:
+        log.warning("%s", problem)
+    for problem in prepared.errors:
+        log.error("%s", problem)
+    return prepared
+
+
+async def _serve(args: argparse.Namespace, prepared: Prepared) -> int:
+    config, me = prepared.config, prepared.me
+    assert me is not None and prepared.transport is not None  # prepare() found no error
     try:
-        node = Node(config, me, core=CoreKind(args.core), notifier=Notifier())
+        node = Node(config, me, transport=prepared.transport, core=CoreKind(args.core), notifier=Notifier())
         libqb = NodeLibqb(node)
         node.companions = (*_companions(node, config), libqb.run)
         node.before_leave = libqb.before_leave
@@ -153,9 +197,6 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
         for problem in exc.problems:
             log.error("config: %s", problem)
         return EXIT_CONFIG
-    except OSError as exc:
-        log.error("cannot set up the transport: %s", exc)
-        return EXIT_RUNTIME
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_stop_signal, node, sig, libqb)
@@ -188,44 +229,27 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
     return EXIT_OK
 
 
-async def _local_node(config: ClusterConfig, wanted: int | None) -> NodeId | None:
-    if wanted is not None:
-        if config.node(NodeId(wanted)) is None:
-            log.error("--nodeid %d is not in the nodelist of %s", wanted, config.source)
-            return None
-        return NodeId(wanted)
-    deadline = time.monotonic() + LOCAL_ADDRESS_WAIT_S
-    first = True
-    while True:
-        me = find_local_node(config.node_addresses(), 0, config.ip_version)
-        if me is not None:
-            log.info("this is node %d (its ring0_addr is local)", me)
-            return me
-        if time.monotonic() >= deadline:
-            log.error("no nodelist ring0_addr is a unique local address of this host; use --nodeid")
-            return None
-        if first:
-            log.warning("no nodelist ring0_addr is local yet; waiting up to %.0f s", LOCAL_ADDRESS_WAIT_S)
-            first = False
-        await asyncio.sleep(LOCAL_ADDRESS_POLL_S)
-
-
 SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
 LINK_POLL_S = 1.0
 """How often link reachability is compared for D-Bus LinkStatusChanged signals."""
 
 
 class DbusBridge:
-    """The daemon's side of the D-Bus edge: `ClusterStatusSource` over a Node, and the notices.
+    """The daemon's side of the D-Bus edge: `ClusterStatusSource` over a Node (and its DLM
+    control, when `cmanlk { dlm }` runs one), and the notices.
 
-    Departures are reported as "nodedown" unless votequorum saw the node announce LEAVING
-    (allow_downscale); Totem does not tell the layers above whether a node left or failed.
+    Every departure is reported as "nodedown", as corosync's CPG reports NODEDOWN for a node that
+    left the membership: Totem delivers who is in the new ring, not whether one that is gone left
+    cleanly (its leave JOIN is a best-effort datagram that helps the others re-form sooner).
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, dlm: Any = None) -> None:
         self.node = node
+        self.dlm = dlm
+        """cmanlk.runtime.dlmd.DlmDaemon, or None when DLM control is off."""
         self.service: Any = None
         self._links: dict[tuple[int, int], bool] = {}
+        self._lockspaces: dict[str, str] = {}
         self._quorum: tuple[bool, int, int] | None = None
 
     def snapshot(self) -> Any:
@@ -263,8 +287,15 @@ class DbusBridge:
             links=tuple(
                 ds.LinkInfo(p.node, lk.index, p.reachable) for lk in node.transport.links() for p in lk.peers
             ),
+            lockspaces=tuple(ds.LockspaceInfo(n, state) for n, state in self.lockspace_states().items()),
             quorum_flags=tuple(flags),
         )
+
+    def lockspace_states(self) -> dict[str, str]:
+        """Return lockspace name → state from DLM control ({} when it is off)."""
+        if self.dlm is None:
+            return {}
+        return {str(ls["name"]): str(ls["state"]) for ls in self.dlm.status().get("lockspaces", [])}
 
     async def submit(self, request: Any) -> str:
         """Carry out a privileged request; raises UsageError when refused."""
@@ -280,6 +311,12 @@ class DbusBridge:
             votes = request.votes
             await self.node.request(lambda now, rid: stack.SetVotes(now, target, votes, rid))
             return f"votes of node {target} set to {votes}"
+        if isinstance(request, ds.FenceAck):
+            if self.dlm is None:
+                why = "DLM control is off here (cmanlk { dlm: no }): nothing waits for fencing"
+                raise UsageError("not_supported", why)
+            self.dlm.fence_ack(request.nodeid)  # raises UsageError for this node's own id
+            return f"fencing of node {request.nodeid} acknowledged"
         raise UsageError("not_supported", f"{type(request).__name__} is not handled by this daemon")
 
     def on_item(self, item: object) -> None:
@@ -305,18 +342,32 @@ class DbusBridge:
             self.service.publish(ds.QuorumNotice(q.quorate, q.quorum, q.total_votes))
 
     async def watch_links(self) -> None:
-        """Publish LinkNotice for each (peer, link) whose reachability changed; runs until cancelled."""
-        from cmanlk.runtime import dbus_status as ds
-
+        """Publish LinkNotice for each (peer, link) whose reachability changed and LockspaceNotice
+        for each lockspace whose state changed (a gone one: "removed"); runs until cancelled."""
         while True:
             await asyncio.sleep(LINK_POLL_S)
-            for lk in self.node.transport.links():
-                for p in lk.peers:
-                    key = (p.node, lk.index)
-                    if self._links.get(key) != p.reachable:
-                        self._links[key] = p.reachable
-                        if self.service is not None:
-                            self.service.publish(ds.LinkNotice(p.node, lk.index, p.reachable))
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """One round of watch_links: compare and publish what changed since the last round."""
+        from cmanlk.runtime import dbus_status as ds
+
+        notices: list[Any] = []
+        for lk in self.node.transport.links():
+            for p in lk.peers:
+                key = (p.node, lk.index)
+                if self._links.get(key) != p.reachable:
+                    self._links[key] = p.reachable
+                    notices.append(ds.LinkNotice(p.node, lk.index, p.reachable))
+        states = self.lockspace_states()
+        for name in sorted(set(states) | set(self._lockspaces)):
+            state = states.get(name, "removed")
+            if self._lockspaces.get(name, "removed") != state:
+                notices.append(ds.LockspaceNotice(name, state))
+        self._lockspaces = states
+        if self.service is not None:
+            for notice in notices:
+                self.service.publish(notice)
 
 
 def _dbus_wanted(config: ClusterConfig) -> bool:
@@ -345,11 +396,11 @@ def _companions(node: Node, config: ClusterConfig) -> tuple[Callable[[], Corouti
             await server.close()
 
     dlm = (dlmd.run,) if dlmd is not None else ()
-    return (ipc, *dlm, *_dbus_companions(node, config))
+    return (ipc, *dlm, *_dbus_companions(node, config, dlmd))
 
 
 def _dbus_companions(
-    node: Node, config: ClusterConfig
+    node: Node, config: ClusterConfig, dlmd: Any = None
 ) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
     """D-Bus when wanted (and dbus-fast is installed)."""
     if not _dbus_wanted(config):
@@ -359,7 +410,7 @@ def _dbus_companions(
     except ImportError as exc:
         log.warning("D-Bus disabled: %s", exc)
         return ()
-    bridge = DbusBridge(node)
+    bridge = DbusBridge(node, dlmd)
     service = DbusService(bridge)
     bridge.service = service
     node.add_listener(bridge.on_item)

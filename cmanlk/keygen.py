@@ -3,8 +3,10 @@
     cmanlk-keygen [-k PATH] [-l LENGTH] [--force]
 
 Writes LENGTH (default 256, 32..4096) bytes from the kernel's random generator (getrandom) to PATH
-(default /etc/cmanlk/authkey) with mode 0400. The file appears atomically and complete, or not at
-all; an existing file is kept unless --force is given. Copy the same file to every node.
+(default /etc/corosync/authkey: the daemon's default key file, and corosync's) with mode 0400. The
+file appears atomically and complete, or not at all; an existing file is kept unless --force is
+given (a corosync-keygen key already there serves cmanlk as it is). Copy the same file to every
+node.
 
 Exit status: 0 written, 1 not written (file exists, I/O error), 2 bad usage.
 """
@@ -17,9 +19,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cmanlk.config import DEFAULT_KEY_FILE
 from cmanlk.runtime.crypto import KEY_MAX_BYTES, KEY_MIN_BYTES
 
-DEFAULT_KEY_PATH = "/etc/cmanlk/authkey"
+DEFAULT_KEY_PATH = DEFAULT_KEY_FILE
 DEFAULT_KEY_BYTES = 256  # as corosync-keygen: far above the 32 bytes the derived AES-256 keys need
 KEY_FILE_MODE = 0o400
 

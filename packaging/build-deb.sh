@@ -6,7 +6,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$top/dist}
 mkdir -p "$out"
 if ! command -v dh >/dev/null 2>&1 || ! dpkg -s python3-pip >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
         debhelper dpkg-dev python3-pip python3-setuptools python3-wheel fakeroot >/dev/null
 fi
 work=$(mktemp -d /tmp/cmanlk-deb.XXXXXX)

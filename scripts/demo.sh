@@ -157,13 +157,15 @@ for n in $NODES; do start_node "$n"; done
 
 say "forming the ring"
 watch_for 5 || exit 0
-say "stopping node 3 with SIGTERM: a clean leave, peers reform at once"
+say "stopping node 3 with SIGTERM: a clean leave (a leave JOIN), peers reform at once"
 kill -TERM "${PIDS[3]}"; wait "${PIDS[3]}" || true; PIDS[3]=""
 watch_for 4 || exit 0
 say "starting node 3 again: it rejoins"
 start_node 3
 watch_for 5 || exit 0
 say "killing node 2 with SIGKILL: a failure, detected after token + consensus (~2.2 s)"
+echo "  until then nodes 1 and 3 cannot tell a dead node from a slow one: for about 2 s they still"
+echo "  show the last agreed membership [1, 2, 3], quorate, as corosync does; then they re-form"
 kill -KILL "${PIDS[2]}"; wait "${PIDS[2]}" 2>/dev/null || true; PIDS[2]=""
 watch_for 6 || exit 0
 say "starting node 2 again"

@@ -18,11 +18,30 @@ for pkg in libqb-dev libcpg-dev libquorum-dev libvotequorum-dev libcmap-dev libc
 done
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # Debian starts corosync on install; our tests run their own copies inside namespaces.
-    systemctl disable --now corosync >/dev/null 2>&1 || true
-    pkill -x corosync >/dev/null 2>&1 || true
+    # Nothing this script installs may start: Debian's maintainer scripts ask policy-rc.d(8)
+    # (through invoke-rc.d and deb-systemd-invoke) and exit 101 means "not now". The tests run their
+    # own corosync copies inside namespaces; a corosync (or anything else) already running on this
+    # machine is never stopped. An existing policy-rc.d is left alone: it decides already.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=no
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# cmanlk scripts/setup.sh: no service starts during its apt-get install\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        made_policy=yes
+        trap 'rm -f "$policy"' EXIT
+    fi
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # corosync was installed just now (it is in need_apt only when it was missing) and never ran:
+    # keep it from starting at the next boot, with Debian's single-node loopback file, too.
+    # `disable` without --now stops nothing.
+    case " ${need_apt[*]} " in
+        *" corosync "*) systemctl disable corosync.service >/dev/null 2>&1 || true ;;
+    esac
+    if [ "$made_policy" = yes ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

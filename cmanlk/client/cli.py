@@ -9,8 +9,9 @@ The cmap key tree and the cluster-wide reload go over libqb, as corosync's tools
 (cmanlk.client.cmapcli): cmap get|list|set|delete|track, reload.
 
 Exit codes: 0 success; 1 error (daemon unreachable, request refused — the message names the
-daemon's error code); 2 usage; `quorum` (and `status`) exit 3 when this node is not quorate, as
-corosync-quorumtool -s does with its own code, so scripts can test quorum with one call.
+daemon's error code); 2 when this node is not quorate (`quorum`, `status`), the code
+corosync-quorumtool -s exits with, so scripts written for it test quorum the same way; 64 usage
+(EX_USAGE of sysexits.h: 2 is taken by "not quorate").
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from cmanlk.client import proto as ipcproto
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_QUORATE = 3
+EXIT_NOT_QUORATE = 2
+"""corosync-quorumtool's EXIT_NOT_QUORATE (tools/corosync-quorumtool.c)."""
+EXIT_USAGE = 64
 
 JSON_SCHEMA_VERSION = 1
 """Bumped only on an incompatible change of docs/cli-json.md (fields are only ever added)."""
@@ -49,8 +51,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except SystemExit as exc:  # argparse: --help exits 0, a usage error 2 (ours is EXIT_USAGE)
+        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     if args.command is None:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
@@ -70,10 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/cli-json.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, run, text in (
-        ("status", _cmd_status, "quorum and membership summary (exit 3 when not quorate)"),
+        ("status", _cmd_status, "quorum and membership summary (exit 2 when not quorate)"),
         ("nodes", _cmd_nodes, "nodes, their votes and state"),
-        ("quorum", _cmd_quorum, "votequorum state; exit 0 quorate, 3 not quorate"),
-        ("links", _cmd_links, "link state towards each node"),
+        ("quorum", _cmd_quorum, "votequorum state; exit 0 quorate, 2 not (corosync-quorumtool -s)"),
+        ("links", _cmd_links, "each link: address, peers, counters (corosync-cfgtool -s)"),
         ("groups", _cmd_groups, "closed process groups and their members"),
         ("dlm", _cmd_dlm, "DLM lockspaces"),
         ("version", _cmd_version, "versions of this tool and of the daemon"),
@@ -198,16 +200,40 @@ def _cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_links(args: argparse.Namespace, out: TextIO) -> int:
     with _connect(args) as c:
-        links = c.links()
+        result = c.call("links")
     rows = [
-        {"nodeid": int(lk.get("nodeid", 0)), "link": int(lk.get("link", 0)), "up": bool(lk.get("up", False))}
-        for lk in links
+        {"nodeid": int(lk.get("nodeid", 0)), "link": int(lk.get("link", 0)), "up": bool(lk.get("up", False)),
+         "address": str(lk.get("address", ""))}
+        for lk in result.get("links", [])
+        if isinstance(lk, dict)
     ]
+    local = [lk for lk in result.get("local", []) if isinstance(lk, dict)]
     if args.json:
-        _emit_json(out, "links", {"links": rows})
+        _emit_json(out, "links", {"links": rows, "local": local, "node_id": result.get("node_id")})
         return EXIT_OK
-    _table(out, _LINK_COLUMNS, [(r["nodeid"], r["link"], "up" if r["up"] else "DOWN") for r in rows])
+    _write_links_text(out, result.get("node_id"), local)
     return EXIT_OK
+
+
+def _write_links_text(out: TextIO, me: object, local: list[dict[str, Any]]) -> None:
+    """corosync-cfgtool -s's layout, with each peer's address and the link's counters."""
+    out.write(f"Local node ID {me}\n")
+    for lk in local:
+        device = f" ({lk['interface']})" if lk.get("interface") else ""
+        out.write(f"LINK ID {lk.get('index', 0)}\n")
+        out.write(f"\taddr\t= {lk.get('local_address') or '-'}{device}\n")
+        state = "up" if lk.get("up") else f"DOWN ({lk.get('reason') or 'not bound'})"
+        out.write(f"\tstate\t= {state}\n\tstatus:\n")
+        out.write(f"\t\tnodeid: {me!s:>10}:\tlocalhost\n")
+        for peer in lk.get("peers", []):
+            if not isinstance(peer, dict):
+                continue
+            how = "connected" if peer.get("reachable") else "disconnected"
+            why = f": {peer['reason']}" if peer.get("reason") and not peer.get("reachable") else ""
+            out.write(f"\t\tnodeid: {peer.get('node')!s:>10}:\t{how} ({peer.get('address', '?')}{why})\n")
+        counters = lk.get("counters") if isinstance(lk.get("counters"), dict) else {}
+        if counters:
+            out.write("\tcounters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())) + "\n")
 
 
 def _cmd_groups(args: argparse.Namespace, out: TextIO) -> int:
@@ -423,7 +449,6 @@ _NODE_COLUMNS: tuple[Column, ...] = (
     ("Name", "", ""),
 )
 _MEMBER_COLUMNS: tuple[Column, ...] = (("Nodeid", ">10", " "), ("Votes", ">10", " "), ("Name", "", ""))
-_LINK_COLUMNS: tuple[Column, ...] = (("Nodeid", ">10", " "), ("Link", ">5", "  "), ("State", "", ""))
 _GROUP_COLUMNS: tuple[Column, ...] = (
     ("Group", "<32", " "),
     ("Members", ">7", "  "),

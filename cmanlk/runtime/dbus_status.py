@@ -118,7 +118,8 @@ class ClusterStatusSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Departure:
-    """A node that left the ring and why: "leave" (clean shutdown) or "nodedown" (failed/cut off)."""
+    """A node that left the ring and why: "nodedown" (docs/dbus.md: Totem does not tell a clean
+    shutdown from a failure to the layers above, as corosync's CPG does not)."""
 
     nodeid: NodeId
     reason: str

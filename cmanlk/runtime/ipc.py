@@ -134,6 +134,7 @@ class IpcBackend(Protocol):
         nodes: [{nodeid: int, name: str, addresses: [str], votes: int, state: str}],
         quorum: {quorate: bool, quorum: int, total_votes: int, expected_votes: int, ...},
         links: [{nodeid: int, link: int, up: bool, ...}],
+        link_status: [{index, interface, local_address, up, reason, peers: [...], counters: {...}}],
         stats: {...},
         cpg_groups: [{name: str, members: [[nodeid, pid], ...]}]
     """
@@ -795,7 +796,10 @@ async def _op_nodes(call: _Call) -> dict[str, Any]:
 
 
 async def _op_links(call: _Call) -> dict[str, Any]:
-    return _plain_dict({"links": _dicts(call.server.backend.status().get("links"))})
+    status = call.server.backend.status()
+    # `links`: one row per (peer, link); `local`: per local link its address, state and counters
+    return _plain_dict({"links": _dicts(status.get("links")), "local": _dicts(status.get("link_status")),
+                        "node_id": status.get("node_id")})
 
 
 async def _op_stats(call: _Call) -> dict[str, Any]:
@@ -908,6 +912,7 @@ class MemoryBackend:
         self.names: dict[int, str] = {node_id: f"node{node_id}"}
         self.quorum: dict[str, Any] = {"quorate": True, "quorum": 1, "total_votes": 1, "expected_votes": 1}
         self.links: list[dict[str, Any]] = []
+        self.link_status: list[dict[str, Any]] = []
         self.cluster_name = cluster_name
         self.submitted: list[object] = []
         self.admin_log: list[AdminCommand] = []
@@ -933,6 +938,7 @@ class MemoryBackend:
             ],
             "quorum": dict(self.quorum),
             "links": list(self.links),
+            "link_status": list(self.link_status),
             "stats": {"submitted": len(self.submitted)},
             "cpg_groups": [
                 {"name": ipcproto.group_text(g.name), "members": [list(m) for m in g.members]}

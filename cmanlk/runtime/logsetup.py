@@ -15,6 +15,7 @@ import os
 import sys
 
 from cmanlk.config import LoggingConfig
+from cmanlk.runtime.statedir import creation_problem
 
 _SYSLOG_PRIO = {
     logging.DEBUG: 7,
@@ -52,6 +53,15 @@ def under_journal() -> bool:
     except (ValueError, OSError):
         return False
     return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def logfile_problem(config: LoggingConfig) -> str | None:
+    """Why the log file `config` asks for cannot be opened (the words setup_logging prints), or
+    None; creates nothing (the start check, cmanlk.runtime.preflight)."""
+    if not (config.to_logfile and config.logfile):
+        return None
+    why = creation_problem(config.logfile)
+    return None if why is None else f"cannot open log file {config.logfile}: {why}"
 
 
 def setup_logging(config: LoggingConfig | None, *, debug: bool = False, foreground: bool = True) -> None:
@@ -94,7 +104,7 @@ def setup_logging(config: LoggingConfig | None, *, debug: bool = False, foregrou
             os.makedirs(os.path.dirname(cfg.logfile), exist_ok=True)
             logfile = logging.handlers.WatchedFileHandler(cfg.logfile)  # survives logrotate
         except OSError as exc:
-            print(f"cmanlkd: cannot open log file {cfg.logfile}: {exc}", file=sys.stderr)
+            print(f"cmanlkd: cannot open log file {cfg.logfile}: {exc.strerror or exc}", file=sys.stderr)
         else:
             logfile.setLevel(_LEVELS.get(cfg.logfile_priority, logging.INFO) if not debug else logging.DEBUG)
             logfile.setFormatter(

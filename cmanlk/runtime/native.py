@@ -25,7 +25,7 @@ when it (or the interface, renamed back or re-created) returns, the link is boun
 never bound to a loopback device or address: that is refused and logged.
 
 Rebinding is also triggered by kernel uevents (kernel_glue.udev) and by touching the trigger file
-(default /run/cmanlk/rebind, what udev/60-cmanlk-net.rules and `cmanlk-tool rebind` do).
+(default /run/cmanlk/rebind: an administrator's `touch`, docs/links.md).
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ class NativeTransport:
         self._wake.set()
 
     def rebind(self) -> None:
-        """Re-check every link against the interfaces now (for `cmanlk-tool rebind` / udev rule)."""
+        """Re-check every link against the interfaces now, re-binding each (the trigger file)."""
         for link in self._spec:
             self._reconcile(link, force=True)
 

@@ -9,6 +9,7 @@ or the new value, never a torn one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -86,3 +87,23 @@ def ensure_dir(path: str | Path, mode: int = 0o755) -> Path:
     p = Path(path)
     p.mkdir(mode=mode, parents=True, exist_ok=True)
     return p
+
+
+def creation_problem(path: str | Path) -> str | None:
+    """Why `path` (a file or directory) cannot be created or written, as strerror text, or None.
+
+    Looks at `path` if it exists, else at the nearest existing parent (which must be a writable
+    directory). Creates nothing: this is the start check's probe (cmanlk.runtime.preflight).
+    """
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe != Path(path) and not probe.is_dir():
+        return f"{os.strerror(errno.ENOTDIR)}: {probe}"
+    if os.access(probe, os.W_OK | (os.X_OK if probe.is_dir() else 0)):
+        return None
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cmanlk.config import LinkConfig, NodeAddresses
+from cmanlk.config import ADDRESS_FAMILIES, LinkConfig, NodeAddresses
 from cmanlk.runtime.transport import Deliver, LinkStatus, PeerReachability
 from cmanlk.types import NodeId
 
@@ -76,12 +76,7 @@ def resolve(text: str, port: int, ip_version: str = "ipv6-4") -> Endpoint:
         flags = int(socket.AI_NUMERICHOST)
     except ValueError:
         flags = 0
-    order = {
-        "ipv4": [socket.AF_INET],
-        "ipv6": [socket.AF_INET6],
-        "ipv4-6": [socket.AF_INET, socket.AF_INET6],
-        "ipv6-4": [socket.AF_INET6, socket.AF_INET],
-    }.get(ip_version, [socket.AF_INET6, socket.AF_INET])
+    order = ADDRESS_FAMILIES.get(ip_version, ADDRESS_FAMILIES["ipv6-4"])
     last: OSError | None = None
     for family in order:
         try:
@@ -117,6 +112,14 @@ def find_local_node(
     When several match (all nodes on one host, e.g. 127.0.0.x), None is returned: the caller
     must be told which (cmanlkd --nodeid). Unresolvable addresses are skipped.
     """
+    found = local_candidates(nodes, link, ip_version)
+    return found[0] if len(found) == 1 else None
+
+
+def local_candidates(
+    nodes: Mapping[NodeId, Mapping[int, str]], link: int = 0, ip_version: str = "ipv6-4"
+) -> list[NodeId]:
+    """Return, in id order, every node whose address on `link` can be bound on this host."""
     found: list[NodeId] = []
     for node, addrs in sorted(nodes.items()):
         text = addrs.get(link)
@@ -128,7 +131,7 @@ def find_local_node(
             continue
         if is_local_address(endpoint):
             found.append(node)
-    return found[0] if len(found) == 1 else None
+    return found
 
 
 class UdpuTransport:

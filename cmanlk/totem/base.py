@@ -44,6 +44,7 @@ class GatherReason(enum.Enum):
     FOREIGN_MESSAGE_IN_GATHER = "message from a new node in GATHER"
     JOIN_DURING_OPERATIONAL = "join in OPERATIONAL"
     JOIN_CHANGED_SETS = "join changed our proc/failed sets"
+    LEAVE_ANNOUNCED = "a node announced its leave"
     JOIN_DURING_COMMIT = "join from a new-ring member in COMMIT"
     JOIN_DURING_RECOVERY = "join from a new-ring member in RECOVERY"
     FAILED_TO_RECEIVE = "failed to receive (fail_recv_const)"

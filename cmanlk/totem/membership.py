@@ -184,7 +184,8 @@ class Membership(TotemBase):
         else:
             self.failed |= failed
         self.failed.discard(self.me)
-        self._enter_gather(now, GatherReason.JOIN_CHANGED_SETS)
+        leaving = join.system_from in failed  # a leave JOIN names its sender as failed
+        self._enter_gather(now, GatherReason.LEAVE_ANNOUNCED if leaving else GatherReason.JOIN_CHANGED_SETS)
         return True
 
     def _on_merge_detect(self, now: Instant, md: wire.MergeDetect) -> None:

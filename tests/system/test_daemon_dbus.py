@@ -34,6 +34,10 @@ def test_daemon_publishes_membership_and_quorum_on_dbus(cluster_factory: Callabl
         assert get_property(bus, "ClusterName") == 's "systest"'
         members = get_property(bus, "Members")
         assert members.startswith("a(us) 2 1") and "n2" in members, members
+        assert get_property(bus, "Lockspaces") == "a(ss) 0"  # DLM control is off in these daemons
+        # FenceAck is answered, not_supported only because nothing waits for fencing here
+        ack = sh("busctl", f"--address={bus.address}", "call", *DEST, "FenceAck", "u", "2", check=False)
+        assert ack.returncode != 0 and "DLM control is off here" in ack.stderr, ack.stdout + ack.stderr
         c.stop(2)
         c.wait_until(
             lambda: get_property(bus, "Members").startswith("a(us) 1 1"), 10.0, "node 2 gone on D-Bus"

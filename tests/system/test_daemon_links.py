@@ -298,7 +298,7 @@ def test_link0_renamed_deleted_readdressed_is_rebound_and_the_ring_stays_whole(
     cycle("remove eth0's address", [("ip", "addr", "del", f"{ipv4(1)}/24", "dev", "eth0")],
           lambda: c.lab.run(1, "ip", "addr", "add", f"{ipv4(1)}/24", "dev", "eth0"))
 
-    # What udev/60-cmanlk-net.rules and `cmanlk-tool rebind` do: touch <run_dir>/rebind. Every link
+    # What an administrator does by hand (docs/links.md): touch <run_dir>/rebind. Every link
     # is re-bound in place; the ring does not notice.
     t_touch = time.time()
     (c.run_dir(1) / "rebind").touch()

@@ -35,15 +35,15 @@ def test_status_human_output_and_exit_code(harness: Harness):
     assert "         1          1 node1 (local)\n" in text and "         2          1 node2\n" in text
 
 
-def test_quorum_exit_code_is_3_when_not_quorate(harness: Harness):
+def test_quorum_exit_code_is_2_when_not_quorate_as_corosync_quorumtool(harness: Harness):
     assert run(harness, "quorum")[0] == 0
     harness.backend.quorum.update(quorate=False, quorum=2, total_votes=1, expected_votes=3, wait_for_all=True)
     code, text = run(harness, "quorum")
-    assert code == 3
+    assert code == 2  # corosync-quorumtool -s: EXIT_NOT_QUORATE
     assert "Quorate:          No\n" in text and "Quorum:           2 Activity blocked\n" in text
     assert "Flags:            WaitForAll\n" in text
     code, text = run(harness, "--json", "quorum")
-    assert code == 3
+    assert code == 2
     body = json.loads(text)
     assert body == {
         "schema": 1,
@@ -58,7 +58,7 @@ def test_quorum_exit_code_is_3_when_not_quorate(harness: Harness):
         "node_id": 1,
         "ring_id": "1.4",
     }
-    assert run(harness, "status", "--json")[0] == 3
+    assert run(harness, "status", "--json")[0] == 2
 
 
 def test_json_schemas_of_read_commands(harness: Harness):
@@ -80,8 +80,10 @@ def test_json_schemas_of_read_commands(harness: Harness):
     keys = {"schema", "command", "node_id", "cluster_name", "ring_id", "state", "members", "quorum", "nodes"}
     assert set(status) == keys
     assert status["members"] == [1, 2] and status["quorum"]["quorate"] is True
-    harness.backend.links.append({"nodeid": 2, "link": 0, "up": True, "counters": {}})
-    assert json.loads(run(harness, "links", "--json")[1])["links"] == [{"nodeid": 2, "link": 0, "up": True}]
+    harness.backend.links.append({"nodeid": 2, "link": 0, "up": True, "address": "192.0.2.2"})
+    links = json.loads(run(harness, "links", "--json")[1])
+    assert links["links"] == [{"nodeid": 2, "link": 0, "up": True, "address": "192.0.2.2"}]
+    assert links["local"] == [] and links["node_id"] == 1
     assert json.loads(run(harness, "groups", "--json")[1])["groups"] == []
     version = json.loads(run(harness, "version", "--json")[1])
     assert version["daemon_version"] == "memory" and version["daemon_protocol"] == 2
@@ -115,10 +117,35 @@ def test_changes_and_errors(harness: Harness, capsys: pytest.CaptureFixture[str]
     assert code == 0 and text.splitlines()[1].split()[:2] == ["gfs2fs", "running"]
 
 
+def test_links_shows_addresses_and_counters_as_corosync_cfgtool_s(harness: Harness):
+    harness.backend.link_status.append({
+        "index": 0, "interface": "eth0", "local_address": "192.0.2.1", "up": True, "reason": "",
+        "peers": [{"node": 2, "address": "192.0.2.2", "reachable": True, "reason": ""},
+                  {"node": 3, "address": "192.0.2.3", "reachable": False, "reason": "never heard from"}],
+        "counters": {"sent": 12, "received": 10, "dropped_unlisted_source": 1},
+    })
+    code, text = run(harness, "links")
+    assert code == 0
+    assert text.splitlines() == [
+        "Local node ID 1",
+        "LINK ID 0",
+        "\taddr\t= 192.0.2.1 (eth0)",
+        "\tstate\t= up",
+        "\tstatus:",
+        "\t\tnodeid:          1:\tlocalhost",
+        "\t\tnodeid:          2:\tconnected (192.0.2.2)",
+        "\t\tnodeid:          3:\tdisconnected (192.0.2.3: never heard from)",
+        "\tcounters: dropped_unlisted_source 1, received 10, sent 12",
+    ]
+    assert json.loads(run(harness, "--json", "links")[1])["local"][0]["counters"]["sent"] == 12
+
+
 def test_usage_and_unreachable_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    assert cli.main(["expected"]) == 2
-    assert cli.main(["no-such-command"]) == 2
-    assert cli.main([]) == 2
+    # 2 is "not quorate" (corosync-quorumtool); a usage error is EX_USAGE
+    assert cli.main(["expected"]) == 64
+    assert cli.main(["no-such-command"]) == 64
+    assert cli.main([]) == 64
+    assert cli.main(["--help"]) == 0
     code = cli.main(["-s", str(tmp_path / "none.sock"), "status"], out=io.StringIO())
     assert code == 1 and "is cmanlkd running?" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,38 @@ def nodelist(*addrs: str, transport: str = "udpu") -> str:
         f"  node {{\n    ring0_addr: {a}\n    nodeid: {i}\n  }}\n" for i, a in enumerate(addrs, 1)
     )
     return f"totem {{\n  version: 2\n  transport: {transport}\n}}\nnodelist {{\n{nodes}}}\n"
+
+
+class FakeHost:
+    """A HostLookup with a fixed name table (name → {family: address}) and interface names."""
+
+    def __init__(
+        self, names: dict[str, dict[int, str]] | None = None, interfaces: set[str] | None = None
+    ) -> None:
+        self.names = names or {}
+        self.interfaces = interfaces or set()
+
+    def resolve(self, name: str, families: tuple[int, ...]) -> str:
+        known = self.names.get(name, {})
+        for family in families:
+            if family in known:
+                return known[family]
+        raise LookupError("Name or service not known")
+
+    def has_interface(self, scope: str) -> bool:
+        return scope in self.interfaces
+
+
+def errors_of(text: str, host: FakeHost | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.conf", host)
+    return [str(p) for p in info.value.problems]
+
+
+def bare_nodes(*addrs: str, transport: str = "udpu", totem: str = "") -> str:
+    """A nodelist without nodeid keys."""
+    nodes = "".join(f"  node {{\n    ring0_addr: {a}\n  }}\n" for a in addrs)
+    return f"totem {{\n  version: 2\n  transport: {transport}\n{totem}}}\nnodelist {{\n{nodes}}}\n"
 
 
 # --- real files ------------------------------------------------------------------------------
@@ -391,7 +424,7 @@ def test_syntax_errors_name_their_line(text: str, line: int, key: str, words: st
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("token", "0", "out of range"),
+        ("token", "3600001", "out of range"),
         ("token", "-5", "out of range"),
         ("window_size", "many", "integer"),
         ("transport", "tcp", "expected one of"),
@@ -527,7 +560,7 @@ def test_unreadable_and_oversized_files(tmp_path: Path) -> None:
 def test_load_config_from_file(tmp_path: Path) -> None:
     path = tmp_path / "corosync.conf"
     path.write_text(THREE_NODE_UDPU)
-    config = load_config(path)
+    config = load_config(path, FakeHost(interfaces={"eth1"}))
     assert isinstance(config, ClusterConfig) and config.source == str(path)
 
 
@@ -551,12 +584,37 @@ def test_check_config_exits_nonzero_and_prints_every_error(tmp_path: Path) -> No
     assert f"{path}:3: totem.token" in result.stderr and f"{path}:4: totem.join" in result.stderr
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_check_config_accepts_a_good_file_and_prints_warnings(tmp_path: Path) -> None:
+    # a file cmanlkd could start with here: one node on 127.0.0.1 (udpu may use loopback)
     path = tmp_path / "good.conf"
-    path.write_text(nodelist("10.0.0.1") + "quorum {\n  colour: blue\n}\n")
+    port_line = f"    mcastport: {free_udp_port()}\n"
+    path.write_text(
+        nodelist("127.0.0.1").replace("  version: 2\n", f"  version: 2\n  interface {{\n{port_line}  }}\n")
+        + "quorum {\n  colour: blue\n}\n"
+        + f"cmanlk {{\n  run_dir: {tmp_path}/run\n  state_dir: {tmp_path}/state\n}}\n"
+    )
     result = run_check(path)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout and "quorum.colour" in result.stderr
+    assert "note: this is node 1" in result.stdout
+    assert not (tmp_path / "run").exists() and not (tmp_path / "state").exists()  # the check creates nothing
+
+
+def test_check_config_runs_the_start_checks_of_the_host(tmp_path: Path) -> None:
+    # 203.0.113.0/24 (TEST-NET-3) is no address of this host: the daemon could not start
+    path = tmp_path / "elsewhere.conf"
+    path.write_text(nodelist("203.0.113.1", "203.0.113.2"))
+    result = run_check(path)
+    assert result.returncode == 1
+    expected = "no ring0_addr of the nodelist (1=203.0.113.1, 2=203.0.113.2) is an address of this host"
+    assert expected in result.stderr
+    assert "cmanlkd would not start" in result.stderr
 
 
 def test_native_transport_encrypts_unless_the_file_turns_crypto_off() -> None:
@@ -577,3 +635,100 @@ def test_system_sched_rr_and_priority_are_honoured_and_validated() -> None:
     with pytest.raises(ConfigError) as bad:
         parse_config(DEBIAN_CONF + "system {\n\tpriority: 25\n}\n", "corosync.conf")
     assert any("system.priority" in str(p) and "-20..19" in str(p) for p in bad.value.problems)
+
+
+# --- what corosync accepts: zero timers, cluster_uuid, derived nodeids ------------------------
+
+
+def test_zero_means_the_derived_default_as_in_corosync() -> None:
+    # pcs writes `consensus: 0`; corosync reads 0 as "derive it" (1.2 x token)
+    text = nodelist("10.0.0.1", "10.0.0.2").replace(
+        "  version: 2\n", "  version: 2\n  token: 2000\n  consensus: 0\n  join: 0\n  token_retransmit: 0\n"
+    )
+    config = parse_config(text, "t.conf")
+    assert config.totem.consensus_ms == 2400 and config.totem.join_ms == 50
+    assert config.totem.token_retransmit_ms == int(2000 / 4.2)
+    assert config.warnings == ()
+    # keys where corosync keeps a 0 keep it here too
+    assert parse_config(text.replace("join: 0", "send_join: 0"), "t.conf").totem.send_join_ms == 0
+
+
+def test_cluster_uuid_from_pcs_is_a_known_key() -> None:
+    uuid = "  cluster_uuid: e592f61f916943978bdf7c\n"
+    text = nodelist("10.0.0.1").replace("  version: 2\n", "  version: 2\n" + uuid)
+    config = parse_config(text, "t.conf")
+    assert config.cluster_uuid == "e592f61f916943978bdf7c" and config.warnings == ()
+
+
+def test_udpu_nodes_without_nodeid_get_their_ipv4_address_as_id_as_in_corosync() -> None:
+    config = parse_config(bare_nodes("192.168.1.1", "192.168.1.2", "192.168.1.3"), "t.conf")
+    # corosync's generate_nodeid: the address in network order read as a number
+    assert [n.nodeid for n in config.nodes] == [0xC0A80101, 0xC0A80102, 0xC0A80103]
+    assert config.nodes[0].nodeid_derived_from == "192.168.1.1"
+    assert config.quorum.node_votes == ((0xC0A80101, 1), (0xC0A80102, 1), (0xC0A80103, 1))
+    high = parse_config(bare_nodes("192.168.1.1", totem="  clear_node_high_bit: yes\n"), "t.conf")
+    assert high.nodes[0].nodeid == 0x40A80101 and high.warnings == ()
+
+
+def test_a_host_name_is_resolved_to_ipv4_to_derive_the_nodeid() -> None:
+    host = FakeHost({"rh7-1": {socket.AF_INET: "10.1.0.1", socket.AF_INET6: "fd00::1"},
+                     "rh7-2": {socket.AF_INET: "10.1.0.2", socket.AF_INET6: "fd00::2"}})
+    config = parse_config(bare_nodes("rh7-1", "rh7-2", totem="  ip_version: ipv6-4\n"), "t.conf", host)
+    assert [n.nodeid for n in config.nodes] == [0x0A010001, 0x0A010002]
+    # the address follows ip_version (IPv6 first), the id always comes from IPv4, as in corosync
+    assert config.nodes[0].addresses[0] == "fd00::1" and config.nodes[0].hostnames == ((0, "rh7-1"),)
+    assert "host name" in errors_of(bare_nodes("rh7-1"))[0]  # parse_config without a host cannot
+
+
+def test_a_nodelist_without_nodeid_is_refused_where_corosync_refuses_it() -> None:
+    (knet,) = errors_of(bare_nodes("192.168.1.1", transport="knet"))
+    assert "t.conf:6: nodelist.node.nodeid: missing: with transport knet every node needs a nodeid" in knet
+    (ipv6,) = errors_of(bare_nodes("fd00::1"))
+    assert "IPv6 ring0_addr (fd00::1) gives no nodeid" in ipv6
+    (unknown,) = errors_of(bare_nodes("rh7-1"), FakeHost())
+    assert "rh7-1 has no IPv4 address to derive it from (Name or service not known)" in unknown
+    (twice,) = errors_of(bare_nodes("10.0.0.1") + "nodelist {\n  node {\n    ring0_addr: 10.0.0.2\n"
+                         "    nodeid: 167772161\n  }\n}\n")
+    assert "node id 167772161 already used on line 6 (there derived from ring0_addr 10.0.0.1)" in twice
+
+
+def test_a_bad_value_is_reported_once_not_also_as_missing() -> None:
+    # issue 14 item 5: the first line printed must be the real error, not a consequence of it
+    text = nodelist("10.0.0.1", "10.0.0.2").replace("nodeid: 1", "nodeid: 0")
+    assert errors_of(text) == ["t.conf:8: nodelist.node.nodeid: 0 is out of range 1..4294967295"]
+    text = nodelist("10.0.0.1", "999.1.1.1")
+    assert errors_of(text) == [
+        "t.conf:11: nodelist.node.ring0_addr: expected an IP address or host name, got '999.1.1.1'"
+    ]
+    # a fence block naming that node is not reported again either
+    fenced = text + "cmanlk {\n  fence {\n    node: 2\n    agent: /bin/true\n  }\n}\n"
+    assert len(errors_of(fenced)) == 1
+    # a node with no ring0_addr at all is still reported
+    assert errors_of(nodelist("10.0.0.1").replace("ring0_addr: 10.0.0.1", "name: a")) == [
+        "t.conf:6: nodelist.node.ring0_addr: node 1 has no ring0_addr"
+    ]
+
+
+def test_host_names_resolve_at_load_and_unresolvable_ones_are_errors() -> None:
+    host = FakeHost({"pcmk-1": {socket.AF_INET: "10.2.0.1"}})
+    config = parse_config(nodelist("pcmk-1"), "t.conf", host)
+    assert config.nodes[0].addresses[0] == "10.2.0.1"
+    assert errors_of(nodelist("pcmk-1", "pcmk-2"), host) == [
+        "t.conf:10: nodelist.node.ring0_addr: node 2: host name pcmk-2 does not resolve "
+        "(Name or service not known)"
+    ]
+    # two names for one address are one address used twice
+    twice = FakeHost({"a": {socket.AF_INET: "10.2.0.1"}, "b": {socket.AF_INET: "10.2.0.1"}})
+    assert "10.2.0.1 is also the address of node 1" in errors_of(nodelist("a", "b"), twice)[0]
+
+
+def test_an_ipv6_scope_must_name_an_interface_of_this_host() -> None:
+    # issue 14 item 5: fe80::1%nosuchif was accepted without a word
+    host = FakeHost(interfaces={"eth0"})
+    assert errors_of(nodelist("fe80::1%nosuchif", "fe80::2%eth0"), host) == [
+        "t.conf:6: nodelist.node.ring0_addr: fe80::1%nosuchif: %nosuchif is not a network interface "
+        "of this host"
+    ]
+    native = parse_config(nodelist("fe80::1%nosuchif", "fe80::2%eth0", transport="knet"), "t.conf", host)
+    assert ["%nosuchif is not a network interface of this host; the native transport ignores the scope"
+            in str(w) for w in native.warnings] == [True]

@@ -51,6 +51,8 @@ def _no_dlm(mountpoint: str = "") -> str:
 
 def test_dlm_yes_without_a_usable_kernel_dlm_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # a DLM the start check finds (a module file, say) that then cannot be set up
+    monkeypatch.setattr("cmanlk.runtime.dlmd.dlm_available", lambda: True)
     monkeypatch.setattr("kernel_glue.kmod.ensure_dlm_kernel", _no_dlm)
     try:
         code = daemon.main(["-f", "-c", str(_conf(tmp_path, "yes")), "--nodeid", "1"])
@@ -60,3 +62,19 @@ def test_dlm_yes_without_a_usable_kernel_dlm_exits_3(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err
     assert "stopped: the kernel DLM cannot be set up (cmanlk { dlm: yes })" in err
     assert "module not found" in err
+
+
+def test_dlm_yes_on_a_kernel_without_dlm_is_refused_by_the_start_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("cmanlk.runtime.dlmd.dlm_available", lambda: False)
+    conf = str(_conf(tmp_path, "yes"))
+    assert daemon.main(["--check-config", "-c", conf, "--nodeid", "1"]) == daemon.EXIT_CONFIG
+    said = capsys.readouterr().err
+    try:
+        code = daemon.main(["-f", "-c", conf, "--nodeid", "1"])
+    finally:
+        logging.getLogger().handlers.clear()
+    assert code == daemon.EXIT_RUNTIME
+    words = "dlm: yes, but this kernel has no DLM (no dlm module, no /sys/kernel/config/dlm)"
+    assert words in said and words in capsys.readouterr().err  # the check's words are the daemon's

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from cmanlk.keygen import DEFAULT_KEY_BYTES, main, write_key_file
+from cmanlk.config import CmanlkSettings, parse_config
+from cmanlk.keygen import DEFAULT_KEY_BYTES, DEFAULT_KEY_PATH, main, write_key_file
 from cmanlk.runtime.crypto import load_key_file
 
 
@@ -76,3 +77,12 @@ def test_unwritable_directory_reports_error(tmp_path, capsys):
     blocker.write_text("not a directory")
     assert main(["-k", str(blocker / "authkey")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_keygen_writes_where_the_daemon_reads_by_default():
+    # one default for both, corosync's: a knet file without keyfile reads what keygen wrote
+    assert DEFAULT_KEY_PATH == "/etc/corosync/authkey"
+    assert CmanlkSettings().keyfile == DEFAULT_KEY_PATH
+    text = "totem {\n  version: 2\n}\nnodelist {\n  node {\n    ring0_addr: 10.0.0.1\n    nodeid: 1\n  }\n}\n"
+    config = parse_config(text)
+    assert config.is_crypto_enabled and config.cmanlk.keyfile == DEFAULT_KEY_PATH

@@ -397,3 +397,18 @@ def test_cpg_finalize_stops_callbacks_and_a_closed_connection_leaves_with_procdo
     assert b.events(pb) == []
     for zc, expected in ((9, CsError.ERR_NOT_SUPPORTED), (10, CsError.OK), (11, CsError.ERR_NOT_SUPPORTED)):
         assert error_of(a.answer("cpg", pa, header(zc, 16) + bytes(300))) == expected
+
+
+def test_cpg_refuses_dlm_controlds_groups_when_cmanlkd_drives_the_dlm() -> None:
+    c = FaceCluster(1, extra_config="cmanlk {\n  dlm: yes\n}\n")
+    c.boot()
+    c.settle()
+    v = c.view(1)
+    dlm_controld = v.connect("cpg", pid=900)
+    assert error_of(v.answer("cpg", dlm_controld, cpg_join(b"dlm:controld", 900))) == CsError.ERR_ACCESS
+    assert error_of(v.answer("cpg", dlm_controld, cpg_join(b"dlm:ls:gfs", 900))) == CsError.ERR_ACCESS
+    other = v.connect("cpg", pid=901)
+    assert error_of(v.answer("cpg", other, cpg_join(b"pacemakerd", 901))) == CsError.OK
+    plain = three().view(1)  # dlm: no (the default): dlm_controld runs on cmanlkd
+    peer = plain.connect("cpg", pid=902)
+    assert error_of(plain.answer("cpg", peer, cpg_join(b"dlm:controld", 902))) == CsError.OK

@@ -41,11 +41,16 @@ Semantics (cmanlk.services.cpg.service does the group logic; this face adds libc
   them (pacemaker, dlm_controld, sbd, corosync's tools do not), so they answer
   CS_ERR_NOT_SUPPORTED (ZC_FREE, which has nothing to free, CS_OK);
 - lists are cut to libcpg's array sizes (CPG_MEMBERS_MAX 128 per confchg list and totem confchg,
-  384 for MEMBERSHIP): libcpg copies them into fixed arrays without a bound.
+  384 for MEMBERSHIP): libcpg copies them into fixed arrays without a bound;
+- with `cmanlk { dlm: yes|auto }` cmanlkd drives the kernel DLM itself, in groups named as
+  dlm_controld's ("dlm:ls:<lockspace>"): a JOIN of a group named "dlm:…" (dlm_controld's
+  "dlm:controld" and its lockspaces) is CS_ERR_ACCESS, logged — one kernel DLM, one controller
+  (dlm_controld then exits: "cpg_join error").
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass, field
 
@@ -81,6 +86,10 @@ from cmanlk.services.lib import (
 )
 from cmanlk.stack import MembershipChanged, RequestResult, ServiceRequest
 from cmanlk.types import NodeId, RingId
+
+log = logging.getLogger("cmanlk.libqb")
+DLM_GROUPS = b"dlm:"
+"""The cpg groups of dlm_controld, which cmanlkd's own DLM control uses too (`cmanlk { dlm }`)."""
 
 REQ_JOIN, REQ_LEAVE, REQ_MCAST, REQ_MEMBERSHIP, REQ_LOCAL_GET = 0, 1, 2, 3, 4
 REQ_ITER_INIT, REQ_ITER_NEXT, REQ_ITER_FINALIZE, REQ_FINALIZE = 5, 6, 7, 8
@@ -206,6 +215,11 @@ class CpgLib:
         if error is not None:
             return self._answer(peer, RES_JOIN, error)
         group = bytes(value[:length])
+        dlm = self.node.config().cmanlk.dlm
+        if group.startswith(DLM_GROUPS) and dlm != "no":
+            log.error("libcpg: pid %d may not join %r: cmanlkd drives the kernel DLM (cmanlk { dlm: %s })",
+                      pid, group.decode("ascii", "replace"), dlm)  # fmt: skip
+            return self._answer(peer, RES_JOIN, CsError.ERR_ACCESS)
         result = self._submit(CpgJoin(peer.handle, group, pid, bool(flags & INITIAL_TOTEM_CONF)))
         if result.error is None:
             conn.group = group
