@@ -29,7 +29,7 @@ import enum
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from cmanlk.services import wire as svcwire
 from cmanlk.services.cpg.service import Handle
@@ -329,3 +329,43 @@ class Dispatcher:
 
     def count(self, reason: str) -> None:
         self.stats[reason] = self.stats.get(reason, 0) + 1
+
+
+ConnT = TypeVar("ConnT")
+
+
+class FaceBase(Generic[ConnT]):
+    """What the faces share: the request table (a Dispatcher, its counters in `stats`) and each
+    connection's state by handle.
+
+    A face builds its table and calls `super().__init__(table)`; `new_conn` says what a new
+    connection holds. `connect`, `request` and a `disconnect` that forgets the connection come from
+    here; a face whose connections hold more (groups, tracks, votes) overrides `disconnect`.
+    """
+
+    def __init__(
+        self, handlers: Mapping[int, tuple[int, Handler]], silent_ids: frozenset[int] = frozenset()
+    ) -> None:
+        self._conns: dict[Handle, ConnT] = {}
+        self._dispatch = Dispatcher(handlers, silent_ids)
+        self.stats = self._dispatch.stats
+
+    def new_conn(self, peer: Peer) -> ConnT | None:
+        """The state of a new connection; None keeps nothing for it."""
+        return None
+
+    def connect(self, peer: Peer) -> list[LibOutput]:
+        """A connection was accepted: keep its `new_conn` state."""
+        conn = self.new_conn(peer)
+        if conn is not None:
+            self._conns[peer.handle] = conn
+        return []
+
+    def request(self, peer: Peer, message: bytes) -> list[LibOutput]:
+        """Serve one request through the table (each face's module docstring lists it)."""
+        return self._dispatch(peer, message)
+
+    def disconnect(self, handle: Handle) -> list[LibOutput]:
+        """Forget the connection."""
+        self._conns.pop(handle, None)
+        return []

@@ -53,8 +53,8 @@ from cmanlk.services.cmap.store import CmapStore, ValueType
 from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
     CsError,
-    Dispatcher,
     Event,
+    FaceBase,
     LibOutput,
     NodeView,
     Peer,
@@ -109,7 +109,7 @@ class _State:
     next_cookie: int = 1
 
 
-class CfgLib:
+class CfgLib(FaceBase[None]):
     """Service 1's library face (cmanlk.services.lib.LibFace, with a timer: `next_deadline`)."""
 
     service_id = CFG_SERVICE
@@ -121,7 +121,7 @@ class CfgLib:
         self._s = _State()
         self.shutdowns = 0
         """Shutdowns agreed (each multicast one SHUTDOWN)."""
-        self._dispatch = Dispatcher(
+        super().__init__(
             {
                 REQ_RINGSTATUSGET: (16, self._ringstatusget),
                 REQ_RINGREENABLE: (16, self._ringreenable),
@@ -137,17 +137,8 @@ class CfgLib:
                 REQ_TRACKSTOP: (16, self._trackstop),
             }
         )
-        self.stats = self._dispatch.stats
 
     # --- LibFace ---------------------------------------------------------------------------------
-
-    def connect(self, peer: Peer) -> list[LibOutput]:
-        """cfg keeps nothing for a connection until it tracks."""
-        return []
-
-    def request(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        """Serve one libcfg request (table in the module docstring)."""
-        return self._dispatch(peer, message)
 
     def disconnect(self, handle: Handle) -> list[LibOutput]:
         """A leaving tracker votes YES; a leaving requester cancels the vote (cfg_lib_exit_fn)."""

@@ -63,8 +63,8 @@ from cmanlk.services.cmap.store import (
 from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
     CsError,
-    Dispatcher,
     Event,
+    FaceBase,
     LibOutput,
     Malformed,
     NodeView,
@@ -114,7 +114,7 @@ class _Conn:
     tracks: dict[int, tuple[int, int]] = field(default_factory=dict)  # our handle → (store track, cookie)
 
 
-class CmapLib:
+class CmapLib(FaceBase[_Conn]):
     """Service 0's library face and the key tree (cmanlk.services.lib.LibFace)."""
 
     service_id = CMAP_SERVICE
@@ -123,13 +123,12 @@ class CmapLib:
     def __init__(self, node: NodeView, config: ClusterConfig) -> None:
         self.node = node
         self.store = CmapStore()
-        self._conns: dict[Handle, _Conn] = {}
         self._track_owner: dict[int, tuple[Handle, int]] = {}  # store track → (connection, cookie)
         self._next_handle = 1
         self.reloads_refused: list[str] = []
         for key, value in {**config_keys(config), **start_keys(config, node.me)}.items():
             self.store.set(key, value, force=True)
-        self._dispatch = Dispatcher(
+        super().__init__(
             {
                 REQ_SET: (296, self._set),
                 REQ_DELETE: (280, self._delete),
@@ -143,18 +142,12 @@ class CmapLib:
                 REQ_SET_CURRENT_MAP: (20, self._set_current_map),
             }
         )
-        self.stats = self._dispatch.stats
 
     # --- LibFace ---------------------------------------------------------------------------------
 
-    def connect(self, peer: Peer) -> list[LibOutput]:
+    def new_conn(self, peer: Peer) -> _Conn | None:
         """A new connection uses the icmap map, with no iterators or tracks."""
-        self._conns[peer.handle] = _Conn()
-        return []
-
-    def request(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        """Serve one libcmap request (table in the module docstring)."""
-        return self._dispatch(peer, message)
+        return _Conn()
 
     def disconnect(self, handle: Handle) -> list[LibOutput]:
         """Drop the connection's iterators and tracks."""

@@ -71,8 +71,8 @@ from cmanlk.services.cpg.service import (
 from cmanlk.services.cpg.wire import CPG_MAX_NAME_LENGTH, PARTIAL_CONTINUED, PARTIAL_FIRST, PARTIAL_LAST
 from cmanlk.services.lib import (
     CsError,
-    Dispatcher,
     Event,
+    FaceBase,
     Handler,
     Hold,
     LibOutput,
@@ -131,7 +131,7 @@ class _Conn:
     partial_confchgs: int = 0
 
 
-class CpgLib:
+class CpgLib(FaceBase[_Conn]):
     """Service 2's library face (cmanlk.services.lib.LibFace)."""
 
     service_id = CPG_SERVICE
@@ -139,11 +139,10 @@ class CpgLib:
 
     def __init__(self, node: NodeView) -> None:
         self.node = node
-        self._conns: dict[Handle, _Conn] = {}
         self._next_iteration = 1
         self._totem_sent: set[Handle] = set()
         zc_unsupported = self._bare(0, CsError.ERR_NOT_SUPPORTED)
-        self._dispatch = Dispatcher(
+        super().__init__(
             {
                 REQ_JOIN: (168, self._join),
                 REQ_LEAVE: (160, self._leave),
@@ -161,18 +160,12 @@ class CpgLib:
             },
             silent_ids=frozenset({REQ_MCAST}),
         )
-        self.stats = self._dispatch.stats
 
     # --- LibFace ---------------------------------------------------------------------------------
 
-    def connect(self, peer: Peer) -> list[LibOutput]:
+    def new_conn(self, peer: Peer) -> _Conn | None:
         """A new connection, not in a group."""
-        self._conns[peer.handle] = _Conn(peer.max_msg_size)
-        return []
-
-    def request(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        """Serve one libcpg request (table in the module docstring)."""
-        return self._dispatch(peer, message)
+        return _Conn(peer.max_msg_size)
 
     def disconnect(self, handle: Handle) -> list[LibOutput]:
         """The connection closed: its process leaves its group with reason PROCDOWN."""

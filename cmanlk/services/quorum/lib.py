@@ -39,8 +39,8 @@ from cmanlk.services.base import QUORUM_SERVICE
 from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
     CsError,
-    Dispatcher,
     Event,
+    FaceBase,
     LibOutput,
     NodeView,
     Peer,
@@ -103,7 +103,7 @@ class _View:
     published: set[RingId] = field(default_factory=set)
 
 
-class QuorumLib:
+class QuorumLib(FaceBase[_Conn]):
     """Service 3's library face (cmanlk.services.lib.LibFace)."""
 
     service_id = QUORUM_SERVICE
@@ -111,9 +111,8 @@ class QuorumLib:
 
     def __init__(self, node: NodeView) -> None:
         self.node = node
-        self._conns: dict[Handle, _Conn] = {}
         self._view = _View()
-        self._dispatch = Dispatcher(
+        super().__init__(
             {
                 REQ_GETQUORATE: (16, self._getquorate),
                 REQ_TRACKSTART: (24, self._trackstart),
@@ -122,23 +121,12 @@ class QuorumLib:
                 REQ_MODEL_GETTYPE: (24, self._model_gettype),
             }
         )
-        self.stats = self._dispatch.stats
 
     # --- LibFace ---------------------------------------------------------------------------------
 
-    def connect(self, peer: Peer) -> list[LibOutput]:
+    def new_conn(self, peer: Peer) -> _Conn | None:
         """A new connection starts with model V0, not tracking."""
-        self._conns[peer.handle] = _Conn()
-        return []
-
-    def request(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        """Serve one libquorum request (table in the module docstring)."""
-        return self._dispatch(peer, message)
-
-    def disconnect(self, handle: Handle) -> list[LibOutput]:
-        """Forget the connection."""
-        self._conns.pop(handle, None)
-        return []
+        return _Conn()
 
     def notify(self, note: object) -> list[LibOutput]:
         """Quorum and membership changes become notifications for trackers."""

@@ -40,11 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cmanlk.services.base import VOTEQUORUM_SERVICE
-from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
     CsError,
-    Dispatcher,
     Event,
+    FaceBase,
     Handler,
     LibOutput,
     NodeView,
@@ -104,7 +103,7 @@ class _Conn:
     context: int = 0
 
 
-class VotequorumLib:
+class VotequorumLib(FaceBase[_Conn]):
     """Service 5's library face (cmanlk.services.lib.LibFace)."""
 
     service_id = VOTEQUORUM_SERVICE
@@ -112,13 +111,12 @@ class VotequorumLib:
 
     def __init__(self, node: NodeView) -> None:
         self.node = node
-        self._conns: dict[Handle, _Conn] = {}
         self._ring: RingId = NO_RING
         self._members: tuple[NodeId, ...] = ()
         self._held: QuorumChanged | None = None
         qdevice_access = self._status(CsError.ERR_ACCESS)
         qdevice_none = self._status(CsError.ERR_NOT_EXIST)
-        self._dispatch = Dispatcher(
+        super().__init__(
             {
                 REQ_GETINFO: (24, self._getinfo),
                 REQ_SETEXPECTED: (24, self._setexpected),
@@ -132,23 +130,12 @@ class VotequorumLib:
                 REQ_QDEVICE_MASTER_WINS: (276, qdevice_access),
             }
         )
-        self.stats = self._dispatch.stats
 
     # --- LibFace ---------------------------------------------------------------------------------
 
-    def connect(self, peer: Peer) -> list[LibOutput]:
+    def new_conn(self, peer: Peer) -> _Conn | None:
         """votequorum_initialize sends nothing; a connection starts untracked."""
-        self._conns[peer.handle] = _Conn()
-        return []
-
-    def request(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        """Serve one libvotequorum request (table in the module docstring)."""
-        return self._dispatch(peer, message)
-
-    def disconnect(self, handle: Handle) -> list[LibOutput]:
-        """Forget the connection."""
-        self._conns.pop(handle, None)
-        return []
+        return _Conn()
 
     def notify(self, note: object) -> list[LibOutput]:
         """Ring, quorum and expected-votes changes become events for trackers."""
