@@ -156,12 +156,7 @@ class LibqbClient:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(OSError):
-            self.setup.shutdown(socket.SHUT_RDWR)
-        self.setup.close()
-        for ring in self._rings or ():
-            with contextlib.suppress(OSError, ValueError, BufferError):
-                ring.close()
+        setup.close_connection(self.setup, self._rings or ())
         for sock in self._dgram or ():
             sock.close()
         if self._control is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cmanlk.runtime.libqb.rings import FC_OFF, Ring, RingError
+from cmanlk.runtime.libqb.setup import close_connection
 
 
 class Channels(Protocol):
@@ -183,12 +184,7 @@ class ShmChannels:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(OSError):
-            self.setup.shutdown(socket.SHUT_RDWR)
-        self.setup.close()
-        for ring in (self.request, self.response, self.event):
-            with contextlib.suppress(OSError, ValueError, BufferError):
-                ring.close()
+        close_connection(self.setup, (self.request, self.response, self.event))
         remove_directory(self.directory)
 
 

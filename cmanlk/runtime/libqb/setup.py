@@ -23,8 +23,13 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cmanlk.runtime.libqb.rings import Ring
 
 MSG_AUTHENTICATE = -1
 MSG_NEW_EVENT_SOCK = -2
@@ -201,3 +206,14 @@ def peer_credentials(sock: socket.socket) -> Credentials:
 
 
 CMSG_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+
+
+def close_connection(sock: socket.socket, rings: Iterable[Ring]) -> None:
+    """End a connection on either side: shut its setup socket down (the peer sees the end at once),
+    close it, and unmap its rings, each best effort (the peer may have closed or truncated its side)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    for ring in rings:
+        with contextlib.suppress(OSError, ValueError, BufferError):
+            ring.close()
