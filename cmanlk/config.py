@@ -26,6 +26,11 @@ Deviations from corosync, each on purpose:
 - Our own keys: `totem.interface.name` (bind the link to a device, SO_BINDTODEVICE) and the
   section `cmanlk { state_dir, run_dir, ipc_group, keyfile }`.
 
+`ClusterConfig.tree` keeps the file as written (sections, keys, values, lines): the cmap service
+builds corosync's key tree from it (cmanlk/services/cmap/keys.py). `uidgid {}` sections and the
+files of `<directory of corosync.conf>/uidgid.d/` (read by `load_config`, as corosync's
+coroparse does) name the users and groups that may use the libqb IPC besides root.
+
 Problems that follow from another one are not reported: a node whose `nodeid` or `ring0_addr` has
 a bad value is reported for that value only, not also as "missing".
 """
@@ -33,7 +38,9 @@ a bad value is reported for that value only, not also as "missing".
 from __future__ import annotations
 
 import enum
+import grp
 import ipaddress
+import pwd
 import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -123,7 +130,43 @@ class TransportKind(enum.Enum):
     UDP = "udp"
 
 
+MAX_UIDGID_FILES = 1024
+"""Files read from uidgid.d; more is a mistake, not a configuration."""
+
 # --- the dataclasses the runtime and the transports are built from ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEntry:
+    """One `key: value` line as written."""
+
+    key: str
+    value: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSection:
+    """One section as written, with its keys and subsections in file order (the root has name "")."""
+
+    name: str
+    line: int
+    entries: tuple[ConfigEntry, ...] = ()
+    sections: tuple[ConfigSection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UidGid:
+    """Users and groups allowed on the libqb IPC besides root (`uidgid {}` and uidgid.d)."""
+
+    uids: tuple[int, ...] = ()
+    gids: tuple[int, ...] = ()
+
+    def merged(self, other: UidGid) -> UidGid:
+        """Both sets, each id once, in first-seen order."""
+        return UidGid(
+            tuple(dict.fromkeys((*self.uids, *other.uids))), tuple(dict.fromkeys((*self.gids, *other.gids)))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +324,14 @@ class ClusterConfig:
     ip_version: str = "ipv6-4"
     block_unlisted_ips: bool = True
     config_version: int | None = None
+    qb_ipc_type: str = "native"
+    """`system.qb_ipc_type`: native (= shm), shm or socket — the libqb channel type offered."""
+    uidgid: UidGid = UidGid()
     cluster_uuid: str | None = None
     """`totem.cluster_uuid` (pcs writes one); kept as read, not used by cmanlk."""
     warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
+    tree: ConfigSection = field(default=ConfigSection("", 0), compare=False)
+    """The file as written (cmap's key tree is built from it)."""
 
     def node_addresses(self) -> dict[NodeId, NodeAddresses]:
         """Return node id → addresses of every nodelist entry (what `Transport.set_nodes` takes)."""
@@ -322,7 +370,40 @@ def load_config(path: str | Path, host: HostLookup | None = None) -> ClusterConf
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(name, 0, "", f"not UTF-8 text: {exc}")]) from exc
-    return parse_config(text, name, host if host is not None else SystemHost())
+    config = parse_config(text, name, host if host is not None else SystemHost())
+    extra = read_uidgid_dir(Path(name).parent / "uidgid.d")
+    return replace(config, uidgid=config.uidgid.merged(extra)) if extra.uids or extra.gids else config
+
+
+def read_uidgid_dir(directory: Path) -> UidGid:
+    """The `uidgid {}` sections of every regular file in `directory` (corosync's uidgid.d), by name.
+
+    A missing directory is empty. Raises ConfigError listing every problem (a file with another
+    section or key, an unknown user or group, an unreadable or oversized file).
+    """
+    try:
+        names = sorted(p for p in directory.iterdir() if p.is_file())
+    except OSError:
+        return UidGid()
+    problems: list[ConfigProblem] = []
+    out = UidGid()
+    for path in names[:MAX_UIDGID_FILES]:
+        try:
+            raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(ConfigProblem(str(path), 0, "", f"cannot read: {exc}"))
+            continue
+        reader = _Reader(str(path))
+        root = reader.parse(text)
+        for sec in root.sections:
+            if sec.name != "uidgid":
+                reader.error(sec.line, sec.name, "uidgid.d files hold only uidgid sections")
+        out = out.merged(reader.uidgid([s for s in root.sections if s.name == "uidgid"]))
+        problems += reader.errors
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def parse_config(text: str, source: str = "<string>", host: HostLookup | None = None) -> ClusterConfig:
@@ -586,6 +667,7 @@ _CMANLK: dict[str, Conv] = {
 }
 _SYSTEM: dict[str, Conv] = {
     "state_dir": _path,
+    "qb_ipc_type": _choice("native", "shm", "socket"),
     "sched_rr": _bool,
     "priority": _priority,
     "move_to_root_cgroup": _text,
@@ -593,7 +675,7 @@ _SYSTEM: dict[str, Conv] = {
 }
 _SYSTEM_IGNORED = {"move_to_root_cgroup", "allow_knet_handle_fallback"}
 
-_KNOWN_IGNORED_SECTIONS = {"resources", "nozzle", "qb", "uidgid", "amf", "service", "aisexec"}
+_KNOWN_IGNORED_SECTIONS = {"resources", "nozzle", "qb", "amf", "service", "aisexec"}
 
 
 class _Reader:
@@ -655,20 +737,32 @@ class _Reader:
         return root
 
     def values(
-        self, sec: _Section, schema: Mapping[str, Conv], ignored: set[str] | frozenset[str] = frozenset()
+        self,
+        sec: _Section,
+        schema: Mapping[str, Conv],
+        ignored: set[str] | frozenset[str] = frozenset(),
+        quiet: bool = False,
     ) -> dict[str, tuple[Any, int]]:
-        """Convert the keys of one section: key → (value, line); problems are recorded."""
+        """Convert the keys of one section: key → (value, line); problems are recorded.
+
+        `quiet`: a second reading of a section already checked (no problem is recorded again).
+        """
         out: dict[str, tuple[Any, int]] = {}
         for entry in sec.entries:
             qualified = f"{sec.path}.{entry.key}"
             conv = schema.get(entry.key)
             if conv is None:
-                self.warn(entry.line, qualified, "unknown key, ignored")
+                if not quiet:
+                    self.warn(entry.line, qualified, "unknown key, ignored")
                 continue
             try:
                 value = conv(entry.value)
             except _Bad as bad:
-                self.error(entry.line, qualified, str(bad))
+                if not quiet:
+                    self.error(entry.line, qualified, str(bad))
+                continue
+            if quiet:
+                out[entry.key] = (value, entry.line)
                 continue
             if entry.key in out:
                 self.warn(entry.line, qualified, f"set again (first on line {out[entry.key][1]}); last wins")
@@ -684,10 +778,10 @@ class _Reader:
         for sec in root.sections:
             top.setdefault(sec.name, []).append(sec)
         for name, secs in top.items():
-            if name not in {"totem", "nodelist", "quorum", "logging", "cmanlk", "system"}:
+            if name not in {"totem", "nodelist", "quorum", "logging", "cmanlk", "system", "uidgid"}:
                 why = "not used by cmanlk" if name in _KNOWN_IGNORED_SECTIONS else "unknown section"
                 self.warn(secs[0].line, name, f"{why}, ignored")
-            elif len(secs) > 1:
+            elif len(secs) > 1 and name != "uidgid":
                 self.warn(secs[1].line, name, f"section repeated (first on line {secs[0].line}); merged")
         totem_sec = _merged(top.get("totem"), "totem")
         totem_vals = self._totem_values(totem_sec)
@@ -702,6 +796,8 @@ class _Reader:
             _merged(top.get("cmanlk"), "cmanlk"), _merged(top.get("system"), "system"), totem_vals, nodes
         )
         self._check_addresses(nodes, links, transport, totem_vals)
+        uidgid = self.uidgid(top.get("uidgid", []))
+        system_vals = self.values(_merged(top.get("system"), "system"), _SYSTEM, _SYSTEM_IGNORED, quiet=True)
         if self.errors or totem is None:
             return None
         # The native transport encrypts unless the file says otherwise: a cluster whose file names
@@ -727,9 +823,31 @@ class _Reader:
             ip_version=_get(totem_vals, "ip_version", "ipv6-4"),
             block_unlisted_ips=_get(totem_vals, "block_unlisted_ips", True),
             config_version=_get(totem_vals, "config_version", None),
+            qb_ipc_type=_get(system_vals, "qb_ipc_type", "native"),
+            uidgid=uidgid,
             cluster_uuid=_get(totem_vals, "cluster_uuid", None),
             warnings=tuple(self.warnings),
+            tree=_freeze(root),
         )
+
+    def uidgid(self, secs: list[_Section]) -> UidGid:
+        """The `uid:` and `gid:` keys of `uidgid {}` sections (names or numbers, as coroparse)."""
+        uids: list[int] = []
+        gids: list[int] = []
+        for sec in secs:
+            for sub in sec.sections:
+                self.error(sub.line, sub.path, "uidgid: can't add subsection different than uidgid")
+            for e in sec.entries:
+                if e.key not in ("uid", "gid"):
+                    self.error(e.line, f"uidgid.{e.key}", "uidgid: only uid and gid are allowed items")
+                    continue
+                found = _user_or_group(e.key, e.value)
+                if found is None:
+                    what = "user" if e.key == "uid" else "group"
+                    self.error(e.line, f"uidgid.{e.key}", f"no {what} {e.value!r} on this system")
+                    continue
+                (uids if e.key == "uid" else gids).append(found)
+        return UidGid(tuple(dict.fromkeys(uids)), tuple(dict.fromkeys(gids)))
 
     def _totem_values(self, sec: _Section) -> dict[str, tuple[Any, int]]:
         for entry in sec.entries:
@@ -1201,6 +1319,26 @@ class _FenceBlock:
     agent: tuple[str, int] | None = None
     nodename: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+
+
+def _user_or_group(kind: str, text: str) -> int | None:
+    """A uid (kind "uid") or gid from a number or a name (coroparse's uid_determine/gid_determine)."""
+    if text.isdigit():
+        value = int(text)
+        return value if value < 1 << 32 else None
+    try:
+        return pwd.getpwnam(text).pw_uid if kind == "uid" else grp.getgrnam(text).gr_gid
+    except KeyError:
+        return None
+
+
+def _freeze(sec: _Section) -> ConfigSection:
+    return ConfigSection(
+        sec.name,
+        sec.line,
+        tuple(ConfigEntry(e.key, e.value, e.line) for e in sec.entries),
+        tuple(_freeze(s) for s in sec.sections),
+    )
 
 
 def _merged(secs: list[_Section] | None, name: str) -> _Section:

@@ -6,13 +6,17 @@ The start checks (cmanlk.runtime.preflight) are one function that `--check-confi
 the check says OK exactly for the files the start gets past, in the same words when it does not.
 
 Process behaviour:
-- SIGTERM/SIGINT: graceful leave (peers see a leave JOIN and reform at once), then exit 0.
+- SIGTERM/SIGINT: graceful leave (peers see a leave JOIN and reform at once), then exit 0. When
+  programs track cfg shutdown (pacemakerd), they are stopped first and the leave waits for them
+  (docs/libqb.md, "Leaving"); a second signal leaves at once.
 - SIGHUP: re-read the file; a valid file updates the nodelist and logging at run time; an invalid
   one is reported (every problem) and the running configuration is kept.
 - systemd: READY=1 after the first ring forms, STATUS on every membership change, WATCHDOG=1
   when WatchdogSec= is set, STOPPING=1 on leave; journald-friendly stderr (no timestamps).
 - Without -f the daemon detaches (double fork); with -f it stays in the foreground (systemd).
 - One daemon per run directory: `<run_dir>/cmanlkd.pid` is locked for the daemon's lifetime.
+- Local APIs: cmanlk's own socket `<run_dir>/cmanlk.sock` (docs/ipc.md) and corosync's libqb IPC
+  (cmap, cfg, cpg, quorum, votequorum; docs/libqb.md) for corosync's client libraries and tools.
 
 Exit codes: 0 left cleanly (or --check-config found no error), 1 configuration error,
 2 usage error, 3 runtime failure (sockets, directories, another instance, a kernel DLM that
@@ -38,6 +42,7 @@ from typing import Any
 from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
 from cmanlk.errors import ConfigError, InternalError, KernelError, UsageError
 from cmanlk.runtime import sched
+from cmanlk.runtime.libqb.glue import NodeLibqb
 from cmanlk.runtime.logsetup import setup_logging
 from cmanlk.runtime.node import CoreKind, Node
 from cmanlk.runtime.notify import Notifier
@@ -185,15 +190,17 @@ async def _serve(args: argparse.Namespace, prepared: Prepared) -> int:
     assert me is not None and prepared.transport is not None  # prepare() found no error
     try:
         node = Node(config, me, transport=prepared.transport, core=CoreKind(args.core), notifier=Notifier())
-        node.companions = _companions(node, config)
+        libqb = NodeLibqb(node)
+        node.companions = (*_companions(node, config), libqb.run)
+        node.before_leave = libqb.before_leave
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
         return EXIT_CONFIG
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_stop_signal, node, sig)
-    loop.add_signal_handler(signal.SIGHUP, _on_reload_signal, node, args.config)
+        loop.add_signal_handler(sig, _on_stop_signal, node, sig, libqb)
+    loop.add_signal_handler(signal.SIGHUP, _on_reload_signal, node, args.config, libqb)
     try:
         await node.run()
     except OSError as exc:
@@ -414,12 +421,14 @@ def _dbus_companions(
     return (dbus, bridge.watch_links)
 
 
-def _on_stop_signal(node: Node, sig: signal.Signals) -> None:
+def _on_stop_signal(node: Node, sig: signal.Signals, libqb: NodeLibqb | None = None) -> None:
     log.info("%s received: leaving", sig.name)
+    if libqb is not None:
+        libqb.stop_requested()  # a second signal: leave without waiting for pacemaker any longer
     node.request_leave()
 
 
-def _on_reload_signal(node: Node, path: str) -> None:
+def _on_reload_signal(node: Node, path: str, libqb: NodeLibqb | None = None) -> None:
     log.info("SIGHUP received: reloading %s", path)
     try:
         config = load_config(path)
@@ -429,6 +438,8 @@ def _on_reload_signal(node: Node, path: str) -> None:
         log.error("reload: %d error(s); keeping the running configuration", len(exc.problems))
         return
     node.request_reload(config)
+    if libqb is not None:
+        libqb.config_reloaded(config)  # cmap's key tree follows the file
 
 
 def _lock_pidfile(run_dir: Path) -> int:

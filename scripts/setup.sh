@@ -5,11 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need_apt=()
 for pair in ip:iproute2 nft:nftables dbus-daemon:dbus busctl:systemd gdbus:libglib2.0-bin \
-            udevadm:udev corosync:corosync corosync-quorumtool:corosync; do
+            udevadm:udev corosync:corosync corosync-quorumtool:corosync \
+            pacemakerd:pacemaker crm_mon:pacemaker-cli-utils; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libcpg.so.4 ] || need_apt+=(libcpg4)
+# pacemaker (with pacemaker-cli-utils: 32 packages, about 26 MB installed, on Debian 12) for
+# tests/system/test_pacemaker.py, which skips without it.
+# corosync's client libraries and libqb for building the C libcpg client of the libqb tests
+# (tests/system/cpg_c_client.c) and checking the rings against libqb100 (docs/libqb.md).
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+for pkg in libqb-dev libcpg-dev libquorum-dev libvotequorum-dev libcmap-dev libcfg-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # Nothing this script installs may start: Debian's maintainer scripts ask policy-rc.d(8)
@@ -26,11 +35,14 @@ if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     fi
     apt-get -o DPkg::Lock::Timeout=600 update -qq
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # corosync was installed just now (it is in need_apt only when it was missing) and never ran:
-    # keep it from starting at the next boot, with Debian's single-node loopback file, too.
-    # `disable` without --now stops nothing.
+    # corosync and pacemaker were installed just now (each is in need_apt only when it was
+    # missing) and never ran: keep them from starting at the next boot, corosync with Debian's
+    # single-node loopback file, too. `disable` without --now stops nothing.
     case " ${need_apt[*]} " in
         *" corosync "*) systemctl disable corosync.service >/dev/null 2>&1 || true ;;
+    esac
+    case " ${need_apt[*]} " in
+        *" pacemaker "*) systemctl disable pacemaker.service >/dev/null 2>&1 || true ;;
     esac
     if [ "$made_policy" = yes ]; then
         rm -f "$policy"

@@ -5,6 +5,8 @@
 Read commands (each takes --json; the schema is docs/cli-json.md): status, nodes, quorum, links,
 groups, dlm, version. Changes (root): expected N, votes N [-n NODEID], leave, kill NODEID,
 fence-ack NODEID. Live events: monitor [--count N] (--json: one JSON object per line).
+The cmap key tree and the cluster-wide reload go over libqb, as corosync's tools
+(cmanlk.client.cmapcli): cmap get|list|set|delete|track, reload.
 
 Exit codes: 0 success; 1 error (daemon unreachable, request refused — the message names the
 daemon's error code); 2 when this node is not quorate (`quorum`, `status`), the code
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from cmanlk import __version__
-from cmanlk.client import Client, ClientError
+from cmanlk.client import Client, ClientError, cmapcli
 from cmanlk.client import proto as ipcproto
 
 EXIT_OK = 0
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fence-ack", help="confirm a node is fenced so DLM recovery goes on (root)")
     p.add_argument("nodeid", type=int)
     p.set_defaults(run=_cmd_fence_ack)
+    cmapcli.add_commands(sub)
     p = sub.add_parser("monitor", help="print membership and quorum changes as they happen")
     p.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

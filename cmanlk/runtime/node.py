@@ -29,7 +29,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -200,6 +200,9 @@ class Node:
         self._delivered = 0
         self.killed_by: KilledByNode | None = None
         """Set when a peer's kill request (cfg KILLNODE) named us; the daemon then exits 5."""
+        self.before_leave: Callable[[], Awaitable[None]] | None = None
+        """Awaited before a requested leave (SIGTERM, `cmanlk-tool leave`), not before a kill by a
+        peer: the libqb IPC stops the programs that track cfg shutdown first (pacemaker)."""
 
     # -- public API -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -540,6 +543,9 @@ class Node:
                 self._try_leave()
                 return
             if what == "leave":
+                if self.before_leave is not None and self.killed_by is None:
+                    self.notifier.stopping()
+                    await self.before_leave()
                 log.info("leaving the cluster (ring %s, members %s)", self._ring_id, _ids(self._members))
                 self.notifier.stopping()
                 self._try_leave()

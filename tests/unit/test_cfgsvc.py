@@ -23,8 +23,13 @@ from cmanlk.services.cfg.service import (
     KillNodeRequest,
     KillRequested,
     NodeShutDown,
+    ReloadConfigRequest,
+    ReloadRequested,
+    ShutdownRequest,
     decode_killnode,
     encode_killnode,
+    encode_reload_config,
+    encode_shutdown,
     printable_reason,
 )
 from cmanlk.services.votequorum.policy import QuorumConfig
@@ -136,12 +141,28 @@ def test_other_cfg_messages():
     svc = CfgService(NodeId(1))
     header_only = svcwire.encode_request_header(svcwire.service_message_id(CFG_SERVICE, 2), 16)
     assert svc.on_message(NodeId(2), MESSAGE_REQ_EXEC_CFG_SHUTDOWN, header_only) == [NodeShutDown(NodeId(2))]
-    assert svc.on_message(NodeId(2), MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG, bytes(24)) == []
-    assert svc.stats == {"cfg_reload_config_ignored": 1}
+    with pytest.raises(MalformedPacket):  # a RELOAD_CONFIG is 32 bytes (header and message source)
+        svc.on_message(NodeId(2), MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG, bytes(24))
     with pytest.raises(MalformedPacket):
         svc.on_message(NodeId(2), 9, bytes(24))
     with pytest.raises(MalformedPacket):
         svc.on_message(NodeId(2), MESSAGE_REQ_EXEC_CFG_KILLNODE, bytes(100))
+
+
+def test_shutdown_and_reload_requests_travel_as_corosyncs_messages_and_come_back_as_notifications():
+    svc = CfgService(NodeId(1))
+    (shutdown,) = svc.on_local_request(ShutdownRequest())
+    assert isinstance(shutdown, SendMessage) and shutdown.message == encode_shutdown()
+    assert len(shutdown.message) == 16
+    delivered = svc.on_message(NodeId(1), MESSAGE_REQ_EXEC_CFG_SHUTDOWN, shutdown.message)
+    assert delivered == [NodeShutDown(NodeId(1))]
+    (reload,) = svc.on_local_request(ReloadConfigRequest(0xDEADBEEF12))
+    assert isinstance(reload, SendMessage) and len(reload.message) == 32
+    assert reload.message == encode_reload_config(NodeId(1), 0xDEADBEEF12)
+    notes = svc.on_message(NodeId(1), MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG, reload.message)
+    assert notes == [ReloadRequested(NodeId(1), 0xDEADBEEF12)]
+    with pytest.raises(UsageError):
+        svc.on_local_request(ReloadConfigRequest(-1))
 
 
 # --- on the simulator: three Stacks with cfg, a kill from node 1 reaches node 3 ---------------------

@@ -93,5 +93,13 @@ SCENARIOS: dict[str, Scenario] = {
             tuple(VmSpec(f"cmkvm{n}", str(GUEST / "cmanlkd_dlm.py"), (str(n),), node=n) for n in (1, 2)),
             timeout_s=300.0,
         ),
+        Scenario(
+            "dlm-controld",
+            "2 VMs run cmanlkd (dlm: no) and Debian's dlm_controld on its libqb IPC: dlm_controld "
+            "configures both kernels, dlm_tool join on both, EX conflict across nodes, clean stops",
+            tuple(VmSpec(f"cmkvm{n}", str(GUEST / "dlm_controld_on_cmanlkd.py"), (str(n),), node=n)
+                  for n in (1, 2)),
+            timeout_s=600.0,  # two daemons' imports under TCG: 100 s and more when the host is loaded
+        ),
     )
 }

@@ -1,4 +1,4 @@
-"""The configuration service (service 1, corosync's exec/cfg.c): cluster-wide kill of a node.
+"""The configuration service (service 1, corosync's exec/cfg.c): kill, shutdown and reload over the ring.
 
 What travels (group "a", header id = (1 << 16) | function, layout with every field aligned(8)):
 
@@ -7,7 +7,7 @@ What travels (group "a", header id = (1 << 16) | function, layout with every fie
 | 0 | RINGREENABLE | 24 | sender (mar_message_source_t) — corosync does nothing with it; counted |
 | 1 | KILLNODE | 288 | nodeid u32 @16, reason mar_name_t @24 (u16 length @24, value[256] @32) |
 | 2 | SHUTDOWN | 16 | header only: the sender is shutting down (corosync-cfgtool -H) |
-| 3 | RELOAD_CONFIG | 24 | every node re-reads its config file — not acted on here; counted |
+| 3 | RELOAD_CONFIG | 32 | source {nodeid u32 @16, conn u64 @24}: every node re-reads its config |
 | 4 | CRYPTO_RECONFIG | 24 | knet crypto change — not used with udpu; counted |
 
 KILLNODE (`corosync-cfgtool -k N`, `cmanlk-tool kill N`): the requesting node checks that N is a
@@ -16,6 +16,14 @@ CS_ERR_NOT_EXIST) and multicasts the message; every node receives it in agreed o
 reports `KilledByNode(requester, reason)` upward — corosync logs "Killed by node R : reason" and
 exits; our runtime logs the same facts and leaves the ring (docs/cmanlkd.8.md). Both are
 wire-compatible: a corosync node's kill stops a cmanlk node and ours stops a corosync node.
+
+SHUTDOWN (`ShutdownRequest`, after libcfg's try-shutdown vote) is reported on every node as
+`NodeShutDown(sender)`; the runtime leaves the ring when the sender is itself, as corosync's
+message_handler_req_exec_cfg_shutdown calls shutdown_request. RELOAD_CONFIG
+(`ReloadConfigRequest`, corosync-cfgtool -R, cmanlk-tool reload) is reported on every node as
+`ReloadRequested(requester, cookie)`: each node re-reads its file, and the requester answers its
+waiting client (`cookie` is the opaque connection field of the message source, ours or a
+corosync node's). Both interoperate with corosync nodes in either direction.
 
 cfg keeps no state that needs synchronising (corosync's cfg engine has no sync_init), so it is
 not listed in SERVICE_BUILD (`synchronises = False`).
@@ -46,6 +54,8 @@ MESSAGE_REQ_EXEC_CFG_CRYPTO_RECONFIG = 4
 KILLNODE_NODEID_OFFSET = 16
 KILLNODE_REASON_OFFSET = 24
 KILLNODE_SIZE = KILLNODE_REASON_OFFSET + svcwire.MAR_NAME_SIZE  # 288, as sizeof() on x86-64
+SHUTDOWN_SIZE = 16
+RELOAD_CONFIG_SIZE = 32  # header, mar_message_source_t {nodeid aligned(8), void *conn aligned(8)}
 REASON_MAX_BYTES = svcwire.MAR_NAME_VALUE_MAX - 1  # libcfg: CS_ERR_NAME_TOO_LONG from 256 on
 
 KILL_REASON = "Killed by an administrator (cmanlk-tool kill)"
@@ -53,9 +63,9 @@ KILL_REASON = "Killed by an administrator (cmanlk-tool kill)"
 corosync-cfgtool")."""
 
 _U32 = struct.Struct("<I")
+_SOURCE = struct.Struct("<I4xQ")
 _IGNORED = {
     MESSAGE_REQ_EXEC_CFG_RINGREENABLE: "cfg_ringreenable_ignored",
-    MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG: "cfg_reload_config_ignored",
     MESSAGE_REQ_EXEC_CFG_CRYPTO_RECONFIG: "cfg_crypto_reconfig_ignored",
 }
 
@@ -69,6 +79,26 @@ class KillNodeRequest:
 
     nodeid: NodeId
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequest:
+    """This node shuts down (libcfg's try-shutdown was agreed): multicast SHUTDOWN."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadConfigRequest:
+    """Every node must re-read its configuration; `cookie` comes back in ReloadRequested."""
+
+    cookie: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRequested(Notification):
+    """A RELOAD_CONFIG was delivered: re-read the configuration; answer `cookie` if `requester` is us."""
+
+    requester: NodeId
+    cookie: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +150,25 @@ def decode_killnode(message: bytes) -> KillNodeMessage:
     svcwire.check_size(message, KILLNODE_SIZE, "cfg_killnode")
     (nodeid,) = _U32.unpack_from(message, KILLNODE_NODEID_OFFSET)
     return KillNodeMessage(NodeId(nodeid), svcwire.decode_mar_name(message, KILLNODE_REASON_OFFSET))
+
+
+def encode_shutdown() -> bytes:
+    """Return the 16-byte SHUTDOWN."""
+    message_id = svcwire.service_message_id(CFG_SERVICE, MESSAGE_REQ_EXEC_CFG_SHUTDOWN)
+    return svcwire.encode_request_header(message_id, SHUTDOWN_SIZE)
+
+
+def encode_reload_config(nodeid: NodeId, cookie: int) -> bytes:
+    """Return the 32-byte RELOAD_CONFIG with source {nodeid, conn = cookie}."""
+    message_id = svcwire.service_message_id(CFG_SERVICE, MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG)
+    return svcwire.encode_request_header(message_id, RELOAD_CONFIG_SIZE) + _SOURCE.pack(nodeid, cookie)
+
+
+def decode_reload_config(message: bytes) -> int:
+    """The source's conn field (our cookie) of a RELOAD_CONFIG. Raises MalformedPacket when short."""
+    svcwire.check_size(message, RELOAD_CONFIG_SIZE, "cfg_reload_config")
+    _nodeid, cookie = _SOURCE.unpack_from(message, svcwire.REQUEST_HEADER_SIZE)
+    return int(cookie)
 
 
 def printable_reason(raw: bytes) -> str:
@@ -177,6 +226,8 @@ class CfgService:
             return self._on_killnode(sender, decode_killnode(message))
         if function == MESSAGE_REQ_EXEC_CFG_SHUTDOWN:
             return [NodeShutDown(sender)]
+        if function == MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG:
+            return [ReloadRequested(sender, decode_reload_config(message))]
         reason = _IGNORED.get(function)
         if reason is None:
             raise MalformedPacket("cfg_function_unknown", f"function {function} from {sender}")
@@ -186,12 +237,20 @@ class CfgService:
     # --- LocalRequestHandler -----------------------------------------------------------------------
 
     def on_local_request(self, request: object) -> list[ServiceOutput]:
-        """KillNodeRequest: multicast KILLNODE for a current member.
+        """KillNodeRequest: multicast KILLNODE for a current member; ShutdownRequest: SHUTDOWN;
+        ReloadConfigRequest: RELOAD_CONFIG.
 
-        Raises UsageError "not_found" when the node is not a member of the current configuration
-        (corosync: CS_ERR_NOT_EXIST), "invalid_param" for a reason over 255 bytes or with a NUL,
-        "not_supported" for any other request.
+        Raises UsageError "not_found" when the node to kill is not a member of the current
+        configuration (corosync: CS_ERR_NOT_EXIST), "invalid_param" for a reason over 255 bytes
+        or with a NUL or a cookie that is not a u64, "not_supported" for any other request.
         """
+        if isinstance(request, ShutdownRequest):
+            return [SendMessage(MESSAGE_REQ_EXEC_CFG_SHUTDOWN, encode_shutdown())]
+        if isinstance(request, ReloadConfigRequest):
+            if not 0 <= request.cookie < 1 << 64:
+                raise UsageError("invalid_param", f"cookie {request.cookie} is not a u64")
+            message = encode_reload_config(self.me, request.cookie)
+            return [SendMessage(MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG, message)]
         if not isinstance(request, KillNodeRequest):
             raise UsageError("not_supported", f"cfg takes no {type(request).__name__}")
         if request.nodeid not in self.members:

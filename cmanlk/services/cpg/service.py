@@ -472,6 +472,15 @@ class CpgService:
         """The members of `group` in (nodeid, pid) order (empty when unknown)."""
         return tuple((p.nodeid, p.pid) for p in self._processes if p.group == group)
 
+    def process_list(self) -> list[tuple[NodeId, int, bytes]]:
+        """(nodeid, pid, group) of every process, in corosync's process_info_list order."""
+        return [(p.nodeid, p.pid, p.group) for p in self._processes]
+
+    def local_process(self, handle: Handle, group: bytes) -> LocalProcess | None:
+        """A copy of connection `handle`'s membership of `group`, or None."""
+        p = self._local.get((handle, group))
+        return None if p is None else LocalProcess(p.handle, p.group, p.pid, p.state, p.initial_totem_conf)
+
     def local_processes(self) -> list[LocalProcess]:
         """Copies of the local memberships, by handle then group."""
         return [

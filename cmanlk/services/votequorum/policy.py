@@ -192,6 +192,17 @@ class QuorumState:
     node_votes: tuple[tuple[NodeId, int], ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One entry of the node table, as votequorum_getinfo reports it."""
+
+    nodeid: NodeId
+    votes: int
+    expected_votes: int
+    flags: int
+    state: NodeState
+
+
 @dataclass(slots=True)
 class _Node:
     votes: int = 0
@@ -268,6 +279,29 @@ class Quorum:
             members=self._members,
             node_votes=tuple((n, e.votes) for n, e in member_nodes),
         )
+
+    def node(self, nodeid: NodeId) -> NodeRecord | None:
+        """The node table's entry for `nodeid` (members, dead and leaving nodes), or None."""
+        entry = self._nodes.get(nodeid)
+        if entry is None:
+            return None
+        return NodeRecord(nodeid, entry.votes, entry.expected_votes, entry.flags, entry.state)
+
+    def nodes(self) -> tuple[NodeRecord, ...]:
+        """Every node the table knows (alive or not), by node id."""
+        return tuple(
+            NodeRecord(n, e.votes, e.expected_votes, e.flags, e.state) for n, e in sorted(self._nodes.items())
+        )
+
+    @property
+    def ev_barrier(self) -> int:
+        """The expected-votes barrier (runtime.votequorum.ev_barrier): configured, then as set."""
+        return self._ev_barrier
+
+    @property
+    def qdevice_votes(self) -> int:
+        """Votes of the quorum device pseudo node (0: no device has cast any)."""
+        return self._qdevice_votes
 
     def take_notifications(self) -> tuple[bool, bool]:
         """Return and clear (quorum notification due, expected-votes notification due)."""

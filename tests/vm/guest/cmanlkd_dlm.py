@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # guestlib
 
 from guestlib import (
     CONFIGFS,
-    EAGAIN,
     Checks,
     Cmanlkd,
     Libdlm,
     check_protocol,
     corosync_conf,
     finish,
+    lock_conflict,
     proto_join,
     proto_leave,
     proto_other_joined,
@@ -71,23 +71,7 @@ async def main(me: NodeId, family: int) -> int:
         await wait_until(lambda: sorted(p.name for p in nodes_dir.iterdir()) == ["1", "2"], 10,
                          "both nodes in the kernel lockspace")
         s.check(True, "kernel lockspace nodes [1, 2]")
-        lkid = 0
-        if me == 1:
-            status, lkid = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
-            s.check(status == 0, f"EX on res1 granted (status {status})")
-        await s.barrier("held")
-        if me == 2:
-            status, _ = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
-            s.check(status == EAGAIN, f"EX on res1 refused while node 1 holds it (status {status})")
-        await s.barrier("refused")
-        if me == 1:
-            await asyncio.to_thread(dlm.unlock, LS, lkid)
-        await s.barrier("unlocked")
-        if me == 2:
-            status, lkid2 = await asyncio.to_thread(dlm.try_lock, LS, b"res1")
-            s.check(status == 0, f"EX on res1 granted after node 1's unlock (status {status})")
-            await asyncio.to_thread(dlm.unlock, LS, lkid2)
-        await asyncio.to_thread(dlm.close)
+        await lock_conflict(s, dlm, me, LS)
         code, out = daemon.tool("--json", "dlm")
         s.check(code == 0 and any(ls["name"] == LS for ls in json.loads(out)["lockspaces"]),
                 f"cmanlk-tool --json dlm lists {LS}: {out.strip()[:300]}")

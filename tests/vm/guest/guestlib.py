@@ -343,6 +343,32 @@ async def run_command(c: Checks, *argv: str) -> int:
     return proc.returncode if proc.returncode is not None else -1
 
 
+
+async def lock_conflict(
+    c: Checks, dlm: Libdlm, me: NodeId, lockspace: str, resource: bytes = b"res1"
+) -> None:
+    """Two nodes, one lock: node 1 holds EX on `resource`, node 2's NOQUEUE EX is refused (EAGAIN)
+    while it does and granted once node 1 unlocks (barriers held, refused, unlocked); then both
+    close their lockspace handles."""
+    name = resource.decode()
+    lkid = 0
+    if me == 1:
+        status, lkid = await asyncio.to_thread(dlm.try_lock, lockspace, resource)
+        c.check(status == 0, f"EX on {name} granted (status {status})")
+    await c.barrier("held")
+    if me == 2:
+        status, _ = await asyncio.to_thread(dlm.try_lock, lockspace, resource)
+        c.check(status == EAGAIN, f"EX on {name} refused while node 1 holds it (status {status})")
+    await c.barrier("refused")
+    if me == 1:
+        await asyncio.to_thread(dlm.unlock, lockspace, lkid)
+    await c.barrier("unlocked")
+    if me == 2:
+        status, lkid2 = await asyncio.to_thread(dlm.try_lock, lockspace, resource)
+        c.check(status == 0, f"EX on {name} granted after node 1's unlock (status {status})")
+        await asyncio.to_thread(dlm.unlock, lockspace, lkid2)
+    await asyncio.to_thread(dlm.close)
+
 # --- the real cmanlkd in a guest ------------------------------------------------------------------
 
 CHECKOUT = Path(__file__).resolve().parents[3]
@@ -364,8 +390,9 @@ def node_address(n: int, family: int = 4) -> str:
 
 
 def corosync_conf(nodes: int, *, family: int = 4, two_node: bool = False, fencing: bool = False,
-                  fence_blocks: tuple[dict[str, str], ...] = ()) -> str:
-    """A corosync.conf for `nodes` VMs: udpu on the bridge, token 5000 (TCG), `cmanlk { dlm: yes }`.
+                  fence_blocks: tuple[dict[str, str], ...] = (), dlm: str = "yes") -> str:
+    """A corosync.conf for `nodes` VMs: udpu on the bridge, token 5000 (TCG), `cmanlk { dlm: yes }`
+    (`dlm="no"` when dlm_controld drives the DLM over cmanlkd's libqb IPC).
 
     `fence_blocks` become `fence { key: value ... }` sections of `cmanlk {}` (docs/config.md).
     The dlmd logger runs at debug level: its `kernel:` lines are the configfs/sysfs protocol
@@ -383,7 +410,7 @@ def corosync_conf(nodes: int, *, family: int = 4, two_node: bool = False, fencin
         f"quorum {{\n  provider: corosync_votequorum\n{'  two_node: 1' + chr(10) if two_node else ''}}}\n"
         "logging {\n  to_stderr: yes\n  debug: off\n"
         "  logger_subsys {\n    subsys: dlmd\n    debug: on\n  }\n}\n"
-        f"cmanlk {{\n  state_dir: /var/lib/cmanlk\n  run_dir: {RUN_DIR}\n  dbus: no\n  dlm: yes\n"
+        f"cmanlk {{\n  state_dir: /var/lib/cmanlk\n  run_dir: {RUN_DIR}\n  dbus: no\n  dlm: {dlm}\n"
         f"  dlm_fencing: {'yes' if fencing else 'no'}\n{fence}}}\n"
     )
 
