@@ -258,7 +258,7 @@ def tool(
 ) -> subprocess.CompletedProcess[str]:
     """Run `cmanlk-tool -s socket ARGS` inside `namespace` (bounded); `prefix` wraps the
     interpreter (setpriv …). Never raises on a non-zero exit."""
-    cmd = ["ip", "netns", "exec", namespace, *prefix, python, "-m", "cmanlk.cli", "-s", socket, *args]
+    cmd = ["ip", "netns", "exec", namespace, *prefix, python, "-m", "cmanlk.client.cli", "-s", socket, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, env=child_env())
 
 
