@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
-from cmanlk.errors import ConfigError, InternalError, KernelError, UsageError
+from cmanlk.errors import ConfigError, ErrorCode, InternalError, KernelError, UsageError
 from cmanlk.runtime import sched
 from cmanlk.runtime.logsetup import setup_logging
 from cmanlk.runtime.node import CoreKind, Node
@@ -163,7 +163,7 @@ async def _serve(args: argparse.Namespace, config: ClusterConfig) -> int:
         # tree we cannot write): the host is at fault, not the file, and not a bug
         log.error("stopped: the kernel DLM cannot be set up (cmanlk { dlm: yes }): %s", exc)
         return EXIT_RUNTIME
-    except InternalError as exc:
+    except InternalError as exc:  # the node logged the traceback where it detected it
         log.critical("internal error: %s", exc)
         return EXIT_INTERNAL
     except Exception as exc:  # a bug somewhere below: logged with its traceback, distinct exit code
@@ -273,7 +273,7 @@ class DbusBridge:
             votes = request.votes
             await self.node.request(lambda now, rid: stack.SetVotes(now, target, votes, rid))
             return f"votes of node {target} set to {votes}"
-        raise UsageError("not_supported", f"{type(request).__name__} is not handled by this daemon")
+        raise UsageError(ErrorCode.NOT_SUPPORTED, f"{type(request).__name__} is not handled by this daemon")
 
     def on_item(self, item: object) -> None:
         """Node listener: turn membership and quorum changes into D-Bus notices."""

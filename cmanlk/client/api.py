@@ -12,7 +12,7 @@
             ...
 
 Every call raises `ClientError(code, message)` with the daemon's stable error code
-(ipcproto.E_* and the service codes in docs/ipc.md), or `ConnectionClosed` when the daemon goes
+(cmanlk.errors.ErrorCode's wire strings, docs/ipc.md), or `ConnectionClosed` when the daemon goes
 away. Events that arrive while a call waits for its reply are kept, in order, for `events()`.
 
 Flow control: `cpg_send` retries `try_again` (the daemon's send window is full, or membership
@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any
 
 from cmanlk.client import proto as ipcproto
-from cmanlk.errors import CmanlkError
+from cmanlk.errors import CmanlkError, ErrorCode
 
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 30.0
@@ -71,11 +71,17 @@ WRITE_COALESCE_BYTES = 256 * 1024
 
 
 class ClientError(CmanlkError):
-    """The daemon refused a request: `code` is its stable error code."""
+    """The daemon refused a request: `code` is its stable wire string (docs/ipc.md, "Error
+    codes"), `error` the ErrorCode it names (None for a code this library does not know)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        if isinstance(code, ErrorCode):
+            self.error: ErrorCode | None = code
+            self.code = code.wire
+        else:
+            self.error = ErrorCode.from_wire(code)
+            self.code = code
+        super().__init__(f"{self.code}: {message}")
 
 
 class SendError(ClientError):
@@ -94,7 +100,7 @@ class ConnectionClosed(ClientError):
     """The daemon closed the connection (or it was never open)."""
 
     def __init__(self, message: str = "connection closed by the daemon") -> None:
-        super().__init__("connection_closed", message)
+        super().__init__(ErrorCode.CONNECTION_CLOSED, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +256,7 @@ class Client:
             raise ConnectionClosed(_cannot_connect(path, exc)) from None
         except PermissionError as exc:
             sock.close()
-            raise ClientError(ipcproto.E_PERMISSION_DENIED, f"{path}: {exc.strerror}") from None
+            raise ClientError(ErrorCode.PERMISSION_DENIED, f"{path}: {exc.strerror}") from None
         client = cls(sock)
         try:
             client.server = client.call("hello", _hello_args())
@@ -294,7 +300,7 @@ class Client:
         while True:
             frame = self._next_frame(deadline - time.monotonic())
             if frame is None:
-                raise ClientError(ipcproto.E_TIMEOUT, f"no reply to {op} in {CALL_TIMEOUT_S} s")
+                raise ClientError(ErrorCode.TIMEOUT, f"no reply to {op} in {CALL_TIMEOUT_S} s")
             if frame.kind == ipcproto.EVENT:
                 self._keep(_as_event(frame))
                 continue
@@ -416,7 +422,7 @@ class Client:
             try:
                 self.cpg_send(group, payload, retry_timeout_s=timeout_s if block else 0)
             except ClientError as exc:
-                if exc.code == ipcproto.E_TRY_AGAIN and not block:
+                if exc.error is ErrorCode.TRY_AGAIN and not block:
                     return False
                 raise
             return True
@@ -474,7 +480,7 @@ class Client:
             if not self._pump_frames(deadline - time.monotonic()):
                 n = len(self._pipe.unacked)
                 message = f"{n} pipelined sends not acknowledged in {timeout_s} s"
-                raise ClientError(ipcproto.E_TIMEOUT, message)
+                raise ClientError(ErrorCode.TIMEOUT, message)
         self._pipe.raise_error()
 
     @property
@@ -522,7 +528,7 @@ class Client:
             try:
                 return self.call(op, args, payload)
             except ClientError as exc:
-                if exc.code != ipcproto.E_TRY_AGAIN or time.monotonic() + pause > deadline:
+                if exc.error is not ErrorCode.TRY_AGAIN or time.monotonic() + pause > deadline:
                     raise
             self._pump(pause)
             pause = min(pause * 2, RETRY_PAUSE_S[1])
@@ -572,7 +578,7 @@ class Client:
                 if not block:
                     return False
                 if time.monotonic() >= deadline:
-                    raise ClientError(ipcproto.E_TRY_AGAIN, why())
+                    raise ClientError(ErrorCode.TRY_AGAIN, why())
         return True
 
     def _send_all(self, data: bytes, deadline: float) -> None:
@@ -593,7 +599,7 @@ class Client:
             while view:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ClientError(ipcproto.E_TIMEOUT, "the daemon did not read our request in time")
+                    raise ClientError(ErrorCode.TIMEOUT, "the daemon did not read our request in time")
                 ready = self._poll.poll(left * 1000)
                 if any(ev & (select.POLLIN | select.POLLHUP | select.POLLERR) for _, ev in ready):
                     self._recv_once()
@@ -741,7 +747,7 @@ class AsyncClient:
             try:
                 frame = await asyncio.wait_for(future, CALL_TIMEOUT_S)
             except TimeoutError:
-                raise ClientError(ipcproto.E_TIMEOUT, f"no reply to {op} in {CALL_TIMEOUT_S} s") from None
+                raise ClientError(ErrorCode.TIMEOUT, f"no reply to {op} in {CALL_TIMEOUT_S} s") from None
         finally:
             self._pending.pop(request_id, None)
         return _result(frame)
@@ -848,7 +854,7 @@ class AsyncClient:
                 await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 n = len(self._pipe.unacked)
-                raise ClientError(ipcproto.E_TIMEOUT, f"{n} pipelined sends not acknowledged") from None
+                raise ClientError(ErrorCode.TIMEOUT, f"{n} pipelined sends not acknowledged") from None
         self._pipe.raise_error()
 
     @property
@@ -866,7 +872,7 @@ class AsyncClient:
                 await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 n = len(self._pipe.unacked)
-                raise ClientError(ipcproto.E_TRY_AGAIN, f"{n} pipelined sends unacknowledged") from None
+                raise ClientError(ErrorCode.TRY_AGAIN, f"{n} pipelined sends unacknowledged") from None
 
     async def _write(self, data: bytes) -> None:
         if self._closed:
@@ -912,7 +918,7 @@ class AsyncClient:
             try:
                 return await self.call(op, args, payload)
             except ClientError as exc:
-                if exc.code != ipcproto.E_TRY_AGAIN or time.monotonic() + pause > deadline:
+                if exc.error is not ErrorCode.TRY_AGAIN or time.monotonic() + pause > deadline:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_PAUSE_S[1])

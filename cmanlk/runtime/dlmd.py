@@ -72,7 +72,7 @@ from cmanlk.dlm.control import (
     ShutdownRequested,
 )
 from cmanlk.dlm.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
-from cmanlk.errors import KernelError, UsageError
+from cmanlk.errors import ErrorCode, KernelError, UsageError
 from cmanlk.runtime.fence import FenceDevice, FenceRunner
 from cmanlk.services.base import CPG_SERVICE
 from cmanlk.services.cpg.service import (
@@ -110,7 +110,7 @@ MAX_HELD_GROUP_EVENTS = 4096
 HOLD_LIMIT_S = 5.0
 """The quorum and membership notifications follow the confchgs within one Stack step; if they
 ever did not, held events are fed after this long rather than never."""
-RETRYABLE = frozenset({"try_again", "busy"})
+RETRYABLE = frozenset({ErrorCode.TRY_AGAIN, ErrorCode.BUSY})
 """cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
 DLM_CONFIGFS = "/sys/kernel/config/dlm"
 AGENT_TAIL_SHOWN = 200
@@ -257,7 +257,7 @@ class DlmDaemon:
     def fence_ack(self, nodeid: NodeId) -> dict[str, Any]:
         """An admin confirms `nodeid` is off: recovery may go on. Returns the reply."""
         if nodeid == self.node.me:
-            raise UsageError("invalid_param", "a node cannot acknowledge its own fencing")
+            raise UsageError(ErrorCode.INVALID_PARAM, "a node cannot acknowledge its own fencing")
         log.warning("fencing of node %d acknowledged by an administrator", nodeid)
         self._feed(FenceAck(_now(), nodeid))
         return {"result": "acknowledged", "nodeid": int(nodeid),
@@ -420,7 +420,7 @@ class DlmDaemon:
                     await self.node.request(build, GROUP_REQUEST_TIMEOUT_S)
                     break
                 except UsageError as exc:
-                    if exc.code == "not_running":
+                    if exc.code is ErrorCode.NOT_RUNNING:
                         return  # the node left: nothing more to send
                     if exc.code not in RETRYABLE or time.monotonic() > deadline:
                         self.stats.group_dropped += 1

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 from cmanlk.client import proto as ipcproto
 from cmanlk.client.proto import ProtocolError
-from cmanlk.errors import UsageError
+from cmanlk.errors import ErrorCode, UsageError
 from cmanlk.services.base import CPG_SERVICE
 from cmanlk.services.cpg.service import (
     ClientGone,
@@ -313,9 +313,9 @@ class IpcServer:
         cred = _peer_cred(writer)
         refusal = self._refusal(cred)
         if refusal is None and len(self._clients) >= self.config.max_clients:
-            refusal = ("no_resources", f"too many clients (at most {self.config.max_clients})")
+            refusal = (ErrorCode.NO_RESOURCES, f"too many clients (at most {self.config.max_clients})")
         if refusal is not None:
-            self._count(f"refused_{refusal[0]}")
+            self._count(f"refused_{refusal[0].wire}")
             log.warning("IPC: refused pid %d uid %d: %s", cred.pid, cred.uid, refusal[1])
             with contextlib.suppress(OSError):
                 writer.write(ipcproto.error(None, *refusal))
@@ -337,13 +337,13 @@ class IpcServer:
                 await writer_task
             writer.close()
 
-    def _refusal(self, cred: PeerCred) -> tuple[str, str] | None:
+    def _refusal(self, cred: PeerCred) -> tuple[ErrorCode, str] | None:
         if cred.uid in (0, os.geteuid()):
             return None
         if self._gid is not None and (cred.gid == self._gid or self._gid in _supplementary_groups(cred.pid)):
             return None
         rule = f"root or members of group {self.config.group!r}" if self._gid is not None else "root only"
-        return ipcproto.E_PERMISSION_DENIED, f"uid {cred.uid} may not use {self.config.path} ({rule})"
+        return ErrorCode.PERMISSION_DENIED, f"uid {cred.uid} may not use {self.config.path} ({rule})"
 
     def _drop(self, client: _Client) -> None:
         """Forget `client` (idempotent); its cpg processes leave with reason 5 (process down)."""
@@ -439,20 +439,20 @@ class IpcServer:
         request_id = header.get("id")
         if frame.kind != ipcproto.REQUEST or not isinstance(request_id, int) or isinstance(request_id, bool):
             self._count("bad_request")
-            client.send(ipcproto.error(None, ipcproto.E_BAD_REQUEST, "expected a request with an integer id"))
+            client.send(ipcproto.error(None, ErrorCode.BAD_REQUEST, "expected a request with an integer id"))
             return
         op, args = header.get("op"), header.get("args", {})
         try:
             if not isinstance(op, str) or not isinstance(args, dict):
-                raise ProtocolError(ipcproto.E_BAD_REQUEST, "op must be a string and args an object")
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "op must be a string and args an object")
             if client.version == 0 and op != "hello":
-                raise ProtocolError(ipcproto.E_HELLO_REQUIRED, "the first request must be hello")
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "the first request must be hello")
             entry = _OPS.get(op)
             if entry is None:
-                raise ProtocolError(ipcproto.E_UNKNOWN_OP, f"unknown op {op!r}")
+                raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}")
             handler, privileged = entry
             if privileged and client.cred.uid != 0:
-                raise ProtocolError(ipcproto.E_PERMISSION_DENIED, f"{op} is for root only")
+                raise ProtocolError(ErrorCode.PERMISSION_DENIED, f"{op} is for root only")
             result = await handler(_Call(self, client, args, frame.payload))
         except ProtocolError as exc:
             client.send(ipcproto.error(request_id, exc.code, str(exc)))
@@ -480,14 +480,14 @@ class IpcServer:
         finally:
             self._pending.pop(request_id, None)
         if result.error is not None:
-            raise UsageError(result.error, result.message or result.error)
+            raise UsageError(result.error, result.message or result.error.wire)
 
     async def _answer(self, future: asyncio.Future[RequestResult]) -> RequestResult:
         """The core's answer to a submitted request; UsageError(timeout) after request_timeout_s."""
         try:
             return await asyncio.wait_for(future, self.config.request_timeout_s)
         except TimeoutError:
-            raise UsageError(ipcproto.E_TIMEOUT, "the daemon did not answer in time") from None
+            raise UsageError(ErrorCode.TIMEOUT, "the daemon did not answer in time") from None
 
     # --- pipelined sends (version 2) -----------------------------------------------------------------
 
@@ -516,7 +516,7 @@ class IpcServer:
             finally:
                 self._pending.pop(request_id, None)
         if result.error is not None:
-            raise UsageError(result.error, result.message or result.error)
+            raise UsageError(result.error, result.message or result.error.wire)
 
     async def _on_mcast(self, client: _Client, seq: int, group: bytes, payload: bytes) -> None:
         """Hand one pipelined MCAST to the core; retry try_again in order; report a refusal."""
@@ -527,7 +527,7 @@ class IpcServer:
             try:
                 await self._mcast_once(request)
             except UsageError as exc:
-                if exc.code == ipcproto.E_TRY_AGAIN and not client.closed:
+                if exc.code is ErrorCode.TRY_AGAIN and not client.closed:
                     now = time.monotonic()
                     deadline = deadline or now + MCAST_RETRY_S
                     if now + pause <= deadline:
@@ -535,9 +535,9 @@ class IpcServer:
                         await self._retry_wait(pause)
                         pause = min(pause * 2, MCAST_RETRY_PAUSE_S[1])
                         continue
-                self._count(f"mcast_refused_{exc.code}")
+                self._count(f"mcast_refused_{exc.code.wire}")
                 text = ipcproto.group_text(group)
-                info = {"seq": seq, "group": text, "code": exc.code, "message": str(exc)}
+                info = {"seq": seq, "group": text, "code": exc.code.wire, "message": str(exc)}
                 client.send(ipcproto.event(ipcproto.EV_CPG_SEND_ERROR, info))
             client.mcast_handled = seq
             return
@@ -645,7 +645,7 @@ class IpcServer:
         client.queue.clear()
         client.queued_bytes = 0
         message = f"more than {self.config.queue_bytes} bytes of events unread; disconnected"
-        client.writer.write(ipcproto.error(None, ipcproto.E_TOO_SLOW, message))
+        client.writer.write(ipcproto.error(None, ErrorCode.TOO_SLOW, message))
         client.writer.close()
         loop = asyncio.get_running_loop()
         loop.call_later(CLOSE_GRACE_S, client.writer.transport.abort)
@@ -824,7 +824,7 @@ async def _op_cpg_join(call: _Call) -> dict[str, Any]:
     group = ipcproto.group_name(call.args.get("group"))
     pid = call.args.get("pid", call.client.cred.pid)
     if not isinstance(pid, int) or isinstance(pid, bool):
-        raise ProtocolError(ipcproto.E_BAD_REQUEST, "pid must be an integer")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "pid must be an integer")
     initial = bool(call.args.get("initial_totem_conf", False))
     call.client.used_cpg = True
     request = CpgJoin(call.client.handle, group, pid, initial)
@@ -854,7 +854,7 @@ async def _op_set_votes(call: _Call) -> dict[str, Any]:
     votes = _int_arg(call.args, "votes")
     nodeid = call.args.get("nodeid", 0) or call.server.backend.status().get("node_id", 0)
     if not isinstance(nodeid, int):
-        raise ProtocolError(ipcproto.E_BAD_REQUEST, "nodeid must be an integer")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "nodeid must be an integer")
     await call.server._core_request(lambda rid: SetVotes(_now(), NodeId(nodeid), votes, rid))
     return {"nodeid": nodeid, "votes": votes}
 
@@ -962,14 +962,14 @@ class MemoryBackend:
             return list(self.cpg.on_local_request(event.request))
         if isinstance(event, SetExpectedVotes):
             if event.expected_votes < 1:
-                raise UsageError("invalid_param", "expected votes must be at least 1")
+                raise UsageError(ErrorCode.INVALID_PARAM, "expected votes must be at least 1")
             self.quorum["expected_votes"] = event.expected_votes
             return []
         if isinstance(event, SetVotes):
             if event.votes < 0:
-                raise UsageError("invalid_param", "votes must not be negative")
+                raise UsageError(ErrorCode.INVALID_PARAM, "votes must not be negative")
             return []
-        raise UsageError("not_supported", f"{type(event).__name__} is not served")
+        raise UsageError(ErrorCode.NOT_SUPPORTED, f"{type(event).__name__} is not served")
 
     def subscribe(self, listener: Callable[[object], None]) -> None:
         self._listeners.append(listener)
@@ -983,7 +983,7 @@ class MemoryBackend:
         result = self.admin_results.get(type(command))
         if result is None:
             what = type(command).__name__
-            raise UsageError(ipcproto.E_NOT_SUPPORTED, f"{what} is not supported by this daemon")
+            raise UsageError(ErrorCode.NOT_SUPPORTED, f"{what} is not supported by this daemon")
         return result
 
     def publish(self, note: object) -> None:
@@ -1049,7 +1049,7 @@ def _remove_stale_socket(path: Path) -> None:
 def _int_arg(args: Mapping[str, Any], key: str) -> int:
     value = args.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(ipcproto.E_BAD_REQUEST, f"{key} must be an integer")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{key} must be an integer")
     return value
 
 
@@ -1059,7 +1059,7 @@ def _reason_arg(args: Mapping[str, Any]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ProtocolError(ipcproto.E_BAD_REQUEST, "reason must be a non-empty string")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "reason must be a non-empty string")
     return value
 
 

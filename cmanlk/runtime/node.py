@@ -13,8 +13,10 @@ next action, so a new ring's packets never leave before its seq is durable. Netw
 block (non-blocking sockets; a full buffer is a lost datagram totem recovers from).
 
 Long-lived tasks (watchdog pings, status refresh, the control queue fed by signal handlers) run
-under one asyncio.TaskGroup. An exception raised by the core (a bug: InternalError or anything
-else) stops the node: it is logged with the state, a leave is attempted, and `run()` raises.
+under one asyncio.TaskGroup. An exception raised by the core stops the node: it is logged with
+the state, a leave is attempted, and `run()` raises it as InternalError (a bug: the core's
+exception is its cause), or as the OSError it was when the host failed us (a ring seq that
+could not be made durable).
 
 Observable state for the IPC server, D-Bus and admins: `NodeStatus` (`status()`), listeners for
 notifications (`add_listener`), and `<run_dir>/status.json`, rewritten atomically on every
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cmanlk.config import ClusterConfig
-from cmanlk.errors import UsageError
+from cmanlk.errors import ErrorCode, InternalError, UsageError
 from cmanlk.runtime import statedir
 from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.transport import LinkStatus, Transport, build_transport
@@ -255,7 +257,7 @@ class Node:
     def mcast(self, payload: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
         """Queue an application message in total order (Totem mode and tests). Raises UsageError."""
         if self.core is None or self._left:
-            raise UsageError("not_running", "the node is not running")
+            raise UsageError(ErrorCode.NOT_RUNNING, "the node is not running")
         self._feed(McastRequested(_now(), payload, guarantee))
 
     def handle_request(self, event: object) -> None:
@@ -265,7 +267,7 @@ class Node:
         when the node is not running.
         """
         if self.core is None or self._left:
-            raise UsageError("not_running", "the node is not running")
+            raise UsageError(ErrorCode.NOT_RUNNING, "the node is not running")
         self._feed(event)
 
     async def request(self, build: Callable[[Instant, int], object], timeout_s: float = 5.0) -> str:
@@ -276,7 +278,7 @@ class Node:
         refused, UsageError("busy") past MAX_PENDING_REQUESTS, TimeoutError after `timeout_s`.
         """
         if len(self._requests) >= MAX_PENDING_REQUESTS:
-            raise UsageError("busy", f"{MAX_PENDING_REQUESTS} requests are already pending")
+            raise UsageError(ErrorCode.BUSY, f"{MAX_PENDING_REQUESTS} requests are already pending")
         request_id = self._next_request_id
         self._next_request_id += 1
         future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
@@ -288,13 +290,13 @@ class Node:
         finally:
             self._requests.pop(request_id, None)
         if result.error is not None:
-            raise UsageError(result.error, result.message or result.error)
+            raise UsageError(result.error, result.message or result.error.wire)
         return result.message
 
     def add_listener(self, listener: Listener) -> None:
         """Register a callback for notifications. Raises UsageError past MAX_LISTENERS."""
         if len(self._listeners) >= MAX_LISTENERS:
-            raise UsageError("too_many_listeners", f"at most {MAX_LISTENERS} listeners")
+            raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LISTENERS} listeners")
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
@@ -379,16 +381,14 @@ class Node:
             self._carry_out(actions)
         except UsageError:
             raise
-        except Exception as exc:  # a bug in the core or a failed fsync: we must not go on
-            log.critical(
-                "stopping: %r while handling %s (state %s, ring %s)",
-                exc,
-                type(event).__name__,
-                self._state.value,
-                self._ring_id,
-                exc_info=True,
-            )
-            self._fatal = exc
+        except Exception as exc:  # a bug in the core, or a failed fsync: we must not go on
+            where = f"{type(event).__name__} (state {self._state.value}, ring {self._ring_id})"
+            log.critical("stopping: %r while handling %s", exc, where, exc_info=True)
+            if isinstance(exc, OSError | InternalError):
+                self._fatal = exc  # OSError: the host failed us (ring seq not durable), exit 3
+            else:
+                self._fatal = InternalError(f"the core failed: {exc!r} while handling {where}")
+                self._fatal.__cause__ = exc
             self._post("fatal", None)
             return
         self._arm_timer()
@@ -424,7 +424,7 @@ class Node:
                     self._on_notification(action)
                     self._publish(action)
                 case _:
-                    log.error("unknown action %r ignored", action)
+                    raise InternalError(f"the core returned an action the runtime does not know: {action!r}")
 
     def _arm_timer(self) -> None:
         core = self.core
@@ -743,7 +743,7 @@ class NodeIpcBackend:
             return dict(self.dlm.status())
         if self.dlm is not None and isinstance(command, FenceAck):
             return dict(self.dlm.fence_ack(command.nodeid))
-        raise UsageError("not_supported", f"{type(command).__name__} is not served by this daemon")
+        raise UsageError(ErrorCode.NOT_SUPPORTED, f"{type(command).__name__} is not served by this daemon")
 
     def _cpg_groups(self) -> list[dict[str, object]]:
         from cmanlk.services.cpg.service import CpgService

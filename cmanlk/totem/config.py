@@ -39,6 +39,14 @@ DEFAULT_NETMTU = 1500
 KERNEL_TICK_MS = 10  # corosync subtracts one tick (1000/HZ) from hold and assumes HZ=100.
 
 
+class SettingsConflict(ValueError):
+    """Two totem settings corosync would refuse together; `key` is the totem key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
 @dataclass(frozen=True, slots=True)
 class TotemConfig:
     """Effective totem settings of one node. Build it with `TotemConfig.derive()`.
@@ -94,7 +102,8 @@ class TotemConfig:
     ) -> TotemConfig:
         """Return the effective config for a nodelist, applying corosync's derivations.
 
-        Raises ValueError for a combination corosync would refuse (e.g. consensus < join).
+        Raises SettingsConflict (a ValueError naming the key to blame) for a combination
+        corosync would refuse: consensus < join, max_messages > window_size.
         """
         node_ids = tuple(sorted(set(nodes)))
         effective_token = token_ms
@@ -107,9 +116,13 @@ class TotemConfig:
         if consensus_ms is None:
             consensus_ms = max(int(effective_token * 1.2), join_ms)
         if consensus_ms < join_ms:
-            raise ValueError(f"consensus ({consensus_ms} ms) must be at least join ({join_ms} ms)")
+            raise SettingsConflict(
+                "consensus", f"consensus ({consensus_ms} ms) must be at least join ({join_ms} ms)"
+            )
         if max_messages > window_size:
-            raise ValueError(f"max_messages ({max_messages}) must not exceed window_size ({window_size})")
+            raise SettingsConflict(
+                "max_messages", f"max_messages ({max_messages}) must not exceed window_size ({window_size})"
+            )
         return cls(
             nodes=node_ids,
             token_ms=effective_token,

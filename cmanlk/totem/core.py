@@ -32,7 +32,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import MalformedPacket
 from cmanlk.totem import wire
 from cmanlk.totem.actions import Action, MembState
 from cmanlk.totem.base import GatherReason, TotemStats
@@ -94,11 +94,18 @@ class Totem(Membership):
             return None
         return self.timers.next_deadline
 
+    @property
+    def send_queue_free_bytes(self) -> int:
+        """Room left in the send queue: a McastRequested of up to this many bytes less
+        totempg.QUEUE_ENTRY_COST_BYTES is queued, a larger one refused with QueueFull."""
+        return self.packer.free_bytes
+
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order.
 
-        Raises UsageError only for a local request that cannot be taken now
-        (McastRequested when the send queue is full or the message too large).
+        Raises only for a local request that cannot be taken now: McastRequested raises QueueFull
+        (try_again) when the send queue is full, TooLarge past the maximum message size,
+        UsageError(invalid_param) for an empty message. Nothing is queued then.
         """
         if self._state == MembState.LEFT:
             return []
@@ -185,10 +192,7 @@ class Totem(Membership):
     # --- local requests ------------------------------------------------------------------------------
 
     def _on_mcast_requested(self, now: Instant, payload: bytes, guarantee: Guarantee) -> None:
-        try:
-            self.packer.push(payload, guarantee)
-        except ValueError as e:
-            raise UsageError("try-again" if "full" in str(e) else "too-large", str(e)) from None
+        self.packer.push(payload, guarantee)  # QueueFull / TooLarge / UsageError: nothing queued
         if self._state != MembState.OPERATIONAL:
             return
         if self.held_token is not None and self.timers.is_armed(TimerName.HOLD):

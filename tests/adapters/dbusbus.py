@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from cmanlk.errors import UsageError
+from cmanlk.errors import ErrorCode, UsageError
 from cmanlk.runtime.dbus_status import (
     AdminRequest,
     ClusterStatus,
@@ -182,12 +182,12 @@ class MemoryCluster:
             await asyncio.sleep(self.submit_delay_s)
         match request:
             case SetExpectedVotes(expected) if expected < 1:
-                raise UsageError("invalid_votes", "expected votes must be at least 1")
+                raise UsageError(ErrorCode.INVALID_PARAM, "expected votes must be at least 1")
             case SetExpectedVotes(expected):
                 self.status = replace(self.status, expected_votes=expected)
             case SetVotes(nodeid, votes):
                 if nodeid not in (0, *(n.nodeid for n in self.status.nodes)):
-                    raise UsageError("no_such_node", f"node {nodeid} is unknown")
+                    raise UsageError(ErrorCode.NOT_FOUND, f"node {nodeid} is unknown")
                 if nodeid in (0, self.status.local_nodeid):
                     self.status = replace(self.status, votes=votes)
             case FenceAck():

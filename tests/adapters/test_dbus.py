@@ -382,9 +382,9 @@ async def test_privileged_methods_are_for_root_only_by_policy(bus: PrivateBus) -
         # An illegal request is a named error with the daemon's message, not a crash.
         status, _, err = await gdbus_call(bus, "SetExpectedVotes", "0")
         assert status != 0
-        assert "GDBus.Error:org.cmanlk.Cluster1.Error.InvalidVotes: expected votes must be at least 1" in err
+        assert "GDBus.Error:org.cmanlk.Cluster1.Error.InvalidParam: expected votes must be at least 1" in err
         status, _, err = await gdbus_call(bus, "SetVotes", "7", "1")
-        assert "org.cmanlk.Cluster1.Error.NoSuchNode" in err
+        assert "org.cmanlk.Cluster1.Error.NotFound" in err
         assert await get_property(bus, "ExpectedVotes") == 2
 
 
