@@ -24,6 +24,17 @@ as the reference for the wire-visible details:
 
 Remote input never raises out of `handle()`: malformed packets and packets that
 are illegal in the current state are counted in `stats.dropped` by reason.
+
+Deviation (hardening): a packet that can move the membership state machine — a
+JOIN, a commit token, an ORF token, a merge detect, a token hold cancel, an MCAST
+of a ring other than ours — is dropped (`spoofed-sender`) when the node it claims
+to come from is not the node whose address it came from (`PacketReceived.src`, the
+transport's mapping of the source address; the check is skipped when that is
+unknown). corosync's udpu trusts the claim, so one listed host could speak for
+every node. MCASTs of our own ring are not checked: a retransmission arrives from
+whichever member had the message, under its originator's id. udpu has no
+authentication, so a host that claims its own address's id, or forges the source
+address itself, is still believed; the native transport authenticates every frame.
 """
 
 from __future__ import annotations
@@ -110,9 +121,9 @@ class Totem(Membership):
         if self._state == MembState.LEFT:
             return []
         match event:
-            case PacketReceived(now=now, data=data):
+            case PacketReceived(now=now, data=data, src=src):
                 if self._started:
-                    self._on_packet(now, data)
+                    self._on_packet(now, data, src)
             case DeadlineReached(now=now):
                 self._on_deadline(now)
             case McastRequested(now=now, payload=payload, guarantee=guarantee):
@@ -146,13 +157,32 @@ class Totem(Membership):
 
     # --- dispatch ------------------------------------------------------------------------------------
 
-    def _on_packet(self, now: Instant, data: bytes) -> None:
+    def _on_packet(self, now: Instant, data: bytes, src: NodeId | None) -> None:
         try:
             packet = wire.decode(data)
         except MalformedPacket as e:
             self._drop(e.reason, e.detail)
             return
+        claimed = self._claimed_sender(packet)
+        if src is not None and claimed is not None and claimed != src:
+            what = f"{type(packet).__name__} claims node {claimed}, came from node {src}'s address"
+            self._drop("spoofed-sender", what)
+            return
         self._handle_packet(now, packet)
+
+    def _claimed_sender(self, packet: wire.Packet) -> NodeId | None:
+        """The node a membership-moving packet says sent it (module docstring); None: not checked."""
+        match packet:
+            case wire.MembJoin() | wire.MergeDetect():
+                return packet.system_from  # a leave JOIN has sender 0 but names its node here
+            case wire.OrfToken() | wire.CommitToken() | wire.TokenHoldCancel():
+                return packet.sender  # set by each node that forwards it
+            case wire.Mcast():
+                new = self.new_ring
+                ours = packet.ring_id == self.ring.ring_id
+                ours = ours or (new is not None and packet.ring_id == new.ring_id)
+                return None if ours else packet.system_from  # a foreign ring's message starts a merge
+        return None
 
     def _handle_packet(self, now: Instant, packet: wire.Packet) -> None:
         handler, states = self._dispatch[type(packet)]
