@@ -73,6 +73,13 @@ log = logging.getLogger("cmanlk.ipc")
 
 MAX_CLIENTS = 256
 """Connections served at once; one more is answered `no_resources` and closed."""
+ROOT_RESERVED_CLIENTS = 16
+"""Of MAX_CLIENTS, the connections only root may take: local users of ipc_group cannot fill every
+slot and lock the admin (and cmanlk-tool) out."""
+FRAME_DEADLINE_S = 10.0
+"""A frame begun must be complete within this long of our waiting for the rest (and `hello` done
+within this long of connecting); else the client gets `timeout` and is closed. Without it a client
+that sent a header and never the body held its slot forever: 256 of them locked everyone out."""
 CLIENT_QUEUE_BYTES = 16 * 1024 * 1024
 """Outgoing bytes queued for one client before it is disconnected: 16 whole cpg messages."""
 CLIENT_QUEUE_FRAMES = 8192
@@ -169,6 +176,9 @@ class IpcConfig:
     path: str = ipcproto.DEFAULT_SOCKET_PATH
     group: str | None = None
     max_clients: int = MAX_CLIENTS
+    root_reserved: int = ROOT_RESERVED_CLIENTS
+    """Slots of max_clients kept for root (uid 0)."""
+    frame_deadline_s: float = FRAME_DEADLINE_S
     queue_bytes: int = CLIENT_QUEUE_BYTES
     queue_frames: int = CLIENT_QUEUE_FRAMES
     request_timeout_s: float = REQUEST_TIMEOUT_S
@@ -207,6 +217,7 @@ class _Client:
         self.slow = False
         self.closed = False
         self.overflowed = False
+        self.unread: tuple[int, int] = (0, 0)  # (bytes, frames) not read when it overflowed
         self.dropping = False
         self.wake = asyncio.Event()
         self.drained = asyncio.Event()
@@ -217,6 +228,7 @@ class _Client:
             return False
         full = len(self.queue) >= self.config.queue_frames
         if full or self.queued_bytes + len(frame) > self.config.queue_bytes:
+            self.unread = (self.queued_bytes + len(frame), len(self.queue) + 1)
             self.overflowed = True
             self.closed = True
             self.wake.set()
@@ -312,8 +324,10 @@ class IpcServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cred = _peer_cred(writer)
         refusal = self._refusal(cred)
-        if refusal is None and len(self._clients) >= self.config.max_clients:
-            refusal = (ErrorCode.NO_RESOURCES, f"too many clients (at most {self.config.max_clients})")
+        limit = self.config.max_clients - (0 if cred.uid == 0 else self.config.root_reserved)
+        if refusal is None and len(self._clients) >= limit:
+            kept = f", {self.config.root_reserved} more for root" if cred.uid != 0 else ""
+            refusal = (ErrorCode.NO_RESOURCES, f"too many clients (at most {limit}{kept})")
         if refusal is not None:
             self._count(f"refused_{refusal[0].wire}")
             log.warning("IPC: refused pid %d uid %d: %s", cred.pid, cred.uid, refusal[1])
@@ -353,17 +367,29 @@ class IpcServer:
         if client.overflowed:
             self._count("client_overflow")
             log.warning(
-                "IPC: client pid %d disconnected: %d bytes queued", client.cred.pid, client.queued_bytes
-            )
+                "IPC: client pid %d disconnected: it did not read its events, %d bytes in %d frames "
+                "unread (bound %d bytes, %d frames)",
+                client.cred.pid, *client.unread, self.config.queue_bytes, self.config.queue_frames,
+            )  # fmt: skip
         if client.used_cpg:
             with contextlib.suppress(UsageError):
                 self._submit(ServiceRequest(_now(), CPG_SERVICE, ClientGone(client.handle)))
 
     async def _read_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
         decoder = ipcproto.FrameDecoder()
+        loop = asyncio.get_running_loop()
+        hello_by = loop.time() + self.config.frame_deadline_s
+        frame_by: float | None = None  # set while a frame begun waits for its rest
         while not client.closed:
+            if decoder.buffered and frame_by is None:
+                frame_by = loop.time() + self.config.frame_deadline_s  # our own holding not counted
+            deadline = frame_by if frame_by is not None else hello_by if client.version == 0 else None
             try:
-                data = await reader.read(READ_CHUNK_BYTES)
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(READ_CHUNK_BYTES)
+            except TimeoutError:
+                await self._stalled(client, "a frame it began" if frame_by is not None else "hello")
+                return
             except OSError as exc:  # ECONNRESET: the client died with unread data queued for it
                 log.debug("IPC: client pid %d: %s", client.cred.pid, exc)
                 return
@@ -391,7 +417,19 @@ class IpcServer:
                 await self._on_frame(client, item)
                 # Compact frames only after hello's reply: the client waits for it before sending one.
                 decoder.compact = client.compact
+            if not decoder.buffered:
+                frame_by = None
             self._ack(client)
+
+    async def _stalled(self, client: _Client, what: str) -> None:
+        """The client did not finish `what` within frame_deadline_s: tell it, close it."""
+        self._count("stalled")
+        limit = self.config.frame_deadline_s
+        log.warning("IPC: client pid %d uid %d closed: %s not complete within %g s",
+                    client.cred.pid, client.cred.uid, what, limit)  # fmt: skip
+        text = f"{what} not complete within {limit:g} s; closing"
+        client.send(ipcproto.error(None, ErrorCode.TIMEOUT, text))
+        await self._flush(client)
 
     async def _write_loop(self, client: _Client) -> None:
         writer = client.writer
