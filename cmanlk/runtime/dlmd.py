@@ -21,7 +21,7 @@ normal); `dlm: yes` fails the daemon when the kernel DLM cannot be set up.
 
 Cpg requests are sent in order by one task: the Stack refuses joins and sends with `try_again`
 while a new membership is synchronised (libcpg callers retry the same way), so each request is
-retried every GROUP_RETRY_S until accepted or GROUP_RETRY_LIMIT_S passed.
+retried with GROUP_RETRY's growing pauses until accepted or 60 s passed.
 
 A kernel action that fails is logged and counted (`kernel_errors`) and the rest of the batch
 still runs: ENOENT on a lockspace attribute means its last user went away meanwhile (the
@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cmanlk.client.connection import RetryPolicy
 from cmanlk.config import ClusterConfig
 from cmanlk.dlm import control as dlmctl
 from cmanlk.dlm.control import (
@@ -97,11 +98,11 @@ DLMD_HANDLE = Handle(1 << 48)
 FENCE_GROUP = b"cmanlk:dlm"
 """Daemon-wide cpg group: fencing results are announced here (dlm_controld uses "dlm:controld")."""
 FENCED_MAGIC = b"cmanlk-dlm-fenced "
-GROUP_RETRY_S = 0.05
-"""Pause before re-sending a cpg request refused with try_again/busy (a sync takes ~ms)."""
-GROUP_RETRY_LIMIT_S = 60.0
-"""A request still refused after this long is dropped and logged (a sync never lasts this long
-unless the ring keeps re-forming; the lockspace then shows what it waits for)."""
+GROUP_RETRY = RetryPolicy(first_s=0.005, longest_s=0.25, limit_s=60.0)
+"""Re-sending a cpg request refused with try_again/busy (or not answered): pauses from 5 ms (a
+sync takes ~ms) doubling to 250 ms; a request still refused after 60 s is dropped and logged (a
+sync never lasts this long unless the ring keeps re-forming; the lockspace then shows what it
+waits for)."""
 MAX_PENDING_GROUP_OPS = 4096
 """cpg requests queued for the sender: a few per lockspace change, MAX_LOCKSPACES lockspaces."""
 GROUP_REQUEST_TIMEOUT_S = 5.0
@@ -413,7 +414,7 @@ class DlmDaemon:
         while True:
             request = await self._outbox.get()
             self.stats.group_requests += 1
-            deadline = time.monotonic() + GROUP_RETRY_LIMIT_S
+            retry = GROUP_RETRY.start(time.monotonic())
             build = _cpg_request(request)
             while True:
                 try:
@@ -422,17 +423,19 @@ class DlmDaemon:
                 except UsageError as exc:
                     if exc.code is ErrorCode.NOT_RUNNING:
                         return  # the node left: nothing more to send
-                    if exc.code not in RETRYABLE or time.monotonic() > deadline:
+                    pause = retry.next_pause(time.monotonic()) if exc.code in RETRYABLE else None
+                    if pause is None:
                         self.stats.group_dropped += 1
                         log.error("dlm: cpg %s refused: %s (%s)", type(request).__name__, exc, exc.code)
                         break
                 except TimeoutError:
-                    if time.monotonic() > deadline:
+                    pause = retry.next_pause(time.monotonic())
+                    if pause is None:
                         self.stats.group_dropped += 1
                         log.error("dlm: cpg %s not answered", type(request).__name__)
                         break
                 self.stats.group_retries += 1
-                await asyncio.sleep(GROUP_RETRY_S)
+                await asyncio.sleep(pause)
 
     def _arm_timer(self) -> None:
         deadline = None if self._stopped else self.ctl.next_deadline

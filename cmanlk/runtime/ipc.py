@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cmanlk.client import proto as ipcproto
+from cmanlk.client.connection import SEND_RETRY_TIMEOUT_S, Retry, RetryPolicy
 from cmanlk.client.proto import ProtocolError
 from cmanlk.errors import ErrorCode, UsageError
 from cmanlk.services.base import CPG_SERVICE
@@ -89,11 +90,10 @@ REQUEST_TIMEOUT_S = 10.0
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_BATCH_BYTES = 1024 * 1024
 """At most this many queued bytes are joined into one write (one syscall for many events)."""
-MCAST_RETRY_PAUSE_S = (0.0005, 0.02)
-"""First and longest pause between retries of a pipelined MCAST refused with try_again."""
-MCAST_RETRY_S = 10.0
-"""A pipelined MCAST still refused with try_again after this long is reported as refused (the
-same bound as the client library's retries of a request/reply cpg_send)."""
+MCAST_RETRY = RetryPolicy(first_s=0.0005, longest_s=0.02, limit_s=SEND_RETRY_TIMEOUT_S)
+"""Retrying a pipelined MCAST refused with try_again: pauses from 0.5 ms doubling to 20 ms (each
+cut short by a cpg delivery or configuration change); still refused 10 s after the first
+refusal, it is reported as refused (the client library's bound for a request/reply cpg_send)."""
 CLOSE_GRACE_S = 2.0
 """A client cut off for being too slow gets this long to read its last frames before abort."""
 
@@ -559,19 +559,18 @@ class IpcServer:
     async def _on_mcast(self, client: _Client, seq: int, group: bytes, payload: bytes) -> None:
         """Hand one pipelined MCAST to the core; retry try_again in order; report a refusal."""
         request = CpgMcast(client.handle, group, payload)
-        deadline = 0.0
-        pause = MCAST_RETRY_PAUSE_S[0]
+        retry: Retry | None = None
         while True:
             try:
                 await self._mcast_once(request)
             except UsageError as exc:
                 if exc.code is ErrorCode.TRY_AGAIN and not client.closed:
                     now = time.monotonic()
-                    deadline = deadline or now + MCAST_RETRY_S
-                    if now + pause <= deadline:
+                    retry = retry or MCAST_RETRY.start(now)
+                    pause = retry.next_pause(now)
+                    if pause is not None:
                         self._ack(client)  # what came before is through: let the client know
                         await self._retry_wait(pause)
-                        pause = min(pause * 2, MCAST_RETRY_PAUSE_S[1])
                         continue
                 self._count(f"mcast_refused_{exc.code.wire}")
                 text = ipcproto.group_text(group)
