@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cmanlk.errors import ErrorCode, MalformedPacket, QueueFull, UsageError
 from cmanlk.services import wire as svcwire
@@ -179,7 +179,6 @@ class StackConfig:
     quorum: QuorumConfig
     services: tuple[ServiceFactory, ...] | None = None  # None: default_services(quorum, config_version)
     config_version: int | None = None
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 class Stack:
@@ -264,21 +263,6 @@ class Stack:
     def is_synchronising(self) -> bool:
         """Is sync v2 running for a new configuration?"""
         return self.sync.is_synchronising
-
-    def status(self) -> dict[str, object]:
-        """A flat status for the CLI and D-Bus."""
-        q = self.quorum
-        return {
-            "ring_id": str(self.ring_id) if self.ring_id else "",
-            "members": list(self.members),
-            "totem_state": self.totem.state.value,
-            "sync_state": self.sync.state.value,
-            "quorate": q.quorate if q else None,
-            "quorum": q.quorum if q else None,
-            "total_votes": q.total_votes if q else None,
-            "expected_votes": q.expected_votes if q else None,
-            "dropped": dict(self.stats),
-        }
 
     # --- internals -----------------------------------------------------------------------------
 

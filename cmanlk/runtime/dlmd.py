@@ -74,6 +74,7 @@ from cmanlk.dlm.control import (
 )
 from cmanlk.dlm.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
 from cmanlk.errors import ErrorCode, KernelError, UsageError
+from cmanlk.runtime import clock
 from cmanlk.runtime.fence import FenceDevice, FenceRunner
 from cmanlk.services.base import CPG_SERVICE
 from cmanlk.services.cpg.service import (
@@ -111,8 +112,9 @@ MAX_HELD_GROUP_EVENTS = 4096
 HOLD_LIMIT_S = 5.0
 """The quorum and membership notifications follow the confchgs within one Stack step; if they
 ever did not, held events are fed after this long rather than never."""
-RETRYABLE = frozenset({ErrorCode.TRY_AGAIN, ErrorCode.BUSY})
-"""cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
+RETRYABLE = frozenset({ErrorCode.TRY_AGAIN, ErrorCode.BUSY, ErrorCode.TIMEOUT})
+"""cpg refusals that clear by themselves: sync running, join/leave of this group still in flight,
+no answer in time."""
 DLM_CONFIGFS = "/sys/kernel/config/dlm"
 AGENT_TAIL_SHOWN = 200
 """Characters of a fence agent's output shown in the status: its last line or two."""
@@ -130,7 +132,9 @@ class NodeLike(Protocol):
 
     def remove_listener(self, listener: Callable[[object], None]) -> None: ...
 
-    def request(self, build: Callable[[Instant, int], object], timeout_s: float = ...) -> Awaitable[str]: ...
+    def request(
+        self, build: Callable[[Instant, int], ServiceRequest], timeout_s: float = ...
+    ) -> Awaitable[str]: ...
 
 
 @dataclass
@@ -216,7 +220,7 @@ class DlmDaemon:
                 self.ready = True
                 self._feed(self._cluster_changed())
                 # lockspaces created before us wait for an answer we may never get a uevent for
-                self._feed(KernelLockspaces(_now(), tuple(self.sysfs.lockspaces())))
+                self._feed(KernelLockspaces(clock.now(), tuple(self.sysfs.lockspaces())))
                 await self._uevent_loop()
         finally:
             self._shutdown()
@@ -240,7 +244,7 @@ class DlmDaemon:
         has a fence device, and `agent`: the last agent run's exit code, duration and output
         tail (None before the first run ends).
         """
-        now = _now()
+        now = clock.now()
         out = self.ctl.status(now)
         agents = {n: {"exit_code": o.exit_code, "seconds": round(o.seconds, 3),
                       "output_tail": o.output_tail[-AGENT_TAIL_SHOWN:]} for n, o in self.fence.last.items()}
@@ -260,7 +264,7 @@ class DlmDaemon:
         if nodeid == self.node.me:
             raise UsageError(ErrorCode.INVALID_PARAM, "a node cannot acknowledge its own fencing")
         log.warning("fencing of node %d acknowledged by an administrator", nodeid)
-        self._feed(FenceAck(_now(), nodeid))
+        self._feed(FenceAck(clock.now(), nodeid))
         return {"result": "acknowledged", "nodeid": int(nodeid),
                 "waiting": {ls["name"]: ls["waiting_for"] for ls in self.status()["lockspaces"]}}
 
@@ -292,7 +296,7 @@ class DlmDaemon:
 
     def _cluster_changed(self) -> ClusterChanged:
         members = self.members
-        return ClusterChanged(_now(), members, self.quorate,
+        return ClusterChanged(clock.now(), members, self.quorate,
                               tuple((n, self.addrs.get(n, ())) for n in members))
 
     def _on_confchg(self, note: CpgConfchg) -> None:
@@ -309,17 +313,17 @@ class DlmDaemon:
         # and stop the lockspaces before comms/N goes (dlm_controld's order is the reverse).
         # So group events wait, in order, until the cluster view has caught up.
         down = any(r == CPG_REASON_NODEDOWN and n in self.members for n, r in left)
-        self._group_event(lambda: GroupConfchg(_now(), group, members, joined, left), hold=down)
+        self._group_event(lambda: GroupConfchg(clock.now(), group, members, joined, left), hold=down)
 
     def _on_deliver(self, note: CpgDeliver) -> None:
         if note.group == FENCE_GROUP:
             parsed = _decode_fenced(note.payload)
             if parsed is not None and note.nodeid != self.node.me:
                 nodeid, how = parsed
-                self._feed_if_ready(lambda: FencedElsewhere(_now(), nodeid, how))
+                self._feed_if_ready(lambda: FencedElsewhere(clock.now(), nodeid, how))
             return
         group = note.group.decode("utf-8", "replace")
-        self._group_event(lambda: GroupMessage(_now(), group, note.nodeid, note.payload))
+        self._group_event(lambda: GroupMessage(clock.now(), group, note.nodeid, note.payload))
 
     def _group_event(self, build: Callable[[], DlmEvent], hold: bool = False) -> None:
         """Feed a lockspace group's event now, or keep it behind the ones already held."""
@@ -346,7 +350,7 @@ class DlmDaemon:
             self._feed_if_ready(build)
 
     def _on_agent_exit(self, nodeid: NodeId, exit_code: int) -> None:
-        self._feed_if_ready(lambda: FenceAgentExited(_now(), nodeid, exit_code))
+        self._feed_if_ready(lambda: FenceAgentExited(clock.now(), nodeid, exit_code))
 
     async def _uevent_loop(self) -> None:
         async for ev in self.uevents.events():
@@ -354,15 +358,15 @@ class DlmDaemon:
             match ev:
                 case LockspaceUevent(action="online", lockspace=name):
                     log.info("lockspace %s: join requested by the kernel", name)
-                    self._feed(LockspaceOnline(_now(), name))
+                    self._feed(LockspaceOnline(clock.now(), name))
                 case LockspaceUevent(action="offline", lockspace=name):
                     log.info("lockspace %s: leave requested by the kernel", name)
-                    self._feed(LockspaceOffline(_now(), name))
+                    self._feed(LockspaceOffline(clock.now(), name))
                 case LockspaceUevent(action="remove", lockspace=name):
-                    self._feed(LockspaceRemoved(_now(), name))
+                    self._feed(LockspaceRemoved(clock.now(), name))
                 case UeventsLost():
                     self.stats.uevents_lost += 1
-                    self._feed(KernelLockspaces(_now(), tuple(self.sysfs.lockspaces())))
+                    self._feed(KernelLockspaces(clock.now(), tuple(self.sysfs.lockspaces())))
                 case _:
                     log.debug("uevent %s", ev)
 
@@ -428,12 +432,6 @@ class DlmDaemon:
                         self.stats.group_dropped += 1
                         log.error("dlm: cpg %s refused: %s (%s)", type(request).__name__, exc, exc.code)
                         break
-                except TimeoutError:
-                    pause = retry.next_pause(time.monotonic())
-                    if pause is None:
-                        self.stats.group_dropped += 1
-                        log.error("dlm: cpg %s not answered", type(request).__name__)
-                        break
                 self.stats.group_retries += 1
                 await asyncio.sleep(pause)
 
@@ -449,7 +447,7 @@ class DlmDaemon:
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, None
-        self._feed_if_ready(lambda: DeadlineReached(_now()))
+        self._feed_if_ready(lambda: DeadlineReached(clock.now()))
 
     def _shutdown(self) -> None:
         if self._stopped:
@@ -459,7 +457,7 @@ class DlmDaemon:
             if self.ctl.lockspaces:
                 log.warning("dlm: lockspaces %s still exist; the kernel keeps the cluster configured",
                             ", ".join(sorted(self.ctl.lockspaces)))
-            for action in self.ctl.handle(ShutdownRequested(_now())):
+            for action in self.ctl.handle(ShutdownRequested(clock.now())):
                 if isinstance(action, dlmctl.ConfigfsMkdir | dlmctl.ConfigfsWrite | dlmctl.ConfigfsRmdir
                               | dlmctl.SysfsWrite):
                     self._kernel(action)
@@ -473,8 +471,8 @@ class DlmDaemon:
             self._timer = None
 
 
-def _cpg_request(request: CpgRequest) -> Callable[[Instant, int], object]:
-    def build(now: Instant, request_id: int) -> object:
+def _cpg_request(request: CpgRequest) -> Callable[[Instant, int], ServiceRequest]:
+    def build(now: Instant, request_id: int) -> ServiceRequest:
         return ServiceRequest(now, CPG_SERVICE, request, request_id)
 
     return build
@@ -591,10 +589,6 @@ def build_dlm_daemon(node: NodeLike, config: ClusterConfig) -> DlmDaemon | None:
     return DlmDaemon(node, settings, control=ConfigfsDlm(), sysfs=SysfsDlm(), uevents=DlmUeventWatch(),
                      addrs=node_ip_addresses(config), fence_devices=devices, prepare=ensure_dlm_kernel,
                      optional=wanted == "auto")
-
-
-def _now() -> Instant:
-    return Instant(time.monotonic_ns())
 
 
 __all__ = ["DLMD_HANDLE", "FENCE_GROUP", "DlmDaemon", "NodeLike", "build_dlm_daemon",

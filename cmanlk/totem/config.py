@@ -17,7 +17,7 @@ An explicit value in the file wins over a derived one, as in corosync.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from cmanlk.types import Duration, NodeId, ms
 
@@ -73,7 +73,6 @@ class TotemConfig:
     token_retransmits_before_loss_const: int
     netmtu: int = DEFAULT_NETMTU
     cluster_name: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
     def derive(

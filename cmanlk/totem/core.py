@@ -140,21 +140,6 @@ class Totem(Membership):
         out, self._out = self._out, []
         return out
 
-    def status(self) -> dict[str, object]:
-        """A snapshot for status output: state, ring, members, queue sizes, counters."""
-        return {
-            "node_id": self.me,
-            "state": self._state.value,
-            "ring_id": str(self.ring.ring_id),
-            "ring_seq": self.ring.ring_id.seq,
-            "members": list(self.members),
-            "my_aru": self.ring.aru,
-            "high_seq_received": self.ring.high_seq_received,
-            "send_queue_messages": self.packer.pending_messages,
-            "send_queue_bytes": self.packer.pending_bytes,
-            "stats": {k: v for k, v in vars_of(self.stats).items()},
-        }
-
     # --- dispatch ------------------------------------------------------------------------------------
 
     def _on_packet(self, now: Instant, data: bytes, src: NodeId | None) -> None:
@@ -550,6 +535,3 @@ class Totem(Membership):
 def _frames_pending(pending_bytes: int, max_frame: int) -> int:
     return (pending_bytes + max_frame - 1) // max_frame if pending_bytes else 0
 
-
-def vars_of(stats: TotemStats) -> dict[str, object]:
-    return {name: getattr(stats, name) for name in stats.__slots__}

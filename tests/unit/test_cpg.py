@@ -425,21 +425,28 @@ def test_client_gone_leaves_with_reason_5_everywhere():
     assert of(log[N2], CpgConfchg, marks[N2]) == []  # the gone handle is not told
 
 
+def two_nodes_with_node1s_totem_queue_filled(room: int | None = None):
+    """A 2-node ring joined to G whose node 1 has 3 MiB (or all but `room` bytes) in Totem's send
+    queue; nothing leaves before the next token. Returns (cluster, nodes, log, node 1's Totem)."""
+    cluster, nodes, log = make_cluster(2)
+    boot_and_join(cluster, nodes)
+    node1, totem = cluster.nodes[N1], stack(cluster, N1).totem
+    for _ in range(3):
+        cluster._feed(node1, McastRequested(cluster.now, bytes(MESSAGE_SIZE_MAX)))
+    if room is not None:
+        rest = totem.send_queue_free_bytes - QUEUE_ENTRY_COST_BYTES - room
+        cluster._feed(node1, McastRequested(cluster.now, bytes(rest)))
+    assert totem.send_queue_free_bytes < LOCAL_REQUEST_ROOM_BYTES
+    return cluster, nodes, log, totem
+
+
 def test_a_message_totem_cannot_queue_is_refused_with_try_again_and_none_is_lost():
     """cpg's own send window restarts at each ring change while Totem's send queue does not, so
     cpg may accept a message Totem has no room for. The Stack answers such a request try_again
     before cpg sees it — the code every retry loop (IPC server, client, dlmd) retries — where it
     used to accept it and then drop it at Totem (counted as send_try-again, never delivered)."""
-    cluster, nodes, log = make_cluster(2)
-    boot_and_join(cluster, nodes)
-    node1 = cluster.nodes[N1]
-    totem = stack(cluster, N1).totem
-    # Fill node 1's totem queue (nothing leaves before the next token) to 100 bytes of room.
-    for _ in range(3):
-        cluster._feed(node1, McastRequested(cluster.now, bytes(MESSAGE_SIZE_MAX)))
-    rest = totem.send_queue_free_bytes - QUEUE_ENTRY_COST_BYTES - 100
-    cluster._feed(node1, McastRequested(cluster.now, bytes(rest)))
-    assert totem.send_queue_free_bytes == 100
+    cluster, nodes, log, totem = two_nodes_with_node1s_totem_queue_filled(room=100)
+    assert totem.send_queue_free_bytes == 100  # less than the message below: it could not be queued
     marks = {n: len(log[n]) for n in nodes}
     refused = request(cluster, N1, CpgMcast(Handle(10), G, b"m" * 1000))
     assert refused.error is ErrorCode.TRY_AGAIN, refused
@@ -456,13 +463,8 @@ def test_a_message_totem_cannot_queue_is_refused_with_try_again_and_none_is_lost
 def test_a_departed_clients_leaves_are_not_flow_controlled():
     """ClientGone (flow_control=False) goes out even when Totem's queue is short of room for a
     client request: nobody could retry it, and the other nodes must see the process leave."""
-    cluster, nodes, _log = make_cluster(2)
-    boot_and_join(cluster, nodes)
+    cluster, _nodes, _log, _totem = two_nodes_with_node1s_totem_queue_filled()
     node1 = cluster.nodes[N1]
-    totem = stack(cluster, N1).totem
-    for _ in range(3):
-        cluster._feed(node1, McastRequested(cluster.now, bytes(MESSAGE_SIZE_MAX)))
-    assert totem.send_queue_free_bytes < LOCAL_REQUEST_ROOM_BYTES
     assert request(cluster, N1, CpgJoin(Handle(11), b"other", 77)).error is ErrorCode.TRY_AGAIN
     before = len(node1.core.log)
     gone = ServiceRequest(cluster.now, CPG_SERVICE, ClientGone(Handle(10)), 5, flow_control=False)

@@ -3,7 +3,6 @@ by the runtime where it detects the failure, naming the event and the state it h
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from cmanlk import daemon
 from cmanlk.stack import Stack
 from cmanlk.totem.events import DeadlineReached
 
-from .test_daemon_dlm_exit import _conf
+from .test_daemon_dlm_exit import run_cmanlkd
 
 
 def test_a_core_exception_is_an_internal_error_and_exit_4(
@@ -26,11 +25,7 @@ def test_a_core_exception_is_an_internal_error_and_exit_4(
         return handle(self, event)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Stack, "handle", buggy)
-    try:
-        code = daemon.main(["-f", "-c", str(_conf(tmp_path, "no")), "--nodeid", "1"])
-    finally:
-        logging.getLogger().handlers.clear()  # setup_logging's stderr handler: not for later tests
-    assert code == daemon.EXIT_INTERNAL == 4
+    assert run_cmanlkd(tmp_path, "no") == daemon.EXIT_INTERNAL == 4
     err = capsys.readouterr().err
     expected = "internal error: the core failed: RuntimeError('injected bug') while handling DeadlineReached"
     assert expected in err

@@ -25,7 +25,8 @@ import pytest
 
 from cmanlk.client import Client, ClientError, ConnectionClosed
 from cmanlk.client import proto as ipcproto
-from cmanlk.runtime.ipc import FenceAck, IpcConfig, IpcServer, MemoryBackend
+from cmanlk.runtime.backend import FenceAck, MemoryBackend
+from cmanlk.runtime.ipc import IpcConfig, IpcServer
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness

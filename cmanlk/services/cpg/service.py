@@ -276,6 +276,9 @@ class CpgService:
     def __init__(self, me: NodeId) -> None:
         self.me = me
         self._processes: list[_Process] = []  # corosync's process_info_list, (nodeid, pid) order
+        self.generation = 0
+        """Grows with every change of the process list (what `groups()` shows): the runtime's
+        status snapshot is rebuilt when it moves."""
         self._local: dict[tuple[Handle, bytes], LocalProcess] = {}
         self._old_members: tuple[NodeId, ...] = ()
         self._active_ring_id = NO_RING  # the ring whose members are _old_members
@@ -597,6 +600,7 @@ class CpgService:
         self, group: bytes, joined: tuple[CpgAddress, ...], left: tuple[CpgAddress, ...]
     ) -> list[ServiceOutput]:
         """notify_lib_joinlist: complete local joins, tell the group's handles, unjoin leavers."""
+        self.generation += 1  # every change of the process list comes through here
         completed: list[LocalProcess] = []
         for addr in joined:
             if addr.nodeid == self.me:
