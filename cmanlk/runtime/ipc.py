@@ -443,7 +443,10 @@ class IpcServer:
         retry: Retry | None = None
         while True:
             try:
-                await self.request(build)
+                answer = self.backend.submit(build)
+                if isinstance(answer, asyncio.Future) or answer.error is not None:
+                    await answer_of(answer, self.config.request_timeout_s)  # raises the refusal
+                # accepted at once (the common case): no coroutine, no await
             except UsageError as exc:
                 if exc.code is ErrorCode.TRY_AGAIN and not client.closed:
                     now = time.monotonic()
