@@ -133,7 +133,8 @@ def test_kill_requests_cross_between_corosync_and_cmanlkd(mixed: Cluster) -> Non
     c.wait_ring([a], members=sorted([a, cs]), timeout_s=10.0)
 
     pid = c.pid(cs)
-    tool = [sys.executable, "-m", "cmanlk.cli", "-s", str(c.run_dir(a) / "cmanlk.sock"), "kill", str(cs)]
+    sock = str(c.run_dir(a) / "cmanlk.sock")
+    tool = [sys.executable, "-m", "cmanlk.client.cli", "-s", sock, "kill", str(cs)]
     done = subprocess.run(tool, capture_output=True, text=True, timeout=30, cwd=REPO)
     assert done.returncode == 0, done.stderr
     try:

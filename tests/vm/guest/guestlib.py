@@ -409,8 +409,8 @@ class Cmanlkd:
 
     def tool(self, *args: str) -> tuple[int, str]:
         """Run `cmanlk-tool -s SOCKET ARGS`; return (exit code, stdout + stderr)."""
-        done = subprocess.run([sys.executable, "-m", "cmanlk.cli", "-s", SOCKET, *args], env=daemon_env(),
-                              capture_output=True, text=True, timeout=30, check=False)
+        cmd = [sys.executable, "-m", "cmanlk.client.cli", "-s", SOCKET, *args]
+        done = subprocess.run(cmd, env=daemon_env(), capture_output=True, text=True, timeout=30, check=False)
         return done.returncode, done.stdout + done.stderr
 
     def dlm(self) -> dict[str, Any]:
