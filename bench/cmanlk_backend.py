@@ -20,6 +20,7 @@ from typing import Any
 from bench.cpg_ctypes import Confchg, Deliver, TotemConfchg
 from cmanlk.client import Client, ClientError, Event
 from cmanlk.client import proto as ipcproto
+from cmanlk.errors import ErrorCode
 
 FRAME_WAIT_S = 0.05  # the socket is readable: the rest of a frame follows at once
 MAX_EVENTS_PER_DISPATCH = 1_000_000  # a bound, far above what a dispatch meets
@@ -61,7 +62,7 @@ class CmanlkBackend:
             client.cpg_send(self._group, data, retry_timeout_s=0)
             self.last_call_ns = time.monotonic_ns() - t0
         except ClientError as exc:
-            if exc.code != ipcproto.E_TRY_AGAIN:
+            if exc.error is not ErrorCode.TRY_AGAIN:
                 raise
             self.dispatch()
             return False

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from cmanlk.errors import ConfigError, ConfigProblem
 from cmanlk.services.votequorum.policy import QuorumConfig
-from cmanlk.totem.config import TotemConfig
+from cmanlk.totem.config import SettingsConflict, TotemConfig
 from cmanlk.types import NodeId
 
 DEFAULT_CONFIG_PATH = "/etc/corosync/corosync.conf"
@@ -953,10 +953,8 @@ class _Reader:
             return TotemConfig.derive(
                 [n.nodeid for n in nodes], cluster_name=_get(tv, "cluster_name", ""), **kwargs
             )
-        except ValueError as exc:
-            text = str(exc)
-            key = next((k for k in ("consensus", "max_messages") if text.startswith(k)), "token")
-            self.error(tv.get(key, (None, 0))[1], f"totem.{key}", text)
+        except SettingsConflict as exc:
+            self.error(tv.get(exc.key, (None, 0))[1], f"totem.{exc.key}", str(exc))
             return None
 
     def _nodelist(self, sec: _Section, tv: dict[str, tuple[Any, int]]) -> tuple[NodeConfig, ...]:

@@ -35,16 +35,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
-from cmanlk.errors import ConfigError, InternalError, KernelError, UsageError
+from cmanlk.errors import ConfigError, InternalError, KernelError
 from cmanlk.runtime import sched
+from cmanlk.runtime.edges import companions
 from cmanlk.runtime.libqb.glue import NodeLibqb
 from cmanlk.runtime.logsetup import setup_logging
-from cmanlk.runtime.node import CoreKind, Node
+from cmanlk.runtime.node import Node
 from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.preflight import Prepared, prepare
 
@@ -94,9 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help=f"wait this long for a nodelist ring0_addr to become local (default {LOCAL_ADDRESS_WAIT_S:.0f}; "
         "--check-config never waits)",
-    )
-    p.add_argument(
-        "--core", choices=[k.value for k in CoreKind], default=CoreKind.STACK.value, help=argparse.SUPPRESS
     )
     return p.parse_args(argv)
 
@@ -189,9 +185,9 @@ async def _serve(args: argparse.Namespace, prepared: Prepared) -> int:
     config, me = prepared.config, prepared.me
     assert me is not None and prepared.transport is not None  # prepare() found no error
     try:
-        node = Node(config, me, transport=prepared.transport, core=CoreKind(args.core), notifier=Notifier())
+        node = Node(config, me, transport=prepared.transport, notifier=Notifier())
         libqb = NodeLibqb(node)
-        node.companions = (*_companions(node, config), libqb.run)
+        node.companions = (*companions(node, config), libqb.run)
         node.before_leave = libqb.before_leave
     except ConfigError as exc:
         for problem in exc.problems:
@@ -211,7 +207,7 @@ async def _serve(args: argparse.Namespace, prepared: Prepared) -> int:
         # tree we cannot write): the host is at fault, not the file, and not a bug
         log.error("stopped: the kernel DLM cannot be set up (cmanlk { dlm: yes }): %s", exc)
         return EXIT_RUNTIME
-    except InternalError as exc:
+    except InternalError as exc:  # the node logged the traceback where it detected it
         log.critical("internal error: %s", exc)
         return EXIT_INTERNAL
     except Exception as exc:  # a bug somewhere below: logged with its traceback, distinct exit code
@@ -227,198 +223,6 @@ async def _serve(args: argparse.Namespace, prepared: Prepared) -> int:
         return EXIT_KILLED
     log.info("left the cluster; exiting")
     return EXIT_OK
-
-
-SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
-LINK_POLL_S = 1.0
-"""How often link reachability is compared for D-Bus LinkStatusChanged signals."""
-
-
-class DbusBridge:
-    """The daemon's side of the D-Bus edge: `ClusterStatusSource` over a Node (and its DLM
-    control, when `cmanlk { dlm }` runs one), and the notices.
-
-    Every departure is reported as "nodedown", as corosync's CPG reports NODEDOWN for a node that
-    left the membership: Totem delivers who is in the new ring, not whether one that is gone left
-    cleanly (its leave JOIN is a best-effort datagram that helps the others re-form sooner).
-    """
-
-    def __init__(self, node: Node, dlm: Any = None) -> None:
-        self.node = node
-        self.dlm = dlm
-        """cmanlk.runtime.dlmd.DlmDaemon, or None when DLM control is off."""
-        self.service: Any = None
-        self._links: dict[tuple[int, int], bool] = {}
-        self._lockspaces: dict[str, str] = {}
-        self._quorum: tuple[bool, int, int] | None = None
-
-    def snapshot(self) -> Any:
-        """Return a dbus_status.ClusterStatus of the node now."""
-        from cmanlk.runtime import dbus_status as ds
-
-        node, cfg = self.node, self.node.config
-        q = node.quorum_state
-        names = {n.nodeid: n.name or "" for n in cfg.nodes}
-        votes = dict(q.node_votes) if q is not None else {}
-        flags = [
-            f
-            for f in ("two_node", "wait_for_all", "last_man_standing", "auto_tie_breaker", "allow_downscale")
-            if q is not None and getattr(q, f)
-        ]
-        return ds.ClusterStatus(
-            cluster_name=cfg.cluster_name,
-            local_nodeid=node.me,
-            ring_id=node.ring_id,
-            members=tuple(ds.MemberInfo(m, names.get(m, "")) for m in node.members),
-            quorate=bool(q and q.quorate),
-            votes=votes.get(node.me, 0),
-            expected_votes=q.expected_votes if q else 0,
-            total_votes=q.total_votes if q else 0,
-            quorum=q.quorum if q else 0,
-            nodes=tuple(
-                ds.NodeInfo(
-                    n.nodeid,
-                    n.name or "",
-                    "member" if n.nodeid in node.members else "dead",
-                    votes.get(n.nodeid, n.quorum_votes),
-                )
-                for n in cfg.nodes
-            ),
-            links=tuple(
-                ds.LinkInfo(p.node, lk.index, p.reachable) for lk in node.transport.links() for p in lk.peers
-            ),
-            lockspaces=tuple(ds.LockspaceInfo(n, state) for n, state in self.lockspace_states().items()),
-            quorum_flags=tuple(flags),
-        )
-
-    def lockspace_states(self) -> dict[str, str]:
-        """Return lockspace name → state from DLM control ({} when it is off)."""
-        if self.dlm is None:
-            return {}
-        return {str(ls["name"]): str(ls["state"]) for ls in self.dlm.status().get("lockspaces", [])}
-
-    async def submit(self, request: Any) -> str:
-        """Carry out a privileged request; raises UsageError when refused."""
-        from cmanlk import stack
-        from cmanlk.runtime import dbus_status as ds
-
-        if isinstance(request, ds.SetExpectedVotes):
-            expected = request.expected_votes
-            await self.node.request(lambda now, rid: stack.SetExpectedVotes(now, expected, rid))
-            return f"expected votes set to {expected}"
-        if isinstance(request, ds.SetVotes):
-            target = request.nodeid or self.node.me
-            votes = request.votes
-            await self.node.request(lambda now, rid: stack.SetVotes(now, target, votes, rid))
-            return f"votes of node {target} set to {votes}"
-        if isinstance(request, ds.FenceAck):
-            if self.dlm is None:
-                why = "DLM control is off here (cmanlk { dlm: no }): nothing waits for fencing"
-                raise UsageError("not_supported", why)
-            self.dlm.fence_ack(request.nodeid)  # raises UsageError for this node's own id
-            return f"fencing of node {request.nodeid} acknowledged"
-        raise UsageError("not_supported", f"{type(request).__name__} is not handled by this daemon")
-
-    def on_item(self, item: object) -> None:
-        """Node listener: turn membership and quorum changes into D-Bus notices."""
-        from cmanlk.runtime import dbus_status as ds
-        from cmanlk.stack import MembershipChanged
-
-        if self.service is None:
-            return
-        names = {n.nodeid: n.name or "" for n in self.node.config.nodes}
-        if isinstance(item, MembershipChanged):
-            self.service.publish(
-                ds.MembershipNotice(
-                    ring_id=item.ring_id,
-                    members=tuple(ds.MemberInfo(m, names.get(m, "")) for m in item.members),
-                    joined=tuple(ds.MemberInfo(m, names.get(m, "")) for m in item.joined),
-                    left=tuple(ds.Departure(m, "nodedown") for m in item.left),
-                )
-            )
-        q = self.node.quorum_state
-        if q is not None and (q.quorate, q.quorum, q.total_votes) != self._quorum:
-            self._quorum = (q.quorate, q.quorum, q.total_votes)
-            self.service.publish(ds.QuorumNotice(q.quorate, q.quorum, q.total_votes))
-
-    async def watch_links(self) -> None:
-        """Publish LinkNotice for each (peer, link) whose reachability changed and LockspaceNotice
-        for each lockspace whose state changed (a gone one: "removed"); runs until cancelled."""
-        while True:
-            await asyncio.sleep(LINK_POLL_S)
-            self.poll_once()
-
-    def poll_once(self) -> None:
-        """One round of watch_links: compare and publish what changed since the last round."""
-        from cmanlk.runtime import dbus_status as ds
-
-        notices: list[Any] = []
-        for lk in self.node.transport.links():
-            for p in lk.peers:
-                key = (p.node, lk.index)
-                if self._links.get(key) != p.reachable:
-                    self._links[key] = p.reachable
-                    notices.append(ds.LinkNotice(p.node, lk.index, p.reachable))
-        states = self.lockspace_states()
-        for name in sorted(set(states) | set(self._lockspaces)):
-            state = states.get(name, "removed")
-            if self._lockspaces.get(name, "removed") != state:
-                notices.append(ds.LockspaceNotice(name, state))
-        self._lockspaces = states
-        if self.service is not None:
-            for notice in notices:
-                self.service.publish(notice)
-
-
-def _dbus_wanted(config: ClusterConfig) -> bool:
-    if config.cmanlk.dbus == "auto":
-        return "DBUS_SYSTEM_BUS_ADDRESS" in os.environ or os.path.exists(SYSTEM_BUS_SOCKET)
-    return config.cmanlk.dbus == "yes"
-
-
-def _companions(node: Node, config: ClusterConfig) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
-    """The edges that run beside the node: the IPC server always, D-Bus when wanted."""
-    from cmanlk.runtime.dlmd import build_dlm_daemon
-    from cmanlk.runtime.ipc import IpcConfig, IpcServer
-    from cmanlk.runtime.node import NodeIpcBackend
-
-    dlmd = build_dlm_daemon(node, config)  # None unless cmanlk { dlm: yes|auto } (docs/config.md)
-    ipc_config = IpcConfig(
-        path=str(Path(config.cmanlk.run_dir) / "cmanlk.sock"), group=config.cmanlk.ipc_group
-    )
-
-    async def ipc() -> None:
-        server = IpcServer(NodeIpcBackend(node, dlmd), ipc_config)
-        await server.start()  # OSError (path held by a live server) stops the daemon: exit 3
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.close()
-
-    dlm = (dlmd.run,) if dlmd is not None else ()
-    return (ipc, *dlm, *_dbus_companions(node, config, dlmd))
-
-
-def _dbus_companions(
-    node: Node, config: ClusterConfig, dlmd: Any = None
-) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
-    """D-Bus when wanted (and dbus-fast is installed)."""
-    if not _dbus_wanted(config):
-        return ()
-    try:
-        from cmanlk.runtime.dbus_service import DbusService
-    except ImportError as exc:
-        log.warning("D-Bus disabled: %s", exc)
-        return ()
-    bridge = DbusBridge(node, dlmd)
-    service = DbusService(bridge)
-    bridge.service = service
-    node.add_listener(bridge.on_item)
-
-    async def dbus() -> None:
-        await service.run(os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
-
-    return (dbus, bridge.watch_links)
 
 
 def _on_stop_signal(node: Node, sig: signal.Signals, libqb: NodeLibqb | None = None) -> None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import ErrorCode, MalformedPacket, QueueFull, UsageError
 from cmanlk.services import wire as svcwire
 from cmanlk.services.base import (
     LocalRequestHandler,
@@ -61,11 +61,23 @@ from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import LeaveRequested, McastRequested
+from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import Instant, NodeId, RingId
 
 # One event can cascade (a delivery makes a service send, which Totem may deliver at once when
 # alone). The bound turns a feedback loop bug into a counted stop instead of a hang.
 MAX_ACTIONS_PER_EVENT = 100_000
+
+LOCAL_REQUEST_ROOM_BYTES = MESSAGE_SIZE_MAX + QUEUE_ENTRY_COST_BYTES + MESSAGE_SIZE_MAX // 2
+"""Room Totem's send queue must have for a flow-controlled local request to be taken; short of
+it the request is answered try_again, before any service state changes, and the client retries
+once the token has drained the queue. The first part is the largest message one request sends
+(a cpg message, a votequorum or cfg request: one message of at most MESSAGE_SIZE_MAX); the
+512 KiB on top stay for what is never refused and never retried — sync messages, cpg's JOINLIST,
+the leaves of a departed client. corosync does the same: corosync_sending_allowed() reserves the
+request's size in totempg's queue (totempg_groups_joined_reserve) and answers CS_ERR_TRY_AGAIN
+when it cannot. Without it an accepted message could meet a full queue after a ring change
+(cpg's own window restarts there while Totem's queue does not) and be dropped."""
 
 
 # --- events (local requests; each carries `now` and a caller-chosen request id) -----------------
@@ -100,12 +112,18 @@ class CancelWaitForAll:
 
 @dataclass(frozen=True, slots=True)
 class ServiceRequest:
-    """A local client's request for service `service_id` (e.g. cpg); `request` is service-defined."""
+    """A local client's request for service `service_id` (e.g. cpg); `request` is service-defined.
+
+    `flow_control`: refuse it with try_again while Totem's send queue is short of room (corosync's
+    CS_LIB_FLOW_CONTROL_REQUIRED). False only for what must go out however full the queue is and
+    that nobody could retry: the leaves of a client that went away.
+    """
 
     now: Instant
     service_id: int
     request: object
     request_id: int = 0
+    flow_control: bool = True
 
 
 Event = TotemEvent | SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
@@ -128,10 +146,10 @@ class MembershipChanged(Notification):
 
 @dataclass(frozen=True, slots=True)
 class RequestResult(Notification):
-    """Answer to a local request: `error` None on success, else a UsageError code."""
+    """Answer to a local request: `error` None on success, else the refusal's code."""
 
     request_id: int
-    error: str | None = None
+    error: ErrorCode | None = None
     message: str = ""
 
 
@@ -161,7 +179,6 @@ class StackConfig:
     quorum: QuorumConfig
     services: tuple[ServiceFactory, ...] | None = None  # None: default_services(quorum, config_version)
     config_version: int | None = None
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 class Stack:
@@ -205,8 +222,10 @@ class Stack:
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order.
 
-        Local requests never raise: a refusal comes back as a RequestResult with its error code.
-        McastRequested is passed to Totem unchanged (it raises UsageError when Totem's queue is full).
+        Local requests never raise: a refusal comes back as a RequestResult with its error code
+        (try_again, before anything changes, while Totem's send queue is short of
+        LOCAL_REQUEST_ROOM_BYTES). McastRequested is passed to Totem unchanged (it raises
+        QueueFull when Totem's queue is full, TooLarge past the maximum size).
         """
         self._now = event.now
         out: list[Action] = []
@@ -244,21 +263,6 @@ class Stack:
     def is_synchronising(self) -> bool:
         """Is sync v2 running for a new configuration?"""
         return self.sync.is_synchronising
-
-    def status(self) -> dict[str, object]:
-        """A flat status for the CLI and D-Bus."""
-        q = self.quorum
-        return {
-            "ring_id": str(self.ring_id) if self.ring_id else "",
-            "members": list(self.members),
-            "totem_state": self.totem.state.value,
-            "sync_state": self.sync.state.value,
-            "quorate": q.quorate if q else None,
-            "quorum": q.quorum if q else None,
-            "total_votes": q.total_votes if q else None,
-            "expected_votes": q.expected_votes if q else None,
-            "dropped": dict(self.stats),
-        }
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -298,8 +302,9 @@ class Stack:
         try:
             pending.extend(self.totem.handle(McastRequested(self._now, payload)))
         except UsageError as e:
-            # The service message is lost, as when corosync's totem_mcast fails; counted.
-            self._count(f"send_{e.code}")
+            # The service message is lost, as when corosync's totem_mcast fails; counted. Local
+            # requests do not get here (LOCAL_REQUEST_ROOM_BYTES): only what nobody can retry.
+            self._count(f"send_{e.code.wire}")
 
     def _on_deliver(self, action: Deliver) -> list[SyncOutput]:
         try:
@@ -349,6 +354,7 @@ class Stack:
         self, event: SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest, out: list[Action]
     ) -> list[SyncOutput]:
         try:
+            self._maybe_refuse_for_totem_queue(event)
             outputs = self._request_outputs(event)
         except UsageError as e:
             out.append(RequestResult(event.request_id, e.code, str(e)))
@@ -356,17 +362,30 @@ class Stack:
         out.append(RequestResult(event.request_id))
         return list(outputs)
 
+    def _maybe_refuse_for_totem_queue(
+        self, event: SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
+    ) -> None:
+        if isinstance(event, ServiceRequest) and not event.flow_control:
+            return
+        free = self.totem.send_queue_free_bytes
+        if free < LOCAL_REQUEST_ROOM_BYTES:
+            self._count("request_totem_queue_full")
+            raise QueueFull(
+                f"totem's send queue has {free} bytes free, a request needs {LOCAL_REQUEST_ROOM_BYTES}; "
+                "retry after the token"
+            )
+
     def _request_outputs(
         self, event: SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
     ) -> list[ServiceOutput]:
         if isinstance(event, ServiceRequest):
             svc = self._local_handlers.get(event.service_id)
             if svc is None:
-                raise UsageError("no_service", f"service {event.service_id} takes no local requests")
+                raise UsageError(ErrorCode.NO_SERVICE, f"service {event.service_id} takes no local requests")
             return svc.on_local_request(event.request)
         vq = self._votequorum()
         if vq is None:
-            raise UsageError("no_service", "votequorum is not registered")
+            raise UsageError(ErrorCode.NO_SERVICE, "votequorum is not registered")
         if isinstance(event, SetExpectedVotes):
             return vq.request_set_expected(event.expected_votes)
         if isinstance(event, SetVotes):

@@ -11,14 +11,17 @@
         async for view in c.track():
             ...
 
-Every call raises `ClientError(code, message)` with the daemon's stable error code
-(ipcproto.E_* and the service codes in docs/ipc.md), or `ConnectionClosed` when the daemon goes
-away. Events that arrive while a call waits for its reply are kept, in order, for `events()`.
+Both flavours have the same methods with the same arguments (an AsyncClient's return
+awaitables); each method is written once, as an operation of cmanlk/client/operations.py, and
+the two classes here only carry out its reads and writes (operations.py has the bodies). Every call raises
+`ClientError(code, message)` with the daemon's stable error code (`code`, and the
+cmanlk.errors.ErrorCode as `error`), or `ConnectionClosed` when the daemon goes away. Events that
+arrive while a call waits for its reply are kept, in order, for `next_event()` / `events()`.
 
 Flow control: `cpg_send` retries `try_again` (the daemon's send window is full, or membership
 is being synchronised) with a growing pause, up to `retry_timeout_s`; then it raises. The
 daemon tells a client that reads too slowly with a `flow` event {state: "slow"} and disconnects
-it past its queue bound, so read events promptly (`events()`, or `AsyncClient`'s queue).
+it past its queue bound, so read events promptly.
 
 Pipelined sends (protocol version 2, docs/ipc.md): `cpg_mcast` writes one compact frame and
 returns without waiting for the daemon; `cpg_mcast_many` writes many in one syscall. At most the
@@ -42,204 +45,161 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import select
 import socket
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from cmanlk.client import operations as ops
 from cmanlk.client import proto as ipcproto
-from cmanlk.errors import CmanlkError
+from cmanlk.client.connection import (
+    MAX_BUFFERED_EVENTS,
+    POLL,
+    WRITE_COALESCE_BYTES,
+    ClientError,
+    Connection,
+    ConnectionClosed,
+    Event,
+    Operation,
+    SendError,
+    Write,
+)
+from cmanlk.errors import ErrorCode
+
+__all__ = ["AsyncClient", "Client", "ClientError", "ConnectionClosed", "Event", "SendError"]
 
 CONNECT_TIMEOUT_S = 5.0
-CALL_TIMEOUT_S = 30.0
-"""A reply the daemon owes for longer than this is given up on (the daemon's own bound is 10 s)."""
-SEND_RETRY_TIMEOUT_S = 10.0
-RETRY_PAUSE_S = (0.001, 0.1)
-"""First and longest pause between try_again retries; the pause doubles each time."""
-MAX_BUFFERED_EVENTS = 65536
-"""Events kept while a call waits (blocking client); past it the connection is closed."""
-MAX_SEND_ERRORS = 1024
-"""Refusals of pipelined sends kept until the next send raises them (the rest are counted)."""
 RECV_BYTES = 256 * 1024
-WRITE_COALESCE_BYTES = 256 * 1024
-"""cpg_mcast_many joins frames into writes of about this size."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-class ClientError(CmanlkError):
-    """The daemon refused a request: `code` is its stable error code."""
+class _Method(Generic[P, T]):
+    """A method of both clients: the operation `build` run by the instance's own I/O. On a
+    Client it returns the result, on an AsyncClient an awaitable of it.
 
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {message}")
+    The bound method is made once per instance and kept in its __dict__ (this descriptor has no
+    __set__, so the instance attribute wins from then on): cpg_mcast is called per message.
+    """
 
+    def __init__(self, build: Callable[Concatenate[Connection, P], Operation[T]]) -> None:
+        self._build = build
+        self._name = build.__name__
+        self.__doc__ = build.__doc__
 
-class SendError(ClientError):
-    """A pipelined send (cpg_mcast) was refused: `seq` names it (the `seq` cpg_mcast returned),
-    `group` its group; `more` counts further refusals reported with it."""
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._name = name
 
-    def __init__(self, code: str, message: str, seq: int, group: str, more: int = 0) -> None:
-        self.seq = seq
-        self.group = group
-        self.more = more
-        also = f" (and {more} later sends)" if more else ""
-        super().__init__(code, f"pipelined send {seq} to {group!r} refused{also}: {message}")
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _Method[P, T]: ...
 
+    @overload
+    def __get__(self, obj: Client, owner: type[Any]) -> Callable[P, T]: ...
 
-class ConnectionClosed(ClientError):
-    """The daemon closed the connection (or it was never open)."""
+    @overload
+    def __get__(self, obj: AsyncClient, owner: type[Any]) -> Callable[P, Awaitable[T]]: ...
 
-    def __init__(self, message: str = "connection closed by the daemon") -> None:
-        super().__init__("connection_closed", message)
+    def __get__(self, obj: _Api | None, owner: type[Any]) -> Any:
+        if obj is None:
+            return self
+        build, drive, conn = self._build, obj._drive, obj._conn
 
+        @functools.wraps(build)
+        def method(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return drive(build(conn, *args, **kwargs))
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An event from the daemon: `name` (track, quorum, cpg_deliver, cpg_confchg,
-    cpg_totem_confchg, flow), its `data` and, for cpg_deliver, the message in `payload`."""
-
-    name: str
-    data: dict[str, Any]
-    payload: bytes = b""
-
-
-def _cannot_connect(path: str, exc: OSError) -> str:
-    return f"cannot connect to {path}: {exc.strerror} (is cmanlkd running?)"
+        obj.__dict__[self._name] = method
+        return method
 
 
-def _hello_args() -> dict[str, Any]:
-    return {"versions": list(ipcproto.SUPPORTED_VERSIONS), "client": f"cmanlk.client pid {os.getpid()}"}
+class _Api:
+    """What both clients offer; every method's body is an operation in operations.py."""
+
+    _conn: Connection
+
+    def _drive(self, op: Operation[Any]) -> Any:
+        raise NotImplementedError
+
+    call = _Method(ops.call)
+    status = _Method(ops.status)
+    membership = _Method(ops.membership)
+    quorum = _Method(ops.quorum)
+    nodes = _Method(ops.nodes)
+    links = _Method(ops.links)
+    stats = _Method(ops.stats)
+    groups = _Method(ops.groups)
+    dlm = _Method(ops.dlm)
+    track_start = _Method(ops.track_start)
+    track_stop = _Method(ops.track_stop)
+    next_event = _Method(ops.next_event)
+    cpg_receive = _Method(ops.cpg_receive)
+    cpg_join = _Method(ops.cpg_join)
+    cpg_leave = _Method(ops.cpg_leave)
+    cpg_send = _Method(ops.cpg_send)
+    cpg_mcast = _Method(ops.cpg_mcast)
+    cpg_mcast_many = _Method(ops.cpg_mcast_many)
+    cpg_flush = _Method(ops.cpg_flush)
+    set_expected = _Method(ops.set_expected)
+    set_votes = _Method(ops.set_votes)
+    leave = _Method(ops.leave)
+    kill = _Method(ops.kill)
+    fence_ack = _Method(ops.fence_ack)
+
+    @property
+    def server(self) -> dict[str, Any]:
+        """The daemon's hello result (version, node_id, cluster_name, capabilities, …)."""
+        return self._conn.server
+
+    @property
+    def slow(self) -> bool:
+        """The daemon reported this connection slow (flow "slow") and not "ok" since."""
+        return self._conn.slow
+
+    @property
+    def mcast_outstanding(self) -> tuple[int, int]:
+        """(messages, payload bytes) sent with cpg_mcast and not yet acknowledged by the daemon."""
+        return self._conn.outstanding
 
 
-def _result(frame: ipcproto.Frame) -> dict[str, Any]:
-    if frame.kind == ipcproto.ERROR:
-        raise ClientError(str(frame.header.get("code", "unknown")), str(frame.header.get("message", "")))
-    result = frame.header.get("result", {})
-    return result if isinstance(result, dict) else {}
+def _hello_name() -> str:
+    return f"cmanlk.client pid {os.getpid()}"
 
 
-def _as_event(frame: ipcproto.Frame) -> Event:
-    data = frame.header.get("data", {})
-    return Event(str(frame.header.get("event", "")), data if isinstance(data, dict) else {}, frame.payload)
+def _cannot_connect(path: str, exc: OSError) -> ConnectionClosed:
+    return ConnectionClosed(f"cannot connect to {path}: {exc.strerror} (is cmanlkd running?)")
 
 
-class _Pipeline:
-    """Bookkeeping of pipelined sends shared by both clients: seqs, the window, refusals."""
+class Client(_Api):
+    """A blocking connection to cmanlkd. Not thread-safe: use one per thread.
 
-    def __init__(self) -> None:
-        self.enabled = False
-        self.window_messages = ipcproto.MCAST_WINDOW_MESSAGES
-        self.window_bytes = ipcproto.MCAST_WINDOW_BYTES
-        self.next_seq = 1
-        self.unacked: deque[tuple[int, int]] = deque()  # (seq, payload bytes)
-        self.unacked_bytes = 0
-        self.errors: deque[tuple[int, str, str, str]] = deque()  # seq, group, code, message
-        self.errors_dropped = 0
-
-    def configure(self, server: dict[str, Any]) -> bool:
-        """Take the daemon's hello result; returns whether compact frames are on."""
-        version = server.get("version", 1)
-        self.enabled = isinstance(version, int) and version >= ipcproto.COMPACT_VERSION
-        window = server.get("mcast_window")
-        if isinstance(window, dict):
-            self.window_messages = max(1, min(int(window.get("messages", 1)), ipcproto.MCAST_WINDOW_MESSAGES))
-            self.window_bytes = max(1, min(int(window.get("bytes", 1)), ipcproto.MCAST_WINDOW_BYTES))
-        return self.enabled
-
-    def has_room(self, size: int) -> bool:
-        """May a message of `size` bytes be sent now? (One is always allowed when none is out.)"""
-        unacked = self.unacked
-        if not unacked:
-            return True
-        return len(unacked) < self.window_messages and self.unacked_bytes + size <= self.window_bytes
-
-    def frame(self, group: str, payload: bytes) -> tuple[int, bytes]:
-        """Return (seq, MCAST frame) for the next send and count it as outstanding.
-
-        Raises ClientError(too_large / name_too_long) for what the daemon could not take.
-        """
-        seq = self.next_seq
-        try:
-            data = ipcproto.mcast(seq, group.encode(), payload)
-        except ipcproto.ProtocolError as exc:
-            raise ClientError(exc.code, str(exc)) from None
-        self.next_seq = (seq + 1) % ipcproto.SEQ_MODULO
-        self.unacked.append((seq, len(payload)))
-        self.unacked_bytes += len(payload)
-        return seq, data
-
-    def on_ack(self, seq: int) -> None:
-        unacked = self.unacked
-        while unacked and not ipcproto.seq_after(unacked[0][0], seq):
-            self.unacked_bytes -= unacked.popleft()[1]
-
-    def on_error(self, data: dict[str, Any]) -> None:
-        if len(self.errors) >= MAX_SEND_ERRORS:
-            self.errors_dropped += 1
-            return
-        seq = data.get("seq", 0)
-        self.errors.append(
-            (
-                seq if isinstance(seq, int) else 0,
-                str(data.get("group", "")),
-                str(data.get("code", "unknown")),
-                str(data.get("message", "")),
-            )
-        )
-
-    def raise_error(self) -> None:
-        """Raise the earliest unreported refusal as SendError (and forget the rest, counted in it)."""
-        if not self.errors:
-            return
-        seq, group, code, message = self.errors.popleft()
-        more = len(self.errors) + self.errors_dropped
-        self.errors.clear()
-        self.errors_dropped = 0
-        raise SendError(code, message, seq, group, more)
-
-    def consume(self, frame: ipcproto.Frame) -> bool:
-        """Take an MCAST_ACK or a cpg_send_error event; returns False for any other frame."""
-        kind = frame.header.get("kind")
-        if kind == ipcproto.MCAST_ACK:
-            seq = frame.header.get("seq")
-            if isinstance(seq, int):
-                self.on_ack(seq)
-            return True
-        if kind == ipcproto.EVENT and frame.header.get("event") == ipcproto.EV_CPG_SEND_ERROR:
-            data = frame.header.get("data")
-            self.on_error(data if isinstance(data, dict) else {})
-            return True
-        return False
-
-
-class Client:
-    """A blocking connection to cmanlkd. Not thread-safe: use one per thread."""
+    Every wait is a poll() of our own on a non-blocking socket, so a send that cannot go on reads
+    meanwhile (the daemon may be writing to us) and no call blocks past its bound.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        # Non-blocking from here on: every wait is a poll() of our own, so a send that cannot go
-        # on reads meanwhile (the daemon may be writing to us) and no call blocks past its bound.
         sock.setblocking(False)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
-        self._decoder = ipcproto.FrameDecoder()
-        self._frames: deque[ipcproto.Frame | ipcproto.ProtocolError] = deque()
-        self._events: deque[Event] = deque()
-        self._next_id = 0
-        self._pipe = _Pipeline()
-        self.server: dict[str, Any] = {}
-        self.slow = False
+        self._conn = Connection()
 
     @classmethod
-    def connect(cls, path: str = ipcproto.DEFAULT_SOCKET_PATH, timeout: float = CONNECT_TIMEOUT_S) -> Client:
-        """Connect and negotiate the protocol version.
+    def connect(
+        cls,
+        path: str = ipcproto.DEFAULT_SOCKET_PATH,
+        timeout: float = CONNECT_TIMEOUT_S,
+        *,
+        versions: tuple[int, ...] = ipcproto.SUPPORTED_VERSIONS,
+    ) -> Client:
+        """Connect and negotiate the protocol version (the highest of `versions` the daemon speaks).
 
         Raises ConnectionClosed when nobody listens at `path` (ENOENT/ECONNREFUSED) and
-        ClientError for a refusal (permission_denied, version_unsupported).
+        ClientError for a refusal (permission_denied, version_unsupported, no_resources).
         """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -247,17 +207,16 @@ class Client:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise ConnectionClosed(_cannot_connect(path, exc)) from None
+            raise _cannot_connect(path, exc) from None
         except PermissionError as exc:
             sock.close()
-            raise ClientError(ipcproto.E_PERMISSION_DENIED, f"{path}: {exc.strerror}") from None
+            raise ClientError(ErrorCode.PERMISSION_DENIED, f"{path}: {exc.strerror}") from None
         client = cls(sock)
         try:
-            client.server = client.call("hello", _hello_args())
+            client._drive(ops.hello(client._conn, _hello_name(), versions))
         except BaseException:
             client.close()
             raise
-        client._decoder.compact = client._pipe.configure(client.server)
         return client
 
     def fileno(self) -> int:
@@ -274,434 +233,149 @@ class Client:
 
     def close(self) -> None:
         """Close the connection (the daemon makes our cpg processes leave with reason 5)."""
+        self._conn.close()
         with contextlib.suppress(OSError):
             self._sock.close()
-
-    # --- the generic call ------------------------------------------------------------------------------
-
-    def call(self, op: str, args: dict[str, Any] | None = None, payload: bytes = b"") -> dict[str, Any]:
-        """Send one request and return its result. Raises ClientError / ConnectionClosed."""
-        self._next_id += 1
-        request_id = self._next_id
-        deadline = time.monotonic() + CALL_TIMEOUT_S
-        try:
-            self._send_all(ipcproto.request(request_id, op, args, payload), deadline)
-        except ipcproto.ProtocolError as exc:
-            raise ClientError(exc.code, str(exc)) from None
-        except OSError as exc:
-            self._raise_refusal()
-            raise ConnectionClosed(f"send failed: {exc}") from None
-        while True:
-            frame = self._next_frame(deadline - time.monotonic())
-            if frame is None:
-                raise ClientError(ipcproto.E_TIMEOUT, f"no reply to {op} in {CALL_TIMEOUT_S} s")
-            if frame.kind == ipcproto.EVENT:
-                self._keep(_as_event(frame))
-                continue
-            if frame.header.get("id") in (request_id, None):
-                return _result(frame)
-
-    # --- queries ----------------------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        """Node id, cluster name, totem state, ring id, members, quorate."""
-        return self.call("status")
-
-    def membership(self) -> dict[str, Any]:
-        """{ring_id, ring_seq, ring_rep, members: [{nodeid, name, addresses}]}."""
-        return self.call("membership")
-
-    def quorum(self) -> dict[str, Any]:
-        """votequorum's state: quorate, quorum, total_votes, expected_votes, flags, …."""
-        return self.call("quorum")
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Configured and seen nodes: nodeid, name, addresses, votes, state, local."""
-        return list(self.call("nodes").get("nodes", []))
-
-    def links(self) -> list[dict[str, Any]]:
-        """Per node and link: up/down and counters."""
-        return list(self.call("links").get("links", []))
-
-    def stats(self) -> dict[str, Any]:
-        """Daemon and IPC counters."""
-        return self.call("stats")
-
-    def groups(self) -> list[dict[str, Any]]:
-        """cpg groups: [{name, members: [[nodeid, pid], …]}]."""
-        return list(self.call("groups").get("groups", []))
-
-    def dlm(self) -> dict[str, Any]:
-        """DLM lockspaces (ClientError not_supported when the daemon has no DLM glue)."""
-        return self.call("dlm")
-
-    # --- tracking and events --------------------------------------------------------------------------
-
-    def track_start(
-        self, *, membership: bool = True, quorum: bool = False, changes_only: bool = False
-    ) -> None:
-        """Subscribe: the current view comes first as a `track` event, then every change."""
-        self.call("track_start", {"membership": membership, "quorum": quorum, "changes_only": changes_only})
-
-    def track_stop(self) -> None:
-        """Stop membership and quorum events."""
-        self.call("track_stop")
 
     def track(self, *, quorum: bool = False, changes_only: bool = False) -> Iterator[Event]:
         """Subscribe and yield events (current view first) until the connection closes."""
         self.track_start(quorum=quorum, changes_only=changes_only)
-        while True:
-            event = self.next_event(None)
-            if event is not None:
-                yield event
-
-    def next_event(self, timeout: float | None = None) -> Event | None:
-        """Return the next event, waiting up to `timeout` seconds (None: forever); None on timeout."""
-        if self._events:
-            return self._events.popleft()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            frame = self._next_frame(left)
-            if frame is None:
-                return None
-            if frame.kind == ipcproto.EVENT:
-                return _as_event(frame)
-            if frame.kind == ipcproto.ERROR and frame.header.get("id") is None:
-                _result(frame)
+        while (event := self.next_event(None)) is not None:
+            yield event
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Yield events until none arrives for `timeout` seconds (None: forever)."""
         while (event := self.next_event(timeout)) is not None:
             yield event
 
-    # --- cpg ----------------------------------------------------------------------------------------------
+    # --- the I/O of an operation ------------------------------------------------------------------
 
-    def cpg_join(self, group: str, pid: int | None = None, *, initial_totem_conf: bool = False) -> None:
-        """Join `group` as `pid` (default: this process). Retries try_again (sync in progress)."""
-        args: dict[str, Any] = {"group": group, "initial_totem_conf": initial_totem_conf}
-        if pid is not None:
-            args["pid"] = pid
-        self._retrying("cpg_join", args, b"", SEND_RETRY_TIMEOUT_S)
-
-    def cpg_leave(self, group: str) -> None:
-        """Leave `group`; the confchg naming us as left (reason 2) follows as an event."""
-        self._retrying("cpg_leave", {"group": group}, b"", SEND_RETRY_TIMEOUT_S)
-
-    def cpg_send(self, group: str, payload: bytes, retry_timeout_s: float = SEND_RETRY_TIMEOUT_S) -> None:
-        """Multicast `payload` to `group` in agreed order, waiting for the daemon's acceptance
-        (one request/reply round trip; retries try_again up to `retry_timeout_s`).
-
-        Raises SendError first if an earlier pipelined send was refused, ClientError otherwise.
-        """
-        self._pipe.raise_error()
-        self._retrying("cpg_send", {"group": group}, payload, retry_timeout_s)
-
-    def cpg_mcast(
-        self, group: str, payload: bytes, *, block: bool = True, timeout_s: float = SEND_RETRY_TIMEOUT_S
-    ) -> bool:
-        """Pipelined multicast of `payload` to `group` in agreed order: no reply is awaited.
-
-        Returns True once the message is written. When the window of unacknowledged sends is full
-        it reads acknowledgements until there is room (up to `timeout_s`, then ClientError
-        try_again) or, with `block=False`, returns False at once. Raises SendError when an
-        earlier pipelined send was refused, ClientError(too_large / name_too_long) for a message
-        the daemon could not take. Against a version-1 daemon this is `cpg_send`.
-        """
-        pipe = self._pipe
-        if pipe.unacked:
-            self._recv_once()  # take acknowledgements and refusals that came (never waits)
-        pipe.raise_error()
-        if not pipe.enabled:
-            try:
-                self.cpg_send(group, payload, retry_timeout_s=timeout_s if block else 0)
-            except ClientError as exc:
-                if exc.code == ipcproto.E_TRY_AGAIN and not block:
-                    return False
-                raise
-            return True
-        if self.slow and not self._wait_until_not_slow(block, timeout_s):
-            return False
-        if not pipe.has_room(len(payload)) and not self._wait_for_room(len(payload), block, timeout_s):
-            return False
-        _, frame = pipe.frame(group, payload)
-        self._send_all(frame, time.monotonic() + CALL_TIMEOUT_S)
-        return True
-
-    def cpg_mcast_many(
-        self, group: str, payloads: Iterable[bytes], *, timeout_s: float = SEND_RETRY_TIMEOUT_S
-    ) -> int:
-        """Pipelined multicast of every payload, in order, joined into few large writes.
-
-        Returns how many were sent (all of them). Waits for window room as cpg_mcast does;
-        raises as cpg_mcast (a ClientError after some were sent leaves those sent).
-        """
-        pipe = self._pipe
-        pipe.raise_error()
-        if not pipe.enabled:
-            count = 0
-            for payload in payloads:
-                self.cpg_send(group, payload, retry_timeout_s=timeout_s)
-                count += 1
-            return count
-        batch: list[bytes] = []
-        size = count = 0
-        for payload in payloads:
-            if not pipe.has_room(len(payload)):
-                if batch:
-                    self._send_all(b"".join(batch), time.monotonic() + CALL_TIMEOUT_S)
-                    batch, size = [], 0
-                self._wait_for_room(len(payload), True, timeout_s)
-            _, frame = pipe.frame(group, payload)
-            batch.append(frame)
-            size += len(frame)
-            count += 1
-            if size >= WRITE_COALESCE_BYTES:
-                self._send_all(b"".join(batch), time.monotonic() + CALL_TIMEOUT_S)
-                batch, size = [], 0
-        if batch:
-            self._send_all(b"".join(batch), time.monotonic() + CALL_TIMEOUT_S)
-        return count
-
-    def cpg_flush(self, timeout_s: float = CALL_TIMEOUT_S) -> None:
-        """Wait until the daemon has handled every pipelined send; raise the first refusal.
-
-        Raises SendError for a refused send, ClientError(timeout) when acknowledgements do not
-        come within `timeout_s`, ConnectionClosed when the daemon goes away.
-        """
-        deadline = time.monotonic() + timeout_s
-        while self._pipe.unacked:
-            if not self._pump_frames(deadline - time.monotonic()):
-                n = len(self._pipe.unacked)
-                message = f"{n} pipelined sends not acknowledged in {timeout_s} s"
-                raise ClientError(ipcproto.E_TIMEOUT, message)
-        self._pipe.raise_error()
-
-    @property
-    def mcast_outstanding(self) -> tuple[int, int]:
-        """(messages, payload bytes) sent with cpg_mcast and not yet acknowledged by the daemon."""
-        return len(self._pipe.unacked), self._pipe.unacked_bytes
-
-    def cpg_receive(self, timeout: float | None = None) -> Event | None:
-        """Return the next cpg event (cpg_deliver, cpg_confchg, cpg_totem_confchg); others are skipped."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            event = self.next_event(left)
-            if event is None or event.name.startswith("cpg_"):
-                return event
-
-    # --- privileged ---------------------------------------------------------------------------------------
-
-    def set_expected(self, expected_votes: int) -> None:
-        """Set expected votes cluster-wide (root)."""
-        self.call("set_expected", {"expected_votes": expected_votes})
-
-    def set_votes(self, votes: int, nodeid: int = 0) -> None:
-        """Set the votes of `nodeid` (0: this node) cluster-wide (root)."""
-        self.call("set_votes", {"votes": votes, "nodeid": nodeid})
-
-    def leave(self) -> None:
-        """Make this node leave the cluster cleanly (root)."""
-        self.call("leave")
-
-    def kill(self, nodeid: int, reason: str | None = None) -> None:
-        """Ask node `nodeid` to leave the cluster (root); `reason` is logged by the target."""
-        self.call("kill", {"nodeid": nodeid, **({"reason": reason} if reason else {})})
-
-    def fence_ack(self, nodeid: int) -> None:
-        """Confirm node `nodeid` is fenced/off so DLM recovery may go on (root)."""
-        self.call("fence_ack", {"nodeid": nodeid})
-
-    # --- internals ----------------------------------------------------------------------------------------
-
-    def _retrying(self, op: str, args: dict[str, Any], payload: bytes, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        pause = RETRY_PAUSE_S[0]
-        while True:
-            try:
-                return self.call(op, args, payload)
-            except ClientError as exc:
-                if exc.code != ipcproto.E_TRY_AGAIN or time.monotonic() + pause > deadline:
+    def _drive(self, op: Operation[T]) -> T:
+        send, monotonic, write, recv_once = op.send, time.monotonic, self._write, self._recv_once
+        try:
+            step = next(op)
+            while True:
+                try:
+                    if isinstance(step, Write):
+                        write(step.data, step.timeout_s)
+                    elif not recv_once() and step is not POLL:
+                        self._read(step.until)
+                except BaseException:
+                    op.close()
                     raise
-            self._pump(pause)
-            pause = min(pause * 2, RETRY_PAUSE_S[1])
+                step = send(monotonic())
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
-    def _pump(self, seconds: float) -> None:
-        """Wait `seconds`, keeping the events that arrive (so our daemon-side queue drains)."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            frame = self._next_frame(left)
-            if frame is not None and frame.kind == ipcproto.EVENT:
-                self._keep(_as_event(frame))
+    def _read(self, until: float | None) -> None:
+        """Wait for the socket to be readable until `until` (after a read that found nothing)."""
+        if self._conn.closed:
+            return
+        left = None if until is None else until - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        self._poll.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
+        self._recv_once()
 
-    def _pump_frames(self, timeout: float) -> bool:
-        """Read what arrives within `timeout` (acknowledgements are taken, other frames kept for
-        their readers); returns False when nothing came."""
-        if self._recv_once():
-            return True
-        if timeout <= 0:
-            return False
-        self._poll.poll(max(1, int(timeout * 1000 + 0.999)))
-        return self._recv_once()
+    def _write(self, data: bytes, timeout_s: float) -> None:
+        """Send `data`, reading (into the connection) while the socket is full.
 
-    def _wait_for_room(self, size: int, block: bool, timeout_s: float) -> bool:
-        """Read acknowledgements until `size` more bytes fit the window; see cpg_mcast."""
-        pipe = self._pipe
-        return self._pump_until(
-            lambda: pipe.has_room(size), block, timeout_s,
-            lambda: f"{len(pipe.unacked)} pipelined sends unacknowledged for {timeout_s} s",
-        )
-
-    def _wait_until_not_slow(self, block: bool, timeout_s: float) -> bool:
-        """The daemon said our events back up (flow "slow"): read them (kept for events()) until it
-        says "ok", rather than add to its queue. False at once with `block=False`."""
-        return self._pump_until(
-            lambda: not self.slow, block, timeout_s,
-            lambda: f"the daemon reports this connection slow for {timeout_s} s: read events",
-        )
-
-    def _pump_until(
-        self, done: Callable[[], bool], block: bool, timeout_s: float, why: Callable[[], str]
-    ) -> bool:
-        """Read frames until `done()`; False when it is not (at once with `block=False`); raises
-        ClientError(try_again, why()) when `timeout_s` passes while blocking."""
-        deadline = time.monotonic() + (timeout_s if block else 0.0)
-        while not done():
-            if not self._pump_frames(deadline - time.monotonic()):
-                if not block:
-                    return False
-                if time.monotonic() >= deadline:
-                    raise ClientError(ipcproto.E_TRY_AGAIN, why())
-        return True
-
-    def _send_all(self, data: bytes, deadline: float) -> None:
-        """Write `data`, reading (and keeping) what the daemon sends while the socket is full.
-
-        Raises ClientError(timeout) past `deadline`, ConnectionClosed/OSError when the socket fails.
+        Raises ClientError(timeout) past `timeout_s`; ConnectionClosed (or the refusal the daemon
+        sent before it hung up, such as permission_denied) when the socket fails.
         """
         sock = self._sock
         try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        view = memoryview(data)[sent:]
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            self._write_rest(memoryview(data)[sent:], time.monotonic() + timeout_s)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                if not self._recv_once():  # a refusal it sent before hanging up?
+                    self._read(time.monotonic() + 1.0)
+            self._conn.close(ConnectionClosed(f"send failed: {exc}"))
+            self._conn.raise_failure()
+
+    def _write_rest(self, view: memoryview, deadline: float) -> None:
+        sock = self._sock
         self._poll.modify(sock.fileno(), select.POLLIN | select.POLLOUT)
         try:
             while view:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ClientError(ipcproto.E_TIMEOUT, "the daemon did not read our request in time")
+                    raise ClientError(ErrorCode.TIMEOUT, "the daemon did not read our request in time")
                 ready = self._poll.poll(left * 1000)
                 if any(ev & (select.POLLIN | select.POLLHUP | select.POLLERR) for _, ev in ready):
                     self._recv_once()
-                try:
+                with contextlib.suppress(BlockingIOError):
                     view = view[sock.send(view) :]
-                except BlockingIOError:
-                    pass
         finally:
             self._poll.modify(sock.fileno(), select.POLLIN)
 
     def _recv_once(self) -> bool:
         """Read what the socket holds (never waits); returns False when it held nothing."""
+        conn = self._conn
+        if conn.closed:
+            return False
         try:
             data = self._sock.recv(RECV_BYTES)
         except BlockingIOError:
             return False
         except OSError as exc:
-            raise ConnectionClosed(f"receive failed: {exc}") from None
+            conn.close(ConnectionClosed(f"receive failed: {exc}"))
+            return False
         if not data:
-            raise ConnectionClosed()
-        try:
-            items = self._decoder.feed(data)
-        except ipcproto.ProtocolError as exc:
-            self.close()
-            raise ConnectionClosed(f"broken frame from the daemon: {exc}") from None
-        # Acknowledgements and refusals are the pipeline's, taken at once (they are not events);
-        # everything else waits, in order, for whoever reads frames.
-        consume, frames = self._pipe.consume, self._frames
-        for item in items:
-            if isinstance(item, ipcproto.ProtocolError) or not consume(item):
-                frames.append(item)
-                if isinstance(item, ipcproto.Frame) and item.header.get("event") == ipcproto.EV_FLOW:
-                    info = item.header.get("data")
-                    self.slow = isinstance(info, dict) and info.get("state") == "slow"
-        if len(frames) + len(self._events) > MAX_BUFFERED_EVENTS:
-            self.close()
-            raise ConnectionClosed(f"more than {MAX_BUFFERED_EVENTS} unread events; read events() sooner")
+            conn.close()
+            return False
+        conn.receive(data)
+        if conn.backlogged:
+            message = f"more than {MAX_BUFFERED_EVENTS} unread events; read events() sooner"
+            conn.close(ConnectionClosed(message))
+            with contextlib.suppress(OSError):
+                self._sock.close()
         return True
 
-    def _raise_refusal(self) -> None:
-        """After a failed send: raise the daemon's refusal (permission_denied …) if it sent one."""
-        with contextlib.suppress(ConnectionClosed, OSError):
-            frame = self._next_frame(1.0)
-            if frame is not None and frame.kind == ipcproto.ERROR:
-                _result(frame)
 
-    def _keep(self, event: Event) -> None:
-        if len(self._events) >= MAX_BUFFERED_EVENTS:
-            self.close()
-            raise ConnectionClosed(f"more than {MAX_BUFFERED_EVENTS} unread events; read events() sooner")
-        self._events.append(event)
+class AsyncClient(_Api):
+    """An asyncio connection to cmanlkd. One reader task hands what the daemon sends to the
+    connection; operations wait for it. Calls from several tasks may run at once.
 
-    def _next_frame(self, timeout: float | None) -> ipcproto.Frame | None:
-        """The next frame for the caller, waiting up to `timeout` (None: forever, 0: no wait)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        frames = self._frames
-        while not frames:
-            if self._recv_once():
-                continue
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
-            self._poll.poll(None if left is None else max(1, int(left * 1000 + 0.999)))
-        item = frames.popleft()
-        if isinstance(item, ipcproto.ProtocolError):
-            raise ClientError(item.code, str(item))
-        return item
-
-
-class AsyncClient:
-    """An asyncio connection to cmanlkd. One reader task dispatches replies and queues events.
-
-    The event queue is bounded (MAX_BUFFERED_EVENTS): when the application stops reading, the
-    reader stops too, the socket fills and the daemon flags, then drops, this client.
+    While MAX_BUFFERED_EVENTS events are unread the reader stops: the socket fills and the daemon
+    flags, then drops, this client.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
-        self._pending: dict[int, asyncio.Future[ipcproto.Frame]] = {}
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue(MAX_BUFFERED_EVENTS)
-        self._next_id = 0
-        self._closed = False
-        self._decoder = ipcproto.FrameDecoder()
-        self._pipe = _Pipeline()
-        self._room = asyncio.Event()  # set by the reader whenever an acknowledgement arrives
+        self._conn = Connection()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._room = asyncio.Event()  # set when the application has read events again
         self._task = asyncio.create_task(self._read_loop())
-        self.server: dict[str, Any] = {}
-        self.slow = False
 
     @classmethod
     async def connect(
-        cls, path: str = ipcproto.DEFAULT_SOCKET_PATH, connect_s: float = CONNECT_TIMEOUT_S
+        cls,
+        path: str = ipcproto.DEFAULT_SOCKET_PATH,
+        connect_s: float = CONNECT_TIMEOUT_S,
+        *,
+        versions: tuple[int, ...] = ipcproto.SUPPORTED_VERSIONS,
     ) -> AsyncClient:
-        """Connect and negotiate the protocol version (see Client.connect for errors)."""
+        """Connect and negotiate the protocol version (see Client.connect)."""
         try:
             opening = asyncio.open_unix_connection(path, limit=2**20)
             reader, writer = await asyncio.wait_for(opening, connect_s)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ConnectionClosed(_cannot_connect(path, exc)) from None
+            raise _cannot_connect(path, exc) from None
         client = cls(reader, writer)
         try:
-            client.server = await client.call("hello", _hello_args())
+            await client._drive(ops.hello(client._conn, _hello_name(), versions))
         except BaseException:
             await client.close()
             raise
-        # Nothing follows hello's reply until we send again, so the switch cannot split a frame.
-        client._decoder.compact = client._pipe.configure(client.server)
         return client
 
     async def __aenter__(self) -> AsyncClient:
@@ -714,7 +388,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the connection and stop the reader task."""
-        self._closed = True
+        self._conn.close()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, OSError):
             await self._task
@@ -722,239 +396,81 @@ class AsyncClient:
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
 
-    async def call(self, op: str, args: dict[str, Any] | None = None, payload: bytes = b"") -> dict[str, Any]:
-        """Send one request and return its result. Raises ClientError / ConnectionClosed."""
-        if self._closed:
-            raise ConnectionClosed()
-        self._next_id += 1
-        request_id = self._next_id
-        future: asyncio.Future[ipcproto.Frame] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            try:
-                self._writer.write(ipcproto.request(request_id, op, args, payload))
-                await self._writer.drain()
-            except ipcproto.ProtocolError as exc:
-                raise ClientError(exc.code, str(exc)) from None
-            except OSError as exc:
-                raise ConnectionClosed(f"send failed: {exc}") from None
-            try:
-                frame = await asyncio.wait_for(future, CALL_TIMEOUT_S)
-            except TimeoutError:
-                raise ClientError(ipcproto.E_TIMEOUT, f"no reply to {op} in {CALL_TIMEOUT_S} s") from None
-        finally:
-            self._pending.pop(request_id, None)
-        return _result(frame)
-
-    async def status(self) -> dict[str, Any]:
-        return await self.call("status")
-
-    async def membership(self) -> dict[str, Any]:
-        return await self.call("membership")
-
-    async def quorum(self) -> dict[str, Any]:
-        return await self.call("quorum")
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        return list((await self.call("nodes")).get("nodes", []))
-
-    async def groups(self) -> list[dict[str, Any]]:
-        return list((await self.call("groups")).get("groups", []))
-
     async def track(self, *, quorum: bool = False, changes_only: bool = False) -> AsyncIterator[Event]:
         """Subscribe and yield events (current view first) until the connection closes."""
-        await self.call("track_start", {"membership": True, "quorum": quorum, "changes_only": changes_only})
-        while (event := await self.next_event()) is not None:
+        await self.track_start(quorum=quorum, changes_only=changes_only)
+        while (event := await self.next_event(None)) is not None:
             yield event
 
-    async def next_event(self, wait_s: float | None = None) -> Event | None:
-        """The next event, waiting up to `wait_s` (None: forever); None on timeout or close."""
+    # --- the I/O of an operation ------------------------------------------------------------------
+
+    async def _drive(self, op: Operation[T]) -> T:
         try:
-            return await asyncio.wait_for(self._events.get(), wait_s)
-        except TimeoutError:
-            return None
+            step = next(op)
+            while True:
+                try:
+                    if isinstance(step, Write):
+                        await self._write(step.data, step.timeout_s)
+                    elif step.until is None or step.until > time.monotonic():
+                        await self._read(step.until)
+                except BaseException:
+                    op.close()
+                    raise
+                if not self._conn.backlogged:
+                    self._room.set()
+                step = op.send(time.monotonic())
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
-    async def cpg_join(self, group: str, pid: int | None = None, *, initial_totem_conf: bool = False) -> None:
-        args: dict[str, Any] = {"group": group, "initial_totem_conf": initial_totem_conf}
-        if pid is not None:
-            args["pid"] = pid
-        await self._retrying("cpg_join", args, b"", SEND_RETRY_TIMEOUT_S)
-
-    async def cpg_leave(self, group: str) -> None:
-        await self._retrying("cpg_leave", {"group": group}, b"", SEND_RETRY_TIMEOUT_S)
-
-    async def cpg_send(
-        self, group: str, payload: bytes, retry_timeout_s: float = SEND_RETRY_TIMEOUT_S
-    ) -> None:
-        """Multicast `payload` to `group`, waiting out flow control (try_again) up to the timeout.
-
-        One request/reply per message; raises SendError first for a refused pipelined send.
-        """
-        self._pipe.raise_error()
-        await self._retrying("cpg_send", {"group": group}, payload, retry_timeout_s)
-
-    async def cpg_mcast(self, group: str, payload: bytes, *, timeout_s: float = SEND_RETRY_TIMEOUT_S) -> None:
-        """Pipelined multicast (see Client.cpg_mcast): waits only while the window is full.
-
-        Raises SendError for an earlier refused pipelined send, ClientError(try_again) when the
-        window stays full for `timeout_s`, ClientError(too_large / name_too_long).
-        """
-        pipe = self._pipe
-        pipe.raise_error()
-        if not pipe.enabled:
-            await self.cpg_send(group, payload, timeout_s)
+    async def _read(self, until: float | None) -> None:
+        """Wait until the reader hands over more, the connection ends, or `until`."""
+        if self._conn.closed:
             return
-        if not pipe.has_room(len(payload)):
-            await self._wait_for_room(len(payload), timeout_s)
-        _, frame = pipe.frame(group, payload)
-        await self._write(frame)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            left = None if until is None else until - time.monotonic()
+            await asyncio.wait_for(waiter, left)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
-    async def cpg_mcast_many(
-        self, group: str, payloads: Iterable[bytes], *, timeout_s: float = SEND_RETRY_TIMEOUT_S
-    ) -> int:
-        """Pipelined multicast of every payload in order, in few writes; returns how many."""
-        pipe = self._pipe
-        pipe.raise_error()
-        count = 0
-        if not pipe.enabled:
-            for payload in payloads:
-                await self.cpg_send(group, payload, timeout_s)
-                count += 1
-            return count
-        batch: list[bytes] = []
-        for payload in payloads:
-            if not pipe.has_room(len(payload)):
-                if batch:
-                    await self._write(b"".join(batch))
-                    batch = []
-                await self._wait_for_room(len(payload), timeout_s)
-            batch.append(pipe.frame(group, payload)[1])
-            count += 1
-        if batch:
-            await self._write(b"".join(batch))
-        return count
-
-    async def cpg_flush(self, timeout_s: float = CALL_TIMEOUT_S) -> None:
-        """Wait until every pipelined send is acknowledged; raise the first refusal (SendError).
-
-        Raises ClientError(timeout) after `timeout_s`, ConnectionClosed when the daemon goes away.
-        """
-        deadline = time.monotonic() + timeout_s
-        while self._pipe.unacked:
-            if self._closed:
-                raise ConnectionClosed()
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                n = len(self._pipe.unacked)
-                raise ClientError(ipcproto.E_TIMEOUT, f"{n} pipelined sends not acknowledged") from None
-        self._pipe.raise_error()
-
-    @property
-    def mcast_outstanding(self) -> tuple[int, int]:
-        """(messages, payload bytes) sent with cpg_mcast and not yet acknowledged."""
-        return len(self._pipe.unacked), self._pipe.unacked_bytes
-
-    async def _wait_for_room(self, size: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self._pipe.has_room(size):
-            if self._closed:
-                raise ConnectionClosed()
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                n = len(self._pipe.unacked)
-                raise ClientError(ipcproto.E_TRY_AGAIN, f"{n} pipelined sends unacknowledged") from None
-
-    async def _write(self, data: bytes) -> None:
-        if self._closed:
-            raise ConnectionClosed()
+    async def _write(self, data: bytes, timeout_s: float) -> None:
+        self._conn.raise_failure()
         try:
             self._writer.write(data)
-            transport = self._writer.transport
-            if transport.get_write_buffer_size() > WRITE_COALESCE_BYTES:
-                await self._writer.drain()  # only when the kernel is behind: no yield per message
+            if self._writer.transport.get_write_buffer_size() > WRITE_COALESCE_BYTES:
+                # only when the kernel is behind: no yield per message
+                await asyncio.wait_for(self._writer.drain(), timeout_s)
+        except TimeoutError:
+            raise ClientError(ErrorCode.TIMEOUT, "the daemon did not read our request in time") from None
         except OSError as exc:
-            raise ConnectionClosed(f"send failed: {exc}") from None
-
-    async def cpg_receive(self, wait_s: float | None = None) -> Event | None:
-        """The next cpg event (others are skipped); None on timeout."""
-        deadline = None if wait_s is None else time.monotonic() + wait_s
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            event = await self.next_event(left)
-            if event is None or event.name.startswith("cpg_"):
-                return event
-
-    async def set_expected(self, expected_votes: int) -> None:
-        await self.call("set_expected", {"expected_votes": expected_votes})
-
-    async def set_votes(self, votes: int, nodeid: int = 0) -> None:
-        await self.call("set_votes", {"votes": votes, "nodeid": nodeid})
-
-    async def leave(self) -> None:
-        await self.call("leave")
-
-    async def kill(self, nodeid: int, reason: str | None = None) -> None:
-        await self.call("kill", {"nodeid": nodeid, **({"reason": reason} if reason else {})})
-
-    async def fence_ack(self, nodeid: int) -> None:
-        await self.call("fence_ack", {"nodeid": nodeid})
-
-    async def _retrying(
-        self, op: str, args: dict[str, Any], payload: bytes, timeout_s: float
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        pause = RETRY_PAUSE_S[0]
-        while True:
-            try:
-                return await self.call(op, args, payload)
-            except ClientError as exc:
-                if exc.code != ipcproto.E_TRY_AGAIN or time.monotonic() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RETRY_PAUSE_S[1])
+            self._conn.close(ConnectionClosed(f"send failed: {exc}"))
+            self._conn.raise_failure()
 
     async def _read_loop(self) -> None:
-        decoder = self._decoder
-        pipe = self._pipe
+        conn = self._conn
         try:
             while True:
+                while conn.backlogged:
+                    self._room.clear()
+                    await self._room.wait()
                 data = await self._reader.read(RECV_BYTES)
                 if not data:
                     return
-                for item in decoder.feed(data):
-                    if isinstance(item, ipcproto.ProtocolError):
-                        continue
-                    if pipe.consume(item):
-                        self._room.set()
-                        continue
-                    await self._dispatch(item)
-        except (ipcproto.ProtocolError, OSError):
+                conn.receive(data)
+                self._wake()
+        except (ConnectionClosed, OSError):
             return
         finally:
-            self._closed = True
-            self._room.set()
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionClosed())
-            with contextlib.suppress(asyncio.QueueFull):
-                self._events.put_nowait(None)
+            conn.close()
+            self._wake()
 
-    async def _dispatch(self, frame: ipcproto.Frame) -> None:
-        if frame.kind == ipcproto.EVENT:
-            event = _as_event(frame)
-            if event.name == ipcproto.EV_FLOW:
-                self.slow = event.data.get("state") == "slow"
-            await self._events.put(event)
-            return
-        request_id = frame.header.get("id")
-        future = self._pending.get(request_id) if isinstance(request_id, int) else None
-        if future is not None and not future.done():
-            future.set_result(frame)
-        elif request_id is None and frame.kind == ipcproto.ERROR:
-            for pending in self._pending.values():  # a connection-level refusal answers everything
-                if not pending.done():
-                    pending.set_result(frame)
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

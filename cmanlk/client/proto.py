@@ -43,7 +43,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmanlk.errors import CmanlkError
+from cmanlk.errors import CmanlkError, ErrorCode
 
 PROTOCOL_VERSION = 2
 """The version this code speaks; `hello` negotiates the highest common one."""
@@ -95,25 +95,6 @@ EVENT = "event"
 MCAST = "mcast"  # a compact MCAST, decoded
 MCAST_ACK = "mcast_ack"  # a compact MCAST_ACK, decoded
 
-# Stable error codes (docs/ipc.md). Service refusals (cpg, votequorum) pass their own codes
-# through; those are listed in the manual too.
-E_BAD_FRAME = "bad_frame"  # framing broken: the connection is closed after the reply
-E_BAD_REQUEST = "bad_request"  # framed but not a valid request (JSON, fields, types)
-E_UNKNOWN_OP = "unknown_op"
-E_HELLO_REQUIRED = "hello_required"
-E_VERSION_UNSUPPORTED = "version_unsupported"
-E_PERMISSION_DENIED = "permission_denied"
-E_NOT_SUPPORTED = "not_supported"  # the daemon does not serve this request (yet)
-E_NOT_RUNNING = "not_running"
-E_TIMEOUT = "timeout"
-E_INTERNAL = "internal"
-E_INVALID_PARAM = "invalid_param"
-E_TRY_AGAIN = "try_again"
-E_TOO_LARGE = "too_large"
-E_TOO_SLOW = "too_slow"  # the client did not read its events; it is disconnected after this
-E_NO_RESOURCES = "no_resources"
-E_NAME_TOO_LONG = "name_too_long"
-
 # Events.
 EV_TRACK = "track"  # membership view (SA-Forum CLM track)
 EV_QUORUM = "quorum"
@@ -125,9 +106,9 @@ EV_CPG_SEND_ERROR = "cpg_send_error"  # {seq, group, code, message}: a pipelined
 
 
 class ProtocolError(CmanlkError):
-    """A frame or header that breaks the protocol; `code` is the error code to answer with."""
+    """A frame or header that breaks the protocol; `code` is the result to answer with."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         self.code = code
         super().__init__(message)
 
@@ -150,9 +131,9 @@ def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     """Return one frame. Raises ProtocolError(too_large) when header or payload exceed the bounds."""
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(head) > MAX_HEADER_BYTES:
-        raise ProtocolError(E_TOO_LARGE, f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(E_TOO_LARGE, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        raise ProtocolError(ErrorCode.TOO_LARGE, _too_large(len(payload)))
     return _U32.pack(4 + len(head) + len(payload)) + _U32.pack(len(head)) + head + payload
 
 
@@ -166,9 +147,10 @@ def reply(request_id: int, result: dict[str, Any] | None = None) -> bytes:
     return encode_frame({"kind": REPLY, "id": request_id, "result": result or {}})
 
 
-def error(request_id: int | None, code: str, message: str) -> bytes:
-    """Return an error frame (`request_id` None when the request could not be read)."""
-    return encode_frame({"kind": ERROR, "id": request_id, "code": code, "message": message})
+def error(request_id: int | None, code: ErrorCode, message: str) -> bytes:
+    """Return an error frame (`request_id` None when the request could not be read); its
+    `code` is the member's stable wire string."""
+    return encode_frame({"kind": ERROR, "id": request_id, "code": code.wire, "message": message})
 
 
 def event(name: str, data: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -179,9 +161,9 @@ def event(name: str, data: dict[str, Any], payload: bytes = b"") -> bytes:
 def mcast(seq: int, group: bytes, payload: bytes) -> bytes:
     """Return a compact MCAST frame (version 2). Raises ProtocolError(too_large) past the bounds."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(E_TOO_LARGE, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        raise ProtocolError(ErrorCode.TOO_LARGE, _too_large(len(payload)))
     if len(group) > MAX_GROUP_BYTES:
-        raise ProtocolError(E_NAME_TOO_LONG, f"group name of {len(group)} bytes")
+        raise ProtocolError(ErrorCode.NAME_TOO_LONG, f"group name of {len(group)} bytes")
     length = 4 + 4 + 2 + len(group) + len(payload)
     return _MCAST_HEAD.pack(length, COMPACT_FLAG | COMPACT_MCAST, seq, len(group)) + group + payload
 
@@ -253,16 +235,16 @@ class FrameDecoder:
             return None, pos
         length, head_len = _FRAME_HEAD.unpack_from(buf, pos)
         if length < 4 or length > MAX_FRAME_BYTES - 4:
-            raise ProtocolError(E_BAD_FRAME, f"frame length {length} out of bounds")
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"frame length {length} out of bounds")
         if head_len & COMPACT_FLAG and self.compact:
             if len(buf) - pos < 4 + length:
                 return None, pos
             return self._compact(buf, pos, length, head_len & ~COMPACT_FLAG), pos + 4 + length
         if head_len > MAX_HEADER_BYTES or head_len > length - 4:
-            raise ProtocolError(E_BAD_FRAME, f"header length {head_len} in a frame of {length}")
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"header length {head_len} in a frame of {length}")
         if length - 4 - head_len > MAX_PAYLOAD_BYTES:
             size = length - 4 - head_len
-            raise ProtocolError(E_BAD_FRAME, f"payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
         if len(buf) - pos < 4 + length:
             return None, pos
         head = bytes(buf[pos + 8 : pos + 8 + head_len])
@@ -288,7 +270,8 @@ class FrameDecoder:
                 return Frame(header, bytes(buf[start:end]))
         elif kind == COMPACT_MCAST_ACK and length == 8:
             return Frame({"kind": MCAST_ACK, "seq": _U32.unpack_from(buf, pos + 8)[0]})
-        return ProtocolError(E_BAD_REQUEST, f"compact frame of type {kind} and {length} bytes is malformed")
+        text = f"compact frame of type {kind} and {length} bytes is malformed"
+        return ProtocolError(ErrorCode.BAD_REQUEST, text)
 
     def _group_text(self, group: bytes) -> str:
         text = self._groups.get(group)
@@ -299,13 +282,17 @@ class FrameDecoder:
         return text
 
 
+def _too_large(size: int) -> str:
+    return f"payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}"
+
+
 def _json_frame(head: bytes, payload: bytes) -> Frame | ProtocolError:
     try:
         header = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return ProtocolError(E_BAD_REQUEST, f"header is not JSON: {exc}")
+        return ProtocolError(ErrorCode.BAD_REQUEST, f"header is not JSON: {exc}")
     if not isinstance(header, dict):
-        return ProtocolError(E_BAD_REQUEST, "header is not a JSON object")
+        return ProtocolError(ErrorCode.BAD_REQUEST, "header is not a JSON object")
     return Frame(header, payload)
 
 
@@ -316,11 +303,12 @@ def negotiate(versions: object) -> int:
     ProtocolError(version_unsupported) when none is supported.
     """
     if not isinstance(versions, list) or not all(type(v) is int for v in versions):
-        raise ProtocolError(E_BAD_REQUEST, "hello needs versions: a list of integers")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "hello needs versions: a list of integers")
     common: set[int] = set(versions) & set(SUPPORTED_VERSIONS)
     if not common:
         ours = list(SUPPORTED_VERSIONS)
-        raise ProtocolError(E_VERSION_UNSUPPORTED, f"client speaks versions {versions}, this daemon {ours}")
+        text = f"client speaks versions {versions}, this daemon {ours}"
+        raise ProtocolError(ErrorCode.VERSION_UNSUPPORTED, text)
     return max(common)
 
 
@@ -331,7 +319,7 @@ def group_name(raw: object) -> bytes:
     service's to raise, so every client sees the same codes as a cpg_join from libcpg).
     """
     if not isinstance(raw, str):
-        raise ProtocolError(E_BAD_REQUEST, "group must be a string")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "group must be a string")
     return raw.encode()
 
 

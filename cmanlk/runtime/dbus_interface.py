@@ -2,7 +2,8 @@
 
 Properties, methods and signals are declared on `ClusterInterface`; their introspection is
 dbus/org.cmanlk.Cluster1.xml (a test keeps the two equal). One table, `_PROPERTIES`, says how each
-property is read from a `ClusterStatus`, so getters, GetStatus and change detection agree.
+property is read from the daemon's status `Snapshot` (cmanlk/runtime/status.py), so getters,
+GetStatus and change detection agree, and agree with the IPC answers rendered from it.
 Signals are built here as messages (`signals_for`, `properties_changed`) and sent by
 `DbusService`, which bounds how many wait in dbus-fast's writer.
 """
@@ -18,7 +19,6 @@ from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from cmanlk.runtime.dbus_status import (
-    ClusterStatus,
     ClusterStatusSource,
     LinkNotice,
     LockspaceNotice,
@@ -28,6 +28,7 @@ from cmanlk.runtime.dbus_status import (
     QuorumNotice,
     StatusNotice,
 )
+from cmanlk.runtime.status import Snapshot
 from cmanlk.types import RingId
 
 BUS_NAME = "org.cmanlk.Cluster"
@@ -46,17 +47,17 @@ LinkList = Annotated[list[list[Any]], DBusSignature("a(uub)")]
 LockspaceList = Annotated[list[list[Any]], DBusSignature("a(ss)")]
 VariantDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 
-_PROPERTIES: dict[str, tuple[str, Callable[[ClusterStatus], Any]]] = {
+_PROPERTIES: dict[str, tuple[str, Callable[[Snapshot], Any]]] = {
     "ClusterName": ("s", lambda s: s.cluster_name),
-    "LocalNodeId": ("u", lambda s: int(s.local_nodeid)),
+    "LocalNodeId": ("u", lambda s: int(s.node_id)),
     "RingId": ("(ut)", lambda s: _ring(s.ring_id)),
-    "Members": ("a(us)", lambda s: _members(s.members)),
-    "Quorate": ("b", lambda s: s.quorate),
+    "Members": ("a(us)", lambda s: [[int(m), s.name_of(m)] for m in s.members]),
+    "Quorate": ("b", lambda s: bool(s.quorate)),
     "Votes": ("u", lambda s: s.votes),
-    "ExpectedVotes": ("u", lambda s: s.expected_votes),
-    "TotalVotes": ("u", lambda s: s.total_votes),
-    "Quorum": ("u", lambda s: s.quorum),
-    "Links": ("a(uub)", lambda s: [[int(x.nodeid), x.link, x.up] for x in s.links]),
+    "ExpectedVotes": ("u", lambda s: s.quorum.expected_votes if s.quorum else 0),
+    "TotalVotes": ("u", lambda s: s.quorum.total_votes if s.quorum else 0),
+    "Quorum": ("u", lambda s: s.quorum.quorum if s.quorum else 0),
+    "Links": ("a(uub)", lambda s: [[int(p.nodeid), p.link, p.up] for p in s.paths]),
     "Lockspaces": ("a(ss)", lambda s: [[x.name, x.state] for x in s.lockspaces]),
 }
 """Every property: D-Bus signature and how its value is read from a snapshot. The getters, the
@@ -65,6 +66,10 @@ change detection and GetStatus all use this one table, so they cannot disagree."
 
 def _ring(ring_id: RingId) -> list[int]:
     return [int(ring_id.rep), ring_id.seq]
+
+
+_QUORUM_PROPERTIES = ("Quorate", "Quorum", "Votes", "ExpectedVotes", "TotalVotes")
+"""What GetQuorum answers, read as the properties of the same names are."""
 
 
 def _members(members: tuple[MemberInfo, ...]) -> list[list[Any]]:
@@ -95,7 +100,7 @@ def _named(arg: intr.Arg, names: tuple[str, ...], i: int, direction: Any = _KEEP
     return intr.Arg(arg.signature, arg.direction if direction is _KEEP else direction, name)
 
 
-def property_values(status: ClusterStatus) -> dict[str, Any]:
+def property_values(status: Snapshot) -> dict[str, Any]:
     """Return every property's D-Bus value for `status` (name → value)."""
     return {name: read(status) for name, (_, read) in _PROPERTIES.items()}
 
@@ -191,14 +196,9 @@ class ClusterInterface(ServiceInterface):
     @dbus_method()
     def GetQuorum(self) -> VariantDict:
         s = self._source.snapshot()
-        return {
-            "Quorate": Variant("b", s.quorate),
-            "Quorum": Variant("u", s.quorum),
-            "Votes": Variant("u", s.votes),
-            "ExpectedVotes": Variant("u", s.expected_votes),
-            "TotalVotes": Variant("u", s.total_votes),
-            "Flags": Variant("as", list(s.quorum_flags)),
-        }
+        out = {name: Variant(_PROPERTIES[name][0], _PROPERTIES[name][1](s)) for name in _QUORUM_PROPERTIES}
+        out["Flags"] = Variant("as", list(s.quorum_flags))
+        return out
 
     @dbus_method()
     def SetExpectedVotes(self, expected_votes: DBusUInt32) -> DBusStr:

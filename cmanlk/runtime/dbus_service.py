@@ -384,7 +384,7 @@ class DbusService:
             async with asyncio.timeout(self._admin_timeout_s):
                 result = await self._source.submit(request)
         except UsageError as err:
-            reply = Message.new_error(msg, ERROR_PREFIX + _error_suffix(err.code), str(err))
+            reply = Message.new_error(msg, ERROR_PREFIX + _error_suffix(err.code.wire), str(err))
         except TimeoutError:
             text = f"no outcome within {self._admin_timeout_s:g} s"
             reply = Message.new_error(msg, ERROR_TIMEOUT, text)
@@ -534,7 +534,7 @@ def _reply(bus: MessageBus, call: Message, reply: Message) -> None:
 
 
 def _error_suffix(code: str) -> str:
-    """UsageError code → last element of a D-Bus error name ("not_quorate" → "NotQuorate")."""
+    """An error code's wire string → last element of a D-Bus error name ("try_again" → "TryAgain")."""
     words = re.split(r"[^A-Za-z0-9]+", code)
     name = "".join(w[:1].upper() + w[1:] for w in words if w)
     return name if name and not name[0].isdigit() else "Failed"

@@ -1,10 +1,11 @@
 """What cmanlkd hands to its D-Bus edge (cmanlk/runtime/dbus_service.py), and what it gets back.
 
-The daemon (cmanlk/runtime/node.py) implements `ClusterStatusSource`: `snapshot()` returns a
-`ClusterStatus` built from the Stack's state, `submit()` carries out the privileged requests
-(`SetExpectedVotes`, `SetVotes`, `FenceAck`). On every change it calls
-`DbusService.publish()` with one of the notices below; the D-Bus edge turns them into signals and
-PropertiesChanged. These are plain frozen dataclasses: nothing here knows about D-Bus.
+The daemon (cmanlk/runtime/dbus_bridge.py) implements `ClusterStatusSource`: `snapshot()`
+returns the daemon's status snapshot (cmanlk/runtime/status.py: the same object the IPC answers
+and status.json are rendered from), `submit()` carries out the privileged requests
+(`SetExpectedVotes`, `SetVotes`, `FenceAck`). On every change it calls `DbusService.publish()`
+with one of the notices below; the D-Bus edge turns them into signals and PropertiesChanged.
+These are plain frozen dataclasses: nothing here knows about D-Bus.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cmanlk.runtime.backend import FenceAck as FenceAck
+from cmanlk.runtime.status import Snapshot
 from cmanlk.types import NodeId, RingId
 
 
@@ -22,56 +25,6 @@ class MemberInfo:
 
     nodeid: NodeId
     name: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A configured or seen node: `state` is "member", "dead" or "leaving" (votequorum's words)."""
-
-    nodeid: NodeId
-    name: str
-    state: str
-    votes: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """Whether link number `link` towards node `nodeid` is up."""
-
-    nodeid: NodeId
-    link: int
-    up: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LockspaceInfo:
-    """A DLM lockspace and its state as dlmctl names it ("joining", "running", "recovering", …)."""
-
-    name: str
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterStatus:
-    """What the daemon knows right now; every property and query method is read from it.
-
-    `votes` are this node's votes; `quorum` the votes needed for quorum; `quorum_flags`
-    votequorum's flag names ("two_node", "wait_for_all", …).
-    """
-
-    cluster_name: str
-    local_nodeid: NodeId
-    ring_id: RingId
-    members: tuple[MemberInfo, ...]
-    quorate: bool
-    votes: int
-    expected_votes: int
-    total_votes: int
-    quorum: int
-    nodes: tuple[NodeInfo, ...] = ()
-    links: tuple[LinkInfo, ...] = ()
-    lockspaces: tuple[LockspaceInfo, ...] = ()
-    quorum_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,20 +42,14 @@ class SetVotes:
     votes: int
 
 
-@dataclass(frozen=True, slots=True)
-class FenceAck:
-    """Privileged: the admin confirms `nodeid` is off (dlm_tool fence_ack); recovery may go on."""
-
-    nodeid: NodeId
-
-
 AdminRequest = SetExpectedVotes | SetVotes | FenceAck
+"""FenceAck is the one the IPC's fence_ack carries too (cmanlk/runtime/backend.py)."""
 
 
 class ClusterStatusSource(Protocol):
-    """The backend the daemon implements (cmanlk/runtime/node.py)."""
+    """The backend the daemon implements (cmanlk/runtime/dbus_bridge.py)."""
 
-    def snapshot(self) -> ClusterStatus:
+    def snapshot(self) -> Snapshot:
         """Return the current status. Called on the event loop, often: keep it cheap."""
         ...
 

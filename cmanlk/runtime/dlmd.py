@@ -21,7 +21,7 @@ normal); `dlm: yes` fails the daemon when the kernel DLM cannot be set up.
 
 Cpg requests are sent in order by one task: the Stack refuses joins and sends with `try_again`
 while a new membership is synchronised (libcpg callers retry the same way), so each request is
-retried every GROUP_RETRY_S until accepted or GROUP_RETRY_LIMIT_S passed.
+retried with GROUP_RETRY's growing pauses until accepted or 60 s passed.
 
 A kernel action that fails is logged and counted (`kernel_errors`) and the rest of the batch
 still runs: ENOENT on a lockspace attribute means its last user went away meanwhile (the
@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cmanlk.client.connection import RetryPolicy
 from cmanlk.config import ClusterConfig
 from cmanlk.dlm import control as dlmctl
 from cmanlk.dlm.control import (
@@ -72,7 +73,8 @@ from cmanlk.dlm.control import (
     ShutdownRequested,
 )
 from cmanlk.dlm.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
-from cmanlk.errors import KernelError, UsageError
+from cmanlk.errors import ErrorCode, KernelError, UsageError
+from cmanlk.runtime import clock
 from cmanlk.runtime.fence import FenceDevice, FenceRunner
 from cmanlk.services.base import CPG_SERVICE
 from cmanlk.services.cpg.service import (
@@ -97,11 +99,11 @@ DLMD_HANDLE = Handle(1 << 48)
 FENCE_GROUP = b"cmanlk:dlm"
 """Daemon-wide cpg group: fencing results are announced here (dlm_controld uses "dlm:controld")."""
 FENCED_MAGIC = b"cmanlk-dlm-fenced "
-GROUP_RETRY_S = 0.05
-"""Pause before re-sending a cpg request refused with try_again/busy (a sync takes ~ms)."""
-GROUP_RETRY_LIMIT_S = 60.0
-"""A request still refused after this long is dropped and logged (a sync never lasts this long
-unless the ring keeps re-forming; the lockspace then shows what it waits for)."""
+GROUP_RETRY = RetryPolicy(first_s=0.005, longest_s=0.25, limit_s=60.0)
+"""Re-sending a cpg request refused with try_again/busy (or not answered): pauses from 5 ms (a
+sync takes ~ms) doubling to 250 ms; a request still refused after 60 s is dropped and logged (a
+sync never lasts this long unless the ring keeps re-forming; the lockspace then shows what it
+waits for)."""
 MAX_PENDING_GROUP_OPS = 4096
 """cpg requests queued for the sender: a few per lockspace change, MAX_LOCKSPACES lockspaces."""
 GROUP_REQUEST_TIMEOUT_S = 5.0
@@ -110,8 +112,9 @@ MAX_HELD_GROUP_EVENTS = 4096
 HOLD_LIMIT_S = 5.0
 """The quorum and membership notifications follow the confchgs within one Stack step; if they
 ever did not, held events are fed after this long rather than never."""
-RETRYABLE = frozenset({"try_again", "busy"})
-"""cpg refusals that clear by themselves: sync running, join/leave of this group still in flight."""
+RETRYABLE = frozenset({ErrorCode.TRY_AGAIN, ErrorCode.BUSY, ErrorCode.TIMEOUT})
+"""cpg refusals that clear by themselves: sync running, join/leave of this group still in flight,
+no answer in time."""
 DLM_CONFIGFS = "/sys/kernel/config/dlm"
 AGENT_TAIL_SHOWN = 200
 """Characters of a fence agent's output shown in the status: its last line or two."""
@@ -129,7 +132,9 @@ class NodeLike(Protocol):
 
     def remove_listener(self, listener: Callable[[object], None]) -> None: ...
 
-    def request(self, build: Callable[[Instant, int], object], timeout_s: float = ...) -> Awaitable[str]: ...
+    def request(
+        self, build: Callable[[Instant, int], ServiceRequest], timeout_s: float = ...
+    ) -> Awaitable[str]: ...
 
 
 @dataclass
@@ -215,7 +220,7 @@ class DlmDaemon:
                 self.ready = True
                 self._feed(self._cluster_changed())
                 # lockspaces created before us wait for an answer we may never get a uevent for
-                self._feed(KernelLockspaces(_now(), tuple(self.sysfs.lockspaces())))
+                self._feed(KernelLockspaces(clock.now(), tuple(self.sysfs.lockspaces())))
                 await self._uevent_loop()
         finally:
             self._shutdown()
@@ -239,7 +244,7 @@ class DlmDaemon:
         has a fence device, and `agent`: the last agent run's exit code, duration and output
         tail (None before the first run ends).
         """
-        now = _now()
+        now = clock.now()
         out = self.ctl.status(now)
         agents = {n: {"exit_code": o.exit_code, "seconds": round(o.seconds, 3),
                       "output_tail": o.output_tail[-AGENT_TAIL_SHOWN:]} for n, o in self.fence.last.items()}
@@ -257,9 +262,9 @@ class DlmDaemon:
     def fence_ack(self, nodeid: NodeId) -> dict[str, Any]:
         """An admin confirms `nodeid` is off: recovery may go on. Returns the reply."""
         if nodeid == self.node.me:
-            raise UsageError("invalid_param", "a node cannot acknowledge its own fencing")
+            raise UsageError(ErrorCode.INVALID_PARAM, "a node cannot acknowledge its own fencing")
         log.warning("fencing of node %d acknowledged by an administrator", nodeid)
-        self._feed(FenceAck(_now(), nodeid))
+        self._feed(FenceAck(clock.now(), nodeid))
         return {"result": "acknowledged", "nodeid": int(nodeid),
                 "waiting": {ls["name"]: ls["waiting_for"] for ls in self.status()["lockspaces"]}}
 
@@ -291,7 +296,7 @@ class DlmDaemon:
 
     def _cluster_changed(self) -> ClusterChanged:
         members = self.members
-        return ClusterChanged(_now(), members, self.quorate,
+        return ClusterChanged(clock.now(), members, self.quorate,
                               tuple((n, self.addrs.get(n, ())) for n in members))
 
     def _on_confchg(self, note: CpgConfchg) -> None:
@@ -308,17 +313,17 @@ class DlmDaemon:
         # and stop the lockspaces before comms/N goes (dlm_controld's order is the reverse).
         # So group events wait, in order, until the cluster view has caught up.
         down = any(r == CPG_REASON_NODEDOWN and n in self.members for n, r in left)
-        self._group_event(lambda: GroupConfchg(_now(), group, members, joined, left), hold=down)
+        self._group_event(lambda: GroupConfchg(clock.now(), group, members, joined, left), hold=down)
 
     def _on_deliver(self, note: CpgDeliver) -> None:
         if note.group == FENCE_GROUP:
             parsed = _decode_fenced(note.payload)
             if parsed is not None and note.nodeid != self.node.me:
                 nodeid, how = parsed
-                self._feed_if_ready(lambda: FencedElsewhere(_now(), nodeid, how))
+                self._feed_if_ready(lambda: FencedElsewhere(clock.now(), nodeid, how))
             return
         group = note.group.decode("utf-8", "replace")
-        self._group_event(lambda: GroupMessage(_now(), group, note.nodeid, note.payload))
+        self._group_event(lambda: GroupMessage(clock.now(), group, note.nodeid, note.payload))
 
     def _group_event(self, build: Callable[[], DlmEvent], hold: bool = False) -> None:
         """Feed a lockspace group's event now, or keep it behind the ones already held."""
@@ -345,7 +350,7 @@ class DlmDaemon:
             self._feed_if_ready(build)
 
     def _on_agent_exit(self, nodeid: NodeId, exit_code: int) -> None:
-        self._feed_if_ready(lambda: FenceAgentExited(_now(), nodeid, exit_code))
+        self._feed_if_ready(lambda: FenceAgentExited(clock.now(), nodeid, exit_code))
 
     async def _uevent_loop(self) -> None:
         async for ev in self.uevents.events():
@@ -353,15 +358,15 @@ class DlmDaemon:
             match ev:
                 case LockspaceUevent(action="online", lockspace=name):
                     log.info("lockspace %s: join requested by the kernel", name)
-                    self._feed(LockspaceOnline(_now(), name))
+                    self._feed(LockspaceOnline(clock.now(), name))
                 case LockspaceUevent(action="offline", lockspace=name):
                     log.info("lockspace %s: leave requested by the kernel", name)
-                    self._feed(LockspaceOffline(_now(), name))
+                    self._feed(LockspaceOffline(clock.now(), name))
                 case LockspaceUevent(action="remove", lockspace=name):
-                    self._feed(LockspaceRemoved(_now(), name))
+                    self._feed(LockspaceRemoved(clock.now(), name))
                 case UeventsLost():
                     self.stats.uevents_lost += 1
-                    self._feed(KernelLockspaces(_now(), tuple(self.sysfs.lockspaces())))
+                    self._feed(KernelLockspaces(clock.now(), tuple(self.sysfs.lockspaces())))
                 case _:
                     log.debug("uevent %s", ev)
 
@@ -413,26 +418,22 @@ class DlmDaemon:
         while True:
             request = await self._outbox.get()
             self.stats.group_requests += 1
-            deadline = time.monotonic() + GROUP_RETRY_LIMIT_S
+            retry = GROUP_RETRY.start(time.monotonic())
             build = _cpg_request(request)
             while True:
                 try:
                     await self.node.request(build, GROUP_REQUEST_TIMEOUT_S)
                     break
                 except UsageError as exc:
-                    if exc.code == "not_running":
+                    if exc.code is ErrorCode.NOT_RUNNING:
                         return  # the node left: nothing more to send
-                    if exc.code not in RETRYABLE or time.monotonic() > deadline:
+                    pause = retry.next_pause(time.monotonic()) if exc.code in RETRYABLE else None
+                    if pause is None:
                         self.stats.group_dropped += 1
                         log.error("dlm: cpg %s refused: %s (%s)", type(request).__name__, exc, exc.code)
                         break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        self.stats.group_dropped += 1
-                        log.error("dlm: cpg %s not answered", type(request).__name__)
-                        break
                 self.stats.group_retries += 1
-                await asyncio.sleep(GROUP_RETRY_S)
+                await asyncio.sleep(pause)
 
     def _arm_timer(self) -> None:
         deadline = None if self._stopped else self.ctl.next_deadline
@@ -446,7 +447,7 @@ class DlmDaemon:
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, None
-        self._feed_if_ready(lambda: DeadlineReached(_now()))
+        self._feed_if_ready(lambda: DeadlineReached(clock.now()))
 
     def _shutdown(self) -> None:
         if self._stopped:
@@ -456,7 +457,7 @@ class DlmDaemon:
             if self.ctl.lockspaces:
                 log.warning("dlm: lockspaces %s still exist; the kernel keeps the cluster configured",
                             ", ".join(sorted(self.ctl.lockspaces)))
-            for action in self.ctl.handle(ShutdownRequested(_now())):
+            for action in self.ctl.handle(ShutdownRequested(clock.now())):
                 if isinstance(action, dlmctl.ConfigfsMkdir | dlmctl.ConfigfsWrite | dlmctl.ConfigfsRmdir
                               | dlmctl.SysfsWrite):
                     self._kernel(action)
@@ -470,8 +471,8 @@ class DlmDaemon:
             self._timer = None
 
 
-def _cpg_request(request: CpgRequest) -> Callable[[Instant, int], object]:
-    def build(now: Instant, request_id: int) -> object:
+def _cpg_request(request: CpgRequest) -> Callable[[Instant, int], ServiceRequest]:
+    def build(now: Instant, request_id: int) -> ServiceRequest:
         return ServiceRequest(now, CPG_SERVICE, request, request_id)
 
     return build
@@ -588,10 +589,6 @@ def build_dlm_daemon(node: NodeLike, config: ClusterConfig) -> DlmDaemon | None:
     return DlmDaemon(node, settings, control=ConfigfsDlm(), sysfs=SysfsDlm(), uevents=DlmUeventWatch(),
                      addrs=node_ip_addresses(config), fence_devices=devices, prepare=ensure_dlm_kernel,
                      optional=wanted == "auto")
-
-
-def _now() -> Instant:
-    return Instant(time.monotonic_ns())
 
 
 __all__ = ["DLMD_HANDLE", "FENCE_GROUP", "DlmDaemon", "NodeLike", "build_dlm_daemon",

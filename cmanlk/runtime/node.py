@@ -1,146 +1,80 @@
-"""The driver loop of cmanlkd: feeds the pure core real datagrams and time, carries out its actions.
+"""The driver loop of cmanlkd: feeds the pure Stack real datagrams and time, carries out its actions.
 
-No protocol logic lives here. On a datagram: `core.handle(PacketReceived(now, data, src, link))`;
-on the one loop timer: `core.handle(DeadlineReached(now))`; then the returned actions are carried
-out in order and the timer is re-armed at `core.next_deadline`. `now` is time.monotonic_ns(), the
-clock asyncio's `loop.time()` also reads, so `loop.call_at(deadline / 1e9)` fires on time.
-
-The core is the Stack (Totem + sync v2 + votequorum + cmap + services) by default; `core="totem"`
-drives a bare Totem (same handle/next_deadline shape) for debugging the ordering layer alone.
+No protocol logic lives here. On a datagram: `stack.handle(PacketReceived(now, data, src, link))`;
+on the one loop timer: `stack.handle(DeadlineReached(now))`; then the returned actions are carried
+out in order and the timer is re-armed at `stack.next_deadline`. `now` is clock.now(), the clock
+asyncio's `loop.time()` also reads, so `loop.call_at(deadline / 1e9)` fires on time.
 
 Action order is the contract (STYLE.md): a `PersistRingSeq` is written and fsynced before the
 next action, so a new ring's packets never leave before its seq is durable. Network sends never
 block (non-blocking sockets; a full buffer is a lost datagram totem recovers from).
 
 Long-lived tasks (watchdog pings, status refresh, the control queue fed by signal handlers) run
-under one asyncio.TaskGroup. An exception raised by the core (a bug: InternalError or anything
-else) stops the node: it is logged with the state, a leave is attempted, and `run()` raises.
+under one asyncio.TaskGroup. An exception raised by the core stops the node: it is logged with
+the state, a leave is attempted, and `run()` raises it as InternalError (a bug: the core's
+exception is its cause), or as the OSError it was when the host failed us (a ring seq that
+could not be made durable).
 
-Observable state for the IPC server, D-Bus and admins: `NodeStatus` (`status()`), listeners for
-notifications (`add_listener`), and `<run_dir>/status.json`, rewritten atomically on every
-membership or state change and every STATUS_REFRESH_S.
+Observable state, for the IPC server, D-Bus and admins (cmanlk/runtime/status.py): `snapshot()`,
+one frozen Snapshot built once per change and shared by every reader until the next;
+`counters()`, read afresh; listeners for the core's notifications (`add_listener`), and
+`<run_dir>/status.json`, rewritten atomically on every change and every STATUS_REFRESH_S.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from cmanlk import __version__
 from cmanlk.config import ClusterConfig
-from cmanlk.errors import UsageError
+from cmanlk.errors import ErrorCode, InternalError, UsageError
 from cmanlk.runtime import statedir
+from cmanlk.runtime.clock import now
 from cmanlk.runtime.notify import Notifier
-from cmanlk.runtime.transport import LinkStatus, Transport, build_transport
+from cmanlk.runtime.status import Counters, GroupView, NodeView, PathChanged, PathView, Snapshot, status_json
+from cmanlk.runtime.transport import Transport, build_transport
 from cmanlk.services.base import Notification
 from cmanlk.services.cfg.service import CfgService, KilledByNode, KillRequested, NodeShutDown
 from cmanlk.services.cmap.service import ConfigVersionMismatch
 from cmanlk.services.cpg.service import CpgService
 from cmanlk.services.votequorum.policy import QuorumState
 from cmanlk.services.votequorum.service import QuorumChanged
+from cmanlk.stack import Event as StackEvent
 from cmanlk.stack import MembershipChanged, RequestResult, Stack, StackConfig, default_services
-from cmanlk.totem.actions import (
-    ConfigKind,
-    Deliver,
-    DeliverConfiguration,
-    MembState,
-    Multicast,
-    PersistRingSeq,
-    StateChanged,
-    Unicast,
-)
-from cmanlk.totem.core import Totem
-from cmanlk.totem.events import (
-    DeadlineReached,
-    Guarantee,
-    LeaveRequested,
-    McastRequested,
-    NodelistChanged,
-    PacketReceived,
-    Started,
-)
+from cmanlk.totem.actions import MembState, Multicast, PersistRingSeq, StateChanged, Unicast
+from cmanlk.totem.events import DeadlineReached, LeaveRequested, NodelistChanged, PacketReceived, Started
 from cmanlk.types import NO_RING, Instant, NodeId, RingId
 
 log = logging.getLogger("cmanlk.node")
 
 STATUS_REFRESH_S = 2.0
 """status.json is also rewritten this often, so its counters stay fresh for admins and tests."""
-STATUS_DIRTY_DELAY_S = 0.2
-"""A state change reaches status.json within this delay (membership changes are written at once)."""
+STATUS_TICK_S = 0.2
+"""How often paths are looked at (a path going up or down is a change: PathChanged, a new
+snapshot) and a changed status reaches status.json (membership changes are written at once)."""
 LEAVE_FLUSH_S = 0.05
 """After the leave JOIN is handed to the kernel, wait this long before closing sockets so the
 datagrams leave the host (sendto on a non-blocking socket only queues them)."""
 MAX_LISTENERS = 64
-"""Bound on notification listeners (IPC server, D-Bus service, tests)."""
-MAX_PENDING_REQUESTS = 64
-"""Bound on local requests waiting for the core's answer (each is one admin or client call)."""
+"""Bound on notification listeners (IPC server, D-Bus service, the DLM runtime, tests)."""
+MAX_PENDING_REQUESTS = 512
+"""Bound on local requests waiting for the core's answer: each IPC connection has at most one
+(256), D-Bus at most 8, the DLM runtime one."""
+REQUEST_TIMEOUT_S = 5.0
 
-
-class Core(Protocol):
-    """What the runtime needs of a core: Totem and Stack both fit."""
-
-    def handle(self, event: Any) -> list[Any]: ...
-
-    @property
-    def next_deadline(self) -> Instant | None: ...
-
-
-class CoreKind(enum.Enum):
-    STACK = "stack"
-    TOTEM = "totem"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """A snapshot of the node for status output (IPC, D-Bus, status.json)."""
-
-    node_id: NodeId
-    cluster_name: str
-    state: str
-    ring_id: RingId
-    members: tuple[NodeId, ...]
-    totem_ring_id: RingId
-    quorate: bool | None
-    quorum: dict[str, object]
-    links: tuple[LinkStatus, ...]
-    stats: dict[str, object]
-    membership_changes: int
-    started_at: float
-    last_change_reason: str
-
-    def as_dict(self) -> dict[str, object]:
-        """Return a JSON-serialisable dict (the schema of status.json)."""
-        return {
-            "node_id": self.node_id,
-            "cluster_name": self.cluster_name,
-            "pid": os.getpid(),
-            "state": self.state,
-            "ring_id": str(self.ring_id),
-            "ring_seq": self.ring_id.seq,
-            "ring_rep": self.ring_id.rep,
-            "members": list(self.members),
-            "totem_ring_id": str(self.totem_ring_id),
-            "quorate": self.quorate,
-            "quorum": self.quorum,
-            "links": [lk.as_dict() for lk in self.links],
-            "stats": self.stats,
-            "membership_changes": self.membership_changes,
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "last_change_reason": self.last_change_reason,
-        }
-
-
+RequestBuilder = Callable[[Instant, int], StackEvent]
+"""Builds a local request event (SetExpectedVotes, ServiceRequest, …) from `now` and its id."""
 Listener = Callable[[object], None]
-"""Called with each notification/configuration the core publishes (MembershipChanged, QuorumChanged,
-cpg deliveries, totem DeliverConfiguration/Deliver in Totem mode), on the loop thread."""
+"""Called with each notification the core publishes (MembershipChanged, QuorumChanged, cpg
+deliveries, RequestResult) and the node's own PathChanged, on the loop thread."""
 
 
 class Node:
@@ -152,7 +86,6 @@ class Node:
         me: NodeId,
         *,
         transport: Transport | None = None,
-        core: CoreKind = CoreKind.STACK,
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         extra_services: tuple[Any, ...] = (),
@@ -161,43 +94,44 @@ class Node:
         """Build the node (nothing runs before `run()`).
 
         `transport` defaults to the one `config` selects; `extra_services` are service factories
-        added to the Stack (cpg); `companions` are coroutine functions run under the node's
-        TaskGroup while it runs (the D-Bus and IPC edges): if one raises, the node stops.
+        added to the Stack; `companions` are coroutine functions run under the node's TaskGroup
+        while it runs (the D-Bus, IPC and DLM edges): if one raises, the node stops.
         Raises ConfigError or OSError when the transport cannot be built.
         """
         self.config = config
         self.me = me
         self.transport = transport if transport is not None else build_transport(config, me)
-        self.core_kind = core
         self.notifier = notifier or Notifier({})
         self.rng = rng or random.Random()
         self.extra_services = extra_services
         self.companions = companions
-        self._requests: dict[int, asyncio.Future[RequestResult]] = {}
-        self._next_request_id = 1
-        self.core: Core | None = None
+        self.core: Stack | None = None
         self.run_dir = Path(config.cmanlk.run_dir)
         self.state_dir = Path(config.cmanlk.state_dir)
         self.status_path = self.run_dir / "status.json"
+        self._requests: dict[int, asyncio.Future[RequestResult]] = {}
+        self._next_request_id = 1
+        self._submitting: dict[int, RequestResult | None] = {}  # answers given while submitting
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: Instant | None = None
         self._listeners: list[Listener] = []
         self._control: asyncio.Queue[tuple[str, object]] = asyncio.Queue(maxsize=16)
         self._fatal: BaseException | None = None
-        self._stopped = asyncio.Event()
         self._ready_sent = False
         self._left = False
         self._ring_id: RingId = NO_RING
         self._members: tuple[NodeId, ...] = ()
         self._state = MembState.GATHER
-        self._quorum: dict[str, object] = {}
-        self._quorate: bool | None = None
         self._changes = 0
+        self._quorate: bool | None = None
         self._reason = "starting"
-        self._status_dirty = True
         self._started_at = time.time()
         self._persisted_seq = 0
-        self._delivered = 0
+        self._paths: dict[tuple[NodeId, int], bool] = {}
+        self._snapshot: Snapshot | None = None
+        self._snapshot_of: tuple[int, int, QuorumState | None] = (-1, -1, None)  # what it was built of
+        self._change = 0
+        self._status_written_at = -1
         self.killed_by: KilledByNode | None = None
         """Set when a peer's kill request (cfg KILLNODE) named us; the daemon then exits 5."""
         self.before_leave: Callable[[], Awaitable[None]] | None = None
@@ -206,7 +140,7 @@ class Node:
 
     # -- public API -----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Run until a leave completes (returns) or the core fails (raises InternalError's cause).
+        """Run until a leave completes (returns) or the core fails (raises, see the module docstring).
 
         Raises OSError when the state or run directory or the sockets cannot be set up.
         """
@@ -217,16 +151,10 @@ class Node:
         await self.transport.start(self._on_datagram)
         try:
             self.core = self._build_core(ring_seq)
-            log.info(
-                "node %d starting (%s, transport %s, persisted ring seq %d, token %d ms, consensus %d ms)",
-                self.me,
-                self.core_kind.value,
-                self.config.transport.value,
-                ring_seq,
-                self.config.totem.token_ms,
-                self.config.totem.consensus_ms,
-            )
-            self._feed(Started(_now()))
+            t = self.config.totem
+            log.info("node %d starting (transport %s, persisted ring seq %d, token %d ms, consensus %d ms)",
+                     self.me, self.config.transport.value, ring_seq, t.token_ms, t.consensus_ms)  # fmt: skip
+            self._feed(Started(now()))
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.notifier.watchdog_loop(), name="watchdog")
                 tg.create_task(self._status_loop(), name="status")
@@ -255,49 +183,44 @@ class Node:
         """Apply a reloaded configuration (SIGHUP): nodelist and runtime-changeable settings."""
         self._post("reload", config)
 
-    def mcast(self, payload: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
-        """Queue an application message in total order (Totem mode and tests). Raises UsageError."""
-        if self.core is None or self._left:
-            raise UsageError("not_running", "the node is not running")
-        self._feed(McastRequested(_now(), payload, guarantee))
+    def submit(self, build: RequestBuilder) -> RequestResult | asyncio.Future[RequestResult]:
+        """Feed the local request `build(now, request_id)` to the core; return its answer — at
+        once when the Stack gave it while handling the event (it always does), else a future the
+        caller awaits with its own timeout.
 
-    def handle_request(self, event: object) -> None:
-        """Feed a local request event (SetExpectedVotes, ServiceRequest, …) to the core.
-
-        Results come back as notifications to the listeners (RequestResult). Raises UsageError
-        when the node is not running.
+        Raises UsageError(not_running) when the node is not running, UsageError(busy) past
+        MAX_PENDING_REQUESTS.
         """
         if self.core is None or self._left:
-            raise UsageError("not_running", "the node is not running")
-        self._feed(event)
-
-    async def request(self, build: Callable[[Instant, int], object], timeout_s: float = 5.0) -> str:
-        """Feed the local request `build(now, request_id)` (SetExpectedVotes, SetVotes, …) and wait
-        for the core's answer.
-
-        Returns the result message ("" when none). Raises UsageError with the core's code when
-        refused, UsageError("busy") past MAX_PENDING_REQUESTS, TimeoutError after `timeout_s`.
-        """
-        if len(self._requests) >= MAX_PENDING_REQUESTS:
-            raise UsageError("busy", f"{MAX_PENDING_REQUESTS} requests are already pending")
+            raise UsageError(ErrorCode.NOT_RUNNING, "the node is not running")
         request_id = self._next_request_id
         self._next_request_id += 1
+        self._submitting[request_id] = None
+        try:
+            self._feed(build(now(), request_id))
+        finally:
+            answer = self._submitting.pop(request_id)
+        if answer is not None:
+            return answer
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            raise UsageError(ErrorCode.BUSY, f"{MAX_PENDING_REQUESTS} requests are already pending")
         future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = future
-        try:
-            self.handle_request(build(_now(), request_id))
-            async with asyncio.timeout(timeout_s):
-                result = await future
-        finally:
-            self._requests.pop(request_id, None)
-        if result.error is not None:
-            raise UsageError(result.error, result.message or result.error)
-        return result.message
+        future.add_done_callback(lambda _: self._requests.pop(request_id, None))
+        return future
+
+    async def request(self, build: RequestBuilder, timeout_s: float = REQUEST_TIMEOUT_S) -> str:
+        """`submit`, waiting for the answer: returns the result message ("" when none).
+
+        Raises UsageError with the core's code when refused, UsageError(timeout) after
+        `timeout_s`, and as `submit`.
+        """
+        return await answer_of(self.submit(build), timeout_s)
 
     def add_listener(self, listener: Listener) -> None:
         """Register a callback for notifications. Raises UsageError past MAX_LISTENERS."""
         if len(self._listeners) >= MAX_LISTENERS:
-            raise UsageError("too_many_listeners", f"at most {MAX_LISTENERS} listeners")
+            raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LISTENERS} listeners")
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
@@ -305,49 +228,44 @@ class Node:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    @property
-    def quorum_state(self) -> QuorumState | None:
-        """votequorum's current decision (None with a bare Totem core or before the first sync)."""
-        return self.core.quorum if isinstance(self.core, Stack) else None
+    def snapshot(self) -> Snapshot:
+        """The node now: the same object until something changes (module docstring).
 
-    @property
-    def ring_id(self) -> RingId:
-        """The ring of the last published membership."""
-        return self._ring_id
+        A change is what the node is told of (state, membership, reload, paths: `_changed`), a
+        cpg process list change (its generation), or any change of votequorum's state (votes
+        change without a QuorumChanged notification).
+        """
+        cpg = self._cpg()
+        quorum = self.core.quorum if self.core is not None else None
+        key = (self._change, cpg.generation if cpg is not None else 0, quorum)
+        if self._snapshot is None or key != self._snapshot_of:
+            self._snapshot, self._snapshot_of = self._build_snapshot(quorum), key
+        return self._snapshot
 
-    @property
-    def members(self) -> tuple[NodeId, ...]:
-        """The members of the last published membership."""
-        return self._members
-
-    def status(self) -> NodeStatus:
-        """Return a snapshot of the node's observable state."""
-        totem = self._totem()
-        return NodeStatus(
-            node_id=self.me,
-            cluster_name=self.config.cluster_name,
-            state=self._state.value,
-            ring_id=self._ring_id,
-            members=self._members,
-            totem_ring_id=totem.ring_id if totem is not None else NO_RING,
-            quorate=self._quorate,
-            quorum=dict(self._quorum),
-            links=tuple(self.transport.links()),
-            stats=self._stats(),
-            membership_changes=self._changes,
-            started_at=self._started_at,
-            last_change_reason=self._reason,
-        )
+    def counters(self) -> Counters:
+        """The counters now (Totem's, the Stack's drops, the transport's, per link)."""
+        stats: dict[str, object] = {"persisted_ring_seq": self._persisted_seq}
+        core = self.core
+        if core is not None:
+            totem = core.totem.stats
+            stats["totem"] = {f.name: getattr(totem, f.name) for f in fields(totem)}
+            stats["stack_dropped"] = dict(core.stats)
+            stats["sync_state"] = core.sync.state.value
+        links = tuple(self.transport.links())
+        totals: dict[str, int] = {}
+        for link in links:
+            for key, value in link.counters.items():
+                totals[key] = totals.get(key, 0) + value
+        stats["transport"] = totals
+        return Counters(stats, links)
 
     # -- the core ----------------------------------------------------------------------------------
-    def _build_core(self, ring_seq: int) -> Core:
+    def _build_core(self, ring_seq: int) -> Stack:
         totem_cfg = self.config.totem
         payload = getattr(self.transport, "max_payload_bytes", None)
         if isinstance(payload, int) and payload + 45 < totem_cfg.netmtu:
             # Keep every totem frame within one datagram of the transport (native.py docstring).
             totem_cfg = replace(totem_cfg, netmtu=payload + 45)
-        if self.core_kind is CoreKind.TOTEM:
-            return Totem(totem_cfg, self.me, self.rng, ring_seq)
         # cpg (service 2) always runs: corosync peers sync it, and local clients use it.
         services = default_services(
             self.config.quorum, self.config.config_version, (CfgService, CpgService, *self.extra_services)
@@ -355,24 +273,18 @@ class Node:
         stack_cfg = StackConfig(totem_cfg, self.config.quorum, services, self.config.config_version)
         return Stack(stack_cfg, self.me, self.rng, ring_seq)
 
-    def _totem(self) -> Totem | None:
-        core = self.core
-        if isinstance(core, Stack):
-            return core.totem
-        return core if isinstance(core, Totem) else None
-
     def _on_datagram(self, data: bytes, src: NodeId | None, link: int) -> None:
         if self.core is None or self._left:
             return
-        self._feed(PacketReceived(_now(), data, src, link))
+        self._feed(PacketReceived(now(), data, src, link))
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         if self.core is not None and not self._left:
-            self._feed(DeadlineReached(_now()))
+            self._feed(DeadlineReached(now()))
 
-    def _feed(self, event: object) -> None:
+    def _feed(self, event: StackEvent) -> None:
         """Hand one event to the core and carry out its actions; a core exception stops the node."""
         core = self.core
         if core is None or self._fatal is not None:
@@ -382,16 +294,14 @@ class Node:
             self._carry_out(actions)
         except UsageError:
             raise
-        except Exception as exc:  # a bug in the core or a failed fsync: we must not go on
-            log.critical(
-                "stopping: %r while handling %s (state %s, ring %s)",
-                exc,
-                type(event).__name__,
-                self._state.value,
-                self._ring_id,
-                exc_info=True,
-            )
-            self._fatal = exc
+        except Exception as exc:  # a bug in the core, or a failed fsync: we must not go on
+            where = f"{type(event).__name__} (state {self._state.value}, ring {self._ring_id})"
+            log.critical("stopping: %r while handling %s", exc, where, exc_info=True)
+            if isinstance(exc, OSError | InternalError):
+                self._fatal = exc  # OSError: the host failed us (ring seq not durable), exit 3
+            else:
+                self._fatal = InternalError(f"the core failed: {exc!r} while handling {where}")
+                self._fatal.__cause__ = exc
             self._post("fatal", None)
             return
         self._arm_timer()
@@ -410,24 +320,16 @@ class Node:
                 case StateChanged():
                     self._on_state(action)
                 case MembershipChanged():
-                    self._on_membership(action.ring_id, action.members, action.joined, action.left)
-                    self._publish(action)
-                case DeliverConfiguration():
-                    self._on_totem_configuration(action)
-                    self._publish(action)
-                case Deliver():
-                    self._delivered += 1
+                    self._on_membership(action)
                     self._publish(action)
                 case RequestResult():
-                    future = self._requests.get(action.request_id)
-                    if future is not None and not future.done():
-                        future.set_result(action)
+                    self._on_answer(action)
                     self._publish(action)
                 case Notification():
                     self._on_notification(action)
                     self._publish(action)
                 case _:
-                    log.error("unknown action %r ignored", action)
+                    raise InternalError(f"the core returned an action the runtime does not know: {action!r}")
 
     def _arm_timer(self) -> None:
         core = self.core
@@ -449,64 +351,42 @@ class Node:
     # -- what the core tells us ----------------------------------------------------------------
     def _on_state(self, change: StateChanged) -> None:
         # The core logs each transition with its detail; here only the runtime's view, at debug.
-        log.debug(
-            "totem %s -> %s: %s (ring %s)",
-            self._state.value,
-            change.state.value,
-            change.reason,
-            change.ring_id,
-        )
+        log.debug("totem %s -> %s: %s (ring %s)", self._state.value, change.state.value, change.reason,
+                  change.ring_id)  # fmt: skip
         if change.state is MembState.GATHER:
             self._reason = change.reason
         self._state = change.state
-        self._status_dirty = True
+        self._changed()
 
-    def _on_totem_configuration(self, change: DeliverConfiguration) -> None:
-        if change.kind is ConfigKind.TRANSITIONAL:
-            log.info("transitional configuration %s: members %s", change.ring_id, _ids(change.members))
-            return
-        if self.core_kind is CoreKind.TOTEM:
-            self._on_membership(change.ring_id, change.members, change.joined, change.left)
-
-    def _on_membership(
-        self,
-        ring_id: RingId,
-        members: tuple[NodeId, ...],
-        joined: tuple[NodeId, ...],
-        left: tuple[NodeId, ...],
-    ) -> None:
-        self._ring_id, self._members = ring_id, members
+    def _on_membership(self, change: MembershipChanged) -> None:
+        self._ring_id, self._members = change.ring_id, change.members
         self._changes += 1
-        log.info(
-            "new membership (%s) members %s joined %s left %s; reason: %s",
-            ring_id,
-            _ids(members),
-            _ids(joined),
-            _ids(left),
-            self._reason,
-        )
-        summary = f"ring {ring_id}: {len(members)} members ({_ids(members)})"
+        log.info("new membership (%s) members %s joined %s left %s; reason: %s", change.ring_id,
+                 _ids(change.members), _ids(change.joined), _ids(change.left), self._reason)  # fmt: skip
+        summary = f"ring {change.ring_id}: {len(change.members)} members ({_ids(change.members)})"
         if not self._ready_sent:
             self._ready_sent = self.notifier.ready(summary) or True
         else:
             self.notifier.status(summary)
-        self._status_dirty = True
+        self._changed()
         self._write_status()
+
+    def _on_answer(self, answer: RequestResult) -> None:
+        if answer.request_id in self._submitting:
+            self._submitting[answer.request_id] = answer
+        future = self._requests.get(answer.request_id)
+        if future is not None and not future.done():
+            future.set_result(answer)
 
     def _on_notification(self, note: Notification) -> None:
         match note:
             case QuorumChanged(quorate=quorate, state=state):
                 if quorate != self._quorate:
-                    log.info(
-                        "quorum: %s (%d of %d votes, quorum %d)",
-                        "quorate" if quorate else "NOT quorate",
-                        state.total_votes,
-                        state.expected_votes,
-                        state.quorum,
-                    )
-                self._quorate = quorate
-                self._quorum = {f.name: _plain(getattr(state, f.name)) for f in fields(state)}
-                self._status_dirty = True
+                    self._quorate = quorate
+                    word = "quorate" if quorate else "NOT quorate"
+                    log.info("quorum: %s (%d of %d votes, quorum %d)", word, state.total_votes,
+                             state.expected_votes, state.quorum)  # fmt: skip
+                self._changed()
             case ConfigVersionMismatch():
                 log.error("totem.config_version differs from a peer's: %s", note)
             case KilledByNode(requester=requester, reason=reason) if self.killed_by is None:
@@ -559,11 +439,12 @@ class Node:
         if self.core is None or self._left:
             return
         try:
-            self._carry_out(self.core.handle(LeaveRequested(_now())))
+            self._carry_out(self.core.handle(LeaveRequested(now())))
         except Exception:  # leaving is best effort once we are failing
             log.exception("leave failed")
         self._left = True
         self._state = MembState.LEFT
+        self._changed()
         self._cancel_timer()
 
     def _reload(self, new: ClusterConfig) -> None:
@@ -592,46 +473,113 @@ class Node:
             nodes = tuple(n.nodeid for n in new.nodes)
             log.info("reload: nodelist now %s", _ids(nodes))
             self.transport.set_nodes(new.node_addresses())
-            self._feed(NodelistChanged(_now(), nodes))
+            self._feed(NodelistChanged(now(), nodes))
         else:
             log.info("reload: nodelist unchanged")
         from cmanlk.runtime.logsetup import setup_logging
 
         setup_logging(new.logging, debug=logging.getLogger().level == logging.DEBUG)
+        self._changed()
         self._write_status()
 
     # -- status ----------------------------------------------------------------------------------
+    def _changed(self) -> None:
+        """Something a Snapshot shows changed: the next snapshot() builds a new one."""
+        self._change += 1
+
+    def _cpg(self) -> CpgService | None:
+        core = self.core
+        svc = core.services.get(CpgService.service_id) if core is not None else None
+        return svc if isinstance(svc, CpgService) else None
+
+    def _build_snapshot(self, q: QuorumState | None) -> Snapshot:
+        core = self.core
+        votes = dict(q.node_votes) if q is not None else {}
+        members = set(self._members)
+        nodes = tuple(
+            NodeView(n.nodeid, n.name or "", tuple(n.addresses[k] for k in n.addresses),
+                     votes.get(n.nodeid, n.quorum_votes), "member" if n.nodeid in members else "dead")
+            for n in self.config.nodes
+        )  # fmt: skip
+        cpg = self._cpg()
+        groups = tuple(
+            GroupView(g.name.decode("utf-8", "backslashreplace"), tuple((n, p) for n, p in g.members))
+            for g in (cpg.groups() if cpg is not None else [])
+        )
+        paths = tuple(PathView(n, link, up, addr) for (n, link), (up, addr) in self._path_table().items())
+        return Snapshot(
+            node_id=self.me,
+            cluster_name=self.config.cluster_name,
+            version=__version__,
+            pid=os.getpid(),
+            started_at=self._started_at,
+            state=self._state.value,
+            ring_id=self._ring_id,
+            members=self._members,
+            totem_ring_id=core.totem.ring_id if core is not None else NO_RING,
+            membership_changes=self._changes,
+            last_change_reason=self._reason,
+            quorum=q,
+            nodes=nodes,
+            paths=paths,
+            groups=groups,
+        )
+
+    def _path_table(self) -> dict[tuple[NodeId, int], tuple[bool, str]]:
+        links = self.transport.links()
+        return {(p.node, lk.index): (p.reachable, p.address) for lk in links for p in lk.peers}
+
+    def _check_paths(self) -> None:
+        """A path up or down is a change: publish PathChanged for each (the first look is not)."""
+        table = self._path_table()
+        seen = {key: up for key, (up, _address) in table.items()}
+        if seen == self._paths:
+            return
+        first, old, self._paths = not self._paths, self._paths, seen
+        self._changed()
+        for (nodeid, link), up in seen.items():
+            if not first and old.get((nodeid, link)) != up:
+                self._publish(PathChanged(nodeid, link, up))
+
     async def _status_loop(self) -> None:
-        # State changes (GATHER, quorum) mark the status dirty; it is written within
-        # STATUS_DIRTY_DELAY_S, and in any case every STATUS_REFRESH_S for fresh counters.
+        # Paths are looked at every STATUS_TICK_S; a change reaches status.json then, and it is
+        # rewritten every STATUS_REFRESH_S in any case for fresh counters.
         last = time.monotonic()
         while True:
-            await asyncio.sleep(STATUS_DIRTY_DELAY_S)
-            if self._status_dirty or time.monotonic() - last >= STATUS_REFRESH_S:
+            await asyncio.sleep(STATUS_TICK_S)
+            self._check_paths()
+            if self._status_written_at != self._change or time.monotonic() - last >= STATUS_REFRESH_S:
                 self._write_status()
                 last = time.monotonic()
 
     def _write_status(self) -> None:
         try:
-            statedir.write_status(self.status_path, self.status().as_dict())
+            content = status_json(self.snapshot(), self.counters(), time.time())
+            statedir.write_status(self.status_path, content)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
-        self._status_dirty = False
+        self._status_written_at = self._change
 
-    def _stats(self) -> dict[str, object]:
-        out: dict[str, object] = {"persisted_ring_seq": self._persisted_seq, "delivered": self._delivered}
-        totem = self._totem()
-        if totem is not None:
-            out["totem"] = {f.name: _plain(getattr(totem.stats, f.name)) for f in fields(totem.stats)}
-        if isinstance(self.core, Stack):
-            out["stack_dropped"] = dict(self.core.stats)
-            out["sync_state"] = self.core.sync.state.value
-        counters: dict[str, int] = {}
-        for link in self.transport.links():
-            for key, value in link.counters.items():
-                counters[key] = counters.get(key, 0) + value
-        out["transport"] = counters
-        return out
+
+async def answer_of(submitted: RequestResult | asyncio.Future[RequestResult], timeout_s: float) -> str:
+    """The answer to a submitted request (Node.submit), waited for up to `timeout_s`: its message.
+
+    Raises UsageError with the refusal's code, UsageError(timeout) when no answer came in time
+    (the future is then given up).
+    """
+    answer = submitted
+    if isinstance(answer, asyncio.Future):
+        future = answer
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer = await future
+        except TimeoutError:
+            raise UsageError(ErrorCode.TIMEOUT, f"no answer from the core within {timeout_s:g} s") from None
+        finally:
+            future.cancel()  # no-op once answered; else the node forgets it (its done callback)
+    if answer.error is not None:
+        raise UsageError(answer.error, answer.message or answer.error.wire)
+    return answer.message
 
 
 class _Stop(Exception):
@@ -650,115 +598,5 @@ def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | 
     return None
 
 
-def _now() -> Instant:
-    return Instant(time.monotonic_ns())
-
-
 def _ids(nodes: tuple[NodeId, ...] | list[NodeId]) -> str:
     return "[" + " ".join(str(n) for n in nodes) + "]"
-
-
-def _plain(value: object) -> object:
-    """A JSON-friendly rendering of a counter or state field."""
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return str(value)
-
-
-class NodeIpcBackend:
-    """`cmanlk.runtime.ipc.IpcBackend` over a running Node: what local clients see of the daemon.
-
-    `status()` is the node's NodeStatus plus the nodelist, the quorum decision, flat per-peer link
-    states and the cpg groups; `submit()` feeds Stack events; `admin()` serves LeaveCluster
-    (graceful leave, then the daemon exits), KillNode (cfg KILLNODE) and the DLM commands, and
-    refuses the rest with `not_supported`.
-    """
-
-    def __init__(self, node: Node, dlm: Any = None) -> None:
-        self.node = node
-        self.dlm = dlm
-        """The DLM companion (cmanlk.runtime.dlmd.DlmDaemon) serving DlmStatus and FenceAck, or None."""
-
-    def status(self) -> Mapping[str, Any]:
-        """Return the JSON-able snapshot described by IpcBackend."""
-        from cmanlk import __version__
-
-        node = self.node
-        out = node.status().as_dict()
-        q = node.quorum_state
-        votes = dict(q.node_votes) if q is not None else {}
-        out["version"] = __version__
-        out["nodes"] = [
-            {
-                "nodeid": n.nodeid,
-                "name": n.name or "",
-                "addresses": [n.addresses[k] for k in n.addresses],
-                "votes": votes.get(n.nodeid, n.quorum_votes),
-                "state": "member" if n.nodeid in node.members else "dead",
-            }
-            for n in node.config.nodes
-        ]
-        out["quorum"] = {f.name: _plain(getattr(q, f.name)) for f in fields(q)} if q is not None else {}
-        links = node.transport.links()
-        out["link_status"] = [lk.as_dict() for lk in links]
-        out["links"] = [
-            {"nodeid": p.node, "link": lk.index, "up": p.reachable, "address": p.address}
-            for lk in links
-            for p in lk.peers
-        ]
-        out["cpg_groups"] = self._cpg_groups()
-        return out
-
-    def submit(self, event: object) -> None:
-        """Feed a Stack event carrying the server's request id. Raises UsageError("not_running")."""
-        self.node.handle_request(event)
-
-    def subscribe(self, listener: Callable[[object], None]) -> None:
-        """Receive every notification the core publishes."""
-        self.node.add_listener(listener)
-
-    def unsubscribe(self, listener: Callable[[object], None]) -> None:
-        """Stop receiving notifications."""
-        self.node.remove_listener(listener)
-
-    async def admin(self, command: object) -> dict[str, Any]:
-        """LeaveCluster: leave and exit. KillNode: our own id is a leave; another member gets the
-        cfg KILLNODE (UsageError "not_found" when not a member). Else UsageError("not_supported")."""
-        from cmanlk.runtime.ipc import KillNode, LeaveCluster
-
-        if isinstance(command, KillNode) and command.nodeid != self.node.me:
-            from cmanlk.services.base import CFG_SERVICE
-            from cmanlk.services.cfg.service import KILL_REASON, KillNodeRequest
-            from cmanlk.stack import ServiceRequest
-
-            kill = KillNodeRequest(command.nodeid, command.reason or KILL_REASON)
-            await self.node.request(lambda now, rid: ServiceRequest(now, CFG_SERVICE, kill, rid))
-            return {"result": "kill_sent", "nodeid": command.nodeid}
-        if isinstance(command, LeaveCluster | KillNode):
-            self.node.request_leave()
-            return {"result": "leaving", "node_id": self.node.me}
-        from cmanlk.runtime.ipc import DlmStatus, FenceAck
-
-        if self.dlm is not None and isinstance(command, DlmStatus):
-            return dict(self.dlm.status())
-        if self.dlm is not None and isinstance(command, FenceAck):
-            return dict(self.dlm.fence_ack(command.nodeid))
-        raise UsageError("not_supported", f"{type(command).__name__} is not served by this daemon")
-
-    def _cpg_groups(self) -> list[dict[str, object]]:
-        from cmanlk.services.cpg.service import CpgService
-
-        core = self.node.core
-        svc = core.services.get(CpgService.service_id) if isinstance(core, Stack) else None
-        if not isinstance(svc, CpgService):
-            return []
-        return [
-            {"name": g.name.decode("utf-8", "backslashreplace"), "members": [list(m) for m in g.members]}
-            for g in svc.groups()
-        ]

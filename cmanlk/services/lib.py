@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from cmanlk.errors import ErrorCode
 from cmanlk.services import wire as svcwire
 from cmanlk.services.cpg.service import Handle
 from cmanlk.types import Instant, NodeId, RingId
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from cmanlk.services.cmap.store import Value
     from cmanlk.services.cpg.service import CpgService
     from cmanlk.services.votequorum.service import VotequorumService
+    from cmanlk.stack import Event as StackEvent
     from cmanlk.stack import RequestResult
 
 
@@ -79,30 +81,9 @@ class CsError(enum.IntEnum):
     ERR_SECURITY = 100
 
 
-_CS_ERROR_OF_CODE: Mapping[str, CsError] = {
-    "try_again": CsError.ERR_TRY_AGAIN,
-    "try-again": CsError.ERR_TRY_AGAIN,
-    "not_running": CsError.ERR_TRY_AGAIN,
-    "busy": CsError.ERR_BUSY,
-    "exist": CsError.ERR_EXIST,
-    "not_exist": CsError.ERR_NOT_EXIST,
-    "not_found": CsError.ERR_NOT_EXIST,
-    "invalid_param": CsError.ERR_INVALID_PARAM,
-    "name_too_long": CsError.ERR_NAME_TOO_LONG,
-    "no_resources": CsError.ERR_NO_RESOURCES,
-    "too_large": CsError.ERR_TOO_BIG,
-    "not_supported": CsError.ERR_NOT_SUPPORTED,
-    "no_service": CsError.ERR_NOT_SUPPORTED,
-    "permission_denied": CsError.ERR_ACCESS,
-    "timeout": CsError.ERR_TIMEOUT,
-}
-
-
-def cs_error(code: str | None) -> CsError:
-    """corosync's cs_error_t for a cmanlk error code (None: CS_OK; unknown codes: CS_ERR_LIBRARY)."""
-    if code is None:
-        return CsError.OK
-    return _CS_ERROR_OF_CODE.get(code, CsError.ERR_LIBRARY)
+def cs_error(code: ErrorCode | None) -> CsError:
+    """corosync's cs_error_t for a refusal's code (None: CS_OK); cmanlk.errors.ErrorCode's table."""
+    return CsError.OK if code is None else CsError(code.cs_error)
 
 
 # --- messages ------------------------------------------------------------------------------------
@@ -211,7 +192,7 @@ class NodeView(Protocol):
         """The time of the request being served (for timers such as cfg's shutdown vote)."""
         ...
 
-    def submit(self, make: Callable[[Instant, int], object]) -> RequestResult:
+    def submit(self, make: Callable[[Instant, int], StackEvent]) -> RequestResult:
         """Feed the Stack event `make(now, request_id)` and return its answer (the Stack answers
         local requests while it handles them)."""
         ...

@@ -17,7 +17,7 @@ An explicit value in the file wins over a derived one, as in corosync.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from cmanlk.types import Duration, NodeId, ms
 
@@ -37,6 +37,14 @@ DEFAULT_MAX_NETWORK_DELAY_MS = 50
 DEFAULT_SEND_JOIN_MS = 0
 DEFAULT_NETMTU = 1500
 KERNEL_TICK_MS = 10  # corosync subtracts one tick (1000/HZ) from hold and assumes HZ=100.
+
+
+class SettingsConflict(ValueError):
+    """Two totem settings corosync would refuse together; `key` is the totem key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,6 @@ class TotemConfig:
     token_retransmits_before_loss_const: int
     netmtu: int = DEFAULT_NETMTU
     cluster_name: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
     def derive(
@@ -94,7 +101,8 @@ class TotemConfig:
     ) -> TotemConfig:
         """Return the effective config for a nodelist, applying corosync's derivations.
 
-        Raises ValueError for a combination corosync would refuse (e.g. consensus < join).
+        Raises SettingsConflict (a ValueError naming the key to blame) for a combination
+        corosync would refuse: consensus < join, max_messages > window_size.
         """
         node_ids = tuple(sorted(set(nodes)))
         effective_token = token_ms
@@ -107,9 +115,13 @@ class TotemConfig:
         if consensus_ms is None:
             consensus_ms = max(int(effective_token * 1.2), join_ms)
         if consensus_ms < join_ms:
-            raise ValueError(f"consensus ({consensus_ms} ms) must be at least join ({join_ms} ms)")
+            raise SettingsConflict(
+                "consensus", f"consensus ({consensus_ms} ms) must be at least join ({join_ms} ms)"
+            )
         if max_messages > window_size:
-            raise ValueError(f"max_messages ({max_messages}) must not exceed window_size ({window_size})")
+            raise SettingsConflict(
+                "max_messages", f"max_messages ({max_messages}) must not exceed window_size ({window_size})"
+            )
         return cls(
             nodes=node_ids,
             token_ms=effective_token,

@@ -24,6 +24,17 @@ as the reference for the wire-visible details:
 
 Remote input never raises out of `handle()`: malformed packets and packets that
 are illegal in the current state are counted in `stats.dropped` by reason.
+
+Deviation (hardening): a packet that can move the membership state machine — a
+JOIN, a commit token, an ORF token, a merge detect, a token hold cancel, an MCAST
+of a ring other than ours — is dropped (`spoofed-sender`) when the node it claims
+to come from is not the node whose address it came from (`PacketReceived.src`, the
+transport's mapping of the source address; the check is skipped when that is
+unknown). corosync's udpu trusts the claim, so one listed host could speak for
+every node. MCASTs of our own ring are not checked: a retransmission arrives from
+whichever member had the message, under its originator's id. udpu has no
+authentication, so a host that claims its own address's id, or forges the source
+address itself, is still believed; the native transport authenticates every frame.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import MalformedPacket
 from cmanlk.totem import wire
 from cmanlk.totem.actions import Action, MembState
 from cmanlk.totem.base import GatherReason, TotemStats
@@ -94,18 +105,25 @@ class Totem(Membership):
             return None
         return self.timers.next_deadline
 
+    @property
+    def send_queue_free_bytes(self) -> int:
+        """Room left in the send queue: a McastRequested of up to this many bytes less
+        totempg.QUEUE_ENTRY_COST_BYTES is queued, a larger one refused with QueueFull."""
+        return self.packer.free_bytes
+
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order.
 
-        Raises UsageError only for a local request that cannot be taken now
-        (McastRequested when the send queue is full or the message too large).
+        Raises only for a local request that cannot be taken now: McastRequested raises QueueFull
+        (try_again) when the send queue is full, TooLarge past the maximum message size,
+        UsageError(invalid_param) for an empty message. Nothing is queued then.
         """
         if self._state == MembState.LEFT:
             return []
         match event:
-            case PacketReceived(now=now, data=data):
+            case PacketReceived(now=now, data=data, src=src):
                 if self._started:
-                    self._on_packet(now, data)
+                    self._on_packet(now, data, src)
             case DeadlineReached(now=now):
                 self._on_deadline(now)
             case McastRequested(now=now, payload=payload, guarantee=guarantee):
@@ -122,30 +140,34 @@ class Totem(Membership):
         out, self._out = self._out, []
         return out
 
-    def status(self) -> dict[str, object]:
-        """A snapshot for status output: state, ring, members, queue sizes, counters."""
-        return {
-            "node_id": self.me,
-            "state": self._state.value,
-            "ring_id": str(self.ring.ring_id),
-            "ring_seq": self.ring.ring_id.seq,
-            "members": list(self.members),
-            "my_aru": self.ring.aru,
-            "high_seq_received": self.ring.high_seq_received,
-            "send_queue_messages": self.packer.pending_messages,
-            "send_queue_bytes": self.packer.pending_bytes,
-            "stats": {k: v for k, v in vars_of(self.stats).items()},
-        }
-
     # --- dispatch ------------------------------------------------------------------------------------
 
-    def _on_packet(self, now: Instant, data: bytes) -> None:
+    def _on_packet(self, now: Instant, data: bytes, src: NodeId | None) -> None:
         try:
             packet = wire.decode(data)
         except MalformedPacket as e:
             self._drop(e.reason, e.detail)
             return
+        claimed = self._claimed_sender(packet)
+        if src is not None and claimed is not None and claimed != src:
+            what = f"{type(packet).__name__} claims node {claimed}, came from node {src}'s address"
+            self._drop("spoofed-sender", what)
+            return
         self._handle_packet(now, packet)
+
+    def _claimed_sender(self, packet: wire.Packet) -> NodeId | None:
+        """The node a membership-moving packet says sent it (module docstring); None: not checked."""
+        match packet:
+            case wire.MembJoin() | wire.MergeDetect():
+                return packet.system_from  # a leave JOIN has sender 0 but names its node here
+            case wire.OrfToken() | wire.CommitToken() | wire.TokenHoldCancel():
+                return packet.sender  # set by each node that forwards it
+            case wire.Mcast():
+                new = self.new_ring
+                ours = packet.ring_id == self.ring.ring_id
+                ours = ours or (new is not None and packet.ring_id == new.ring_id)
+                return None if ours else packet.system_from  # a foreign ring's message starts a merge
+        return None
 
     def _handle_packet(self, now: Instant, packet: wire.Packet) -> None:
         handler, states = self._dispatch[type(packet)]
@@ -185,10 +207,7 @@ class Totem(Membership):
     # --- local requests ------------------------------------------------------------------------------
 
     def _on_mcast_requested(self, now: Instant, payload: bytes, guarantee: Guarantee) -> None:
-        try:
-            self.packer.push(payload, guarantee)
-        except ValueError as e:
-            raise UsageError("try-again" if "full" in str(e) else "too-large", str(e)) from None
+        self.packer.push(payload, guarantee)  # QueueFull / TooLarge / UsageError: nothing queued
         if self._state != MembState.OPERATIONAL:
             return
         if self.held_token is not None and self.timers.is_armed(TimerName.HOLD):
@@ -516,6 +535,3 @@ class Totem(Membership):
 def _frames_pending(pending_bytes: int, max_frame: int) -> int:
     return (pending_bytes + max_frame - 1) // max_frame if pending_bytes else 0
 
-
-def vars_of(stats: TotemStats) -> dict[str, object]:
-    return {name: getattr(stats, name) for name in stats.__slots__}

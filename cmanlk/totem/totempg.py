@@ -47,7 +47,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
-from cmanlk.errors import MalformedPacket
+from cmanlk.errors import ErrorCode, MalformedPacket, QueueFull, TooLarge, UsageError
 from cmanlk.totem.events import Guarantee
 from cmanlk.totem.wire import PROCESSOR_COUNT_MAX
 from cmanlk.types import NodeId
@@ -175,22 +175,31 @@ class Packer:
         """Payload bytes still to be popped."""
         return self._queued_bytes - QUEUE_ENTRY_COST_BYTES * len(self._queue)
 
+    @property
+    def free_bytes(self) -> int:
+        """Queue room left, in `push`'s accounting (a message costs its size plus
+        QUEUE_ENTRY_COST_BYTES): a message of `free_bytes - QUEUE_ENTRY_COST_BYTES` still fits."""
+        return self._max_queue_bytes - self._queued_bytes
+
     def has_pending(self) -> bool:
         """Is there anything left to pop?"""
         return bool(self._queue)
 
     def push(self, payload: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
-        """Queue one application message. Raises ValueError (queue unchanged) if it is empty,
-        larger than MESSAGE_SIZE_MAX, or would take the queue past max_queue_bytes."""
+        """Queue one application message; the queue is unchanged when it raises.
+
+        Raises UsageError(invalid_param) for an empty message, TooLarge past MESSAGE_SIZE_MAX,
+        QueueFull (try_again) when it would take the queue past max_queue_bytes.
+        """
         size = len(payload)
         if size == 0:
             # corosync drops zero-length pieces and its receivers would misparse an empty message.
-            raise ValueError("cannot send an empty message")
+            raise UsageError(ErrorCode.INVALID_PARAM, "cannot send an empty message")
         if size > MESSAGE_SIZE_MAX:
-            raise ValueError(f"message of {size} bytes exceeds the maximum of {MESSAGE_SIZE_MAX} bytes")
+            raise TooLarge(f"message of {size} bytes exceeds the maximum of {MESSAGE_SIZE_MAX} bytes")
         cost = size + QUEUE_ENTRY_COST_BYTES
         if self._queued_bytes + cost > self._max_queue_bytes:
-            raise ValueError(
+            raise QueueFull(
                 f"send queue full: {len(self._queue)} messages, {self._queued_bytes} of "
                 f"{self._max_queue_bytes} bytes used, cannot add {size} bytes; retry after the token"
             )

@@ -18,22 +18,20 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from cmanlk.errors import UsageError
+from cmanlk.errors import ErrorCode, UsageError
 from cmanlk.runtime.dbus_status import (
     AdminRequest,
-    ClusterStatus,
     Departure,
     FenceAck,
-    LinkInfo,
     LinkNotice,
-    LockspaceInfo,
     MemberInfo,
     MembershipNotice,
-    NodeInfo,
     QuorumNotice,
     SetExpectedVotes,
     SetVotes,
 )
+from cmanlk.runtime.status import LockspaceView, NodeView, PathView, Snapshot
+from cmanlk.services.votequorum.policy import QuorumState
 from cmanlk.types import NodeId, RingId
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,24 +144,31 @@ async def run(*argv: str, as_nobody: bool = False, timeout_s: float = 10.0) -> t
     return proc.returncode, out.decode(), err.decode()
 
 
-def three_node_status() -> ClusterStatus:
+def three_node_status() -> Snapshot:
     """A quorate three-node cluster seen from node 1."""
-    members = tuple(MemberInfo(NodeId(n), f"node{n}") for n in (1, 2, 3))
-    return ClusterStatus(
+    members = (NodeId(1), NodeId(2), NodeId(3))
+    ring = RingId(12, NodeId(1))
+    quorum = QuorumState(
+        quorate=True, quorum=2, total_votes=3, expected_votes=3, highest_expected=3, two_node=False,
+        wait_for_all=True, wait_for_all_status=False, last_man_standing=False, auto_tie_breaker=False,
+        allow_downscale=False, ring_id=ring, members=members, node_votes=tuple((m, 1) for m in members),
+    )  # fmt: skip
+    return Snapshot(
+        node_id=NodeId(1),
         cluster_name="alpha",
-        local_nodeid=NodeId(1),
-        ring_id=RingId(12, NodeId(1)),
+        ring_id=ring,
         members=members,
-        quorate=True,
-        votes=1,
-        expected_votes=3,
-        total_votes=3,
-        quorum=2,
-        nodes=tuple(NodeInfo(m.nodeid, m.name, "member", 1) for m in members),
-        links=tuple(LinkInfo(NodeId(n), 0, True) for n in (2, 3)),
-        lockspaces=(LockspaceInfo("gfs2fs", "running"),),
-        quorum_flags=("wait_for_all",),
+        quorum=quorum,
+        nodes=tuple(NodeView(m, f"node{m}", (), 1, "member") for m in members),
+        paths=tuple(PathView(NodeId(n), 0, True) for n in (2, 3)),
+        lockspaces=(LockspaceView("gfs2fs", "running"),),
     )
+
+
+def with_quorum(s: Snapshot, **changes: object) -> Snapshot:
+    """`s` with votequorum's state changed (quorate=..., expected_votes=..., ...)."""
+    assert s.quorum is not None
+    return replace(s, quorum=replace(s.quorum, **changes))  # type: ignore[arg-type]
 
 
 class MemoryCluster:
@@ -174,7 +179,7 @@ class MemoryCluster:
         self.requests: list[AdminRequest] = []
         self.submit_delay_s = 0.0
 
-    def snapshot(self) -> ClusterStatus:
+    def snapshot(self) -> Snapshot:
         return self.status
 
     async def submit(self, request: AdminRequest) -> str:
@@ -182,14 +187,16 @@ class MemoryCluster:
             await asyncio.sleep(self.submit_delay_s)
         match request:
             case SetExpectedVotes(expected) if expected < 1:
-                raise UsageError("invalid_votes", "expected votes must be at least 1")
+                raise UsageError(ErrorCode.INVALID_PARAM, "expected votes must be at least 1")
             case SetExpectedVotes(expected):
-                self.status = replace(self.status, expected_votes=expected)
+                self.status = with_quorum(self.status, expected_votes=expected)
             case SetVotes(nodeid, votes):
                 if nodeid not in (0, *(n.nodeid for n in self.status.nodes)):
-                    raise UsageError("no_such_node", f"node {nodeid} is unknown")
-                if nodeid in (0, self.status.local_nodeid):
-                    self.status = replace(self.status, votes=votes)
+                    raise UsageError(ErrorCode.NOT_FOUND, f"node {nodeid} is unknown")
+                me = self.status.node_id
+                if nodeid in (0, me):
+                    nodes = tuple(replace(n, votes=votes) if n.nodeid == me else n for n in self.status.nodes)
+                    self.status = replace(self.status, nodes=nodes)
             case FenceAck():
                 pass
         self.requests.append(request)
@@ -198,21 +205,23 @@ class MemoryCluster:
     def kill(self, nodeid: int) -> tuple[MembershipNotice, QuorumNotice, LinkNotice]:
         """Node `nodeid` fails: new ring without it, fewer votes, its link down; returns the notices."""
         s = self.status
-        members = tuple(m for m in s.members if m.nodeid != nodeid)
-        ring = RingId(s.ring_id.seq + 4, members[0].nodeid)
-        total = s.total_votes - 1
+        assert s.quorum is not None
+        members = tuple(m for m in s.members if m != nodeid)
+        ring = RingId(s.ring_id.seq + 4, members[0])
+        total = s.quorum.total_votes - 1
+        s = with_quorum(s, total_votes=total, quorate=total >= s.quorum.quorum)
         self.status = replace(
             s,
             ring_id=ring,
             members=members,
-            total_votes=total,
-            quorate=total >= s.quorum,
             nodes=tuple(replace(n, state="dead") if n.nodeid == nodeid else n for n in s.nodes),
-            links=tuple(replace(x, up=False) if x.nodeid == nodeid else x for x in s.links),
+            paths=tuple(replace(x, up=False) if x.nodeid == nodeid else x for x in s.paths),
         )
         gone = (Departure(NodeId(nodeid), "nodedown"),)
+        assert self.status.quorum is not None
+        named = tuple(MemberInfo(m, s.name_of(m)) for m in members)
         return (
-            MembershipNotice(ring, members, (), gone),
-            QuorumNotice(self.status.quorate, self.status.quorum, total),
+            MembershipNotice(ring, named, (), gone),
+            QuorumNotice(self.status.quorum.quorate, self.status.quorum.quorum, total),
             LinkNotice(NodeId(nodeid), 0, False),
         )

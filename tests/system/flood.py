@@ -1,11 +1,14 @@
 """A hostile sender for system tests: floods one cmanlkd with garbage and forged totem packets.
 
-    python -m tests.system.flood HOST PORT --mode garbage|forged --count N [--sender ID]
+    python -m tests.system.flood HOST PORT --mode garbage|forged|spoof --count N [--sender ID] [--claim ID]
 
 garbage: random bytes of random length (0..1500), plus datagrams starting with the totem magic.
 forged: well-formed-looking totem packets that must be dropped: tokens and hold-cancels of a
 ring that does not exist, wrong versions and types, truncated copies of valid packets, length
-fields that promise more than the datagram holds. Prints the number of datagrams sent.
+fields that promise more than the datagram holds. spoof: well-formed membership packets that
+claim to come from node `--claim` (a member) while they leave from this host's address: JOINs
+saying the third member failed (with a ring seq no ring has reached, so none is stale), leave
+JOINs, merge detects, tokens and hold-cancels. Prints the number of datagrams sent.
 """
 
 from __future__ import annotations
@@ -41,20 +44,39 @@ def forged_packets(sender: int, rng: random.Random) -> list[bytes]:
     return out
 
 
+def spoofed_packets(claim: int, members: tuple[int, ...]) -> list[bytes]:
+    me = NodeId(claim)
+    others = tuple(NodeId(n) for n in members if n != claim)
+    ring = RingId(1 << 40, me)
+    everyone = tuple(sorted((me, *others)))
+    return [
+        wire.encode(wire.MembJoin(me, me, everyone, others[-1:], 1 << 40)),
+        wire.encode(wire.MembJoin(NodeId(0), me, everyone, (me,), 1 << 40)),
+        wire.encode(wire.MergeDetect(me, me, ring)),
+        wire.encode(wire.OrfToken(me, 5, 1 << 30, 5, me, ring, 0, 0, 0)),
+        wire.encode(wire.TokenHoldCancel(me, ring)),
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("host")
     p.add_argument("port", type=int)
-    p.add_argument("--mode", choices=["garbage", "forged"], required=True)
+    p.add_argument("--mode", choices=["garbage", "forged", "spoof"], required=True)
     p.add_argument("--count", type=int, default=5000)
     p.add_argument("--sender", type=int, default=4)
+    p.add_argument("--claim", type=int, default=2, help="spoof: the node id the packets claim")
+    p.add_argument("--members", default="1,2,3", help="spoof: the ring's members")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     rng = random.Random(args.seed)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sent = 0
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        forged = forged_packets(args.sender, rng)
+        if args.mode == "spoof":
+            forged = spoofed_packets(args.claim, tuple(int(n) for n in args.members.split(",")))
+        else:
+            forged = forged_packets(args.sender, rng)
         for i in range(args.count):
             if args.mode == "garbage":
                 data = rng.randbytes(rng.randrange(0, 1500)) if i % 3 else b"\x70\xc0\x03" + rng.randbytes(50)

@@ -3,7 +3,8 @@
 Node 9 is in nobody's nodelist: its datagrams must be dropped by the udpu transport
 (block_unlisted_ips). Node 4 is listed but runs no daemon: its address passes the transport
 filter, so its garbage and forged totem packets reach the Totem core, which must drop each one
-with a named reason.
+with a named reason — also packets that claim to come from a member while they come from
+node 4's address (the Totem core's `spoofed-sender` check).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.system
 FLOOD_COUNT = 4000
 
 
-def flood(c: Cluster, from_node: int, target: int, mode: str) -> int:
+def flood(c: Cluster, from_node: int, target: int, mode: str, *extra: str) -> int:
     proc = c.lab.run(
         from_node,
         "env",
@@ -38,6 +39,7 @@ def flood(c: Cluster, from_node: int, target: int, mode: str) -> int:
         str(FLOOD_COUNT),
         "--sender",
         str(from_node),
+        *extra,
     )
     return int(proc.stdout.strip())
 
@@ -74,4 +76,29 @@ def test_garbage_and_forged_packets_are_dropped_and_counted(cluster_factory: Cal
     assert {"short-header", "bad-version", "bad-type"} <= set(reasons), reasons
     for n in (1, 2, 3):
         assert c.alive(n)
+    c.wait_ring([1, 2, 3], timeout_s=10.0)
+
+
+def test_packets_claiming_a_members_id_from_another_address_do_not_move_the_membership(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """The hostile run of 2026-12-02: JOINs sent from a listed address under a member's id made
+    one node change membership 923 times in 20 s. Now each is dropped as `spoofed-sender`."""
+    c = cluster_factory([1, 2, 3], listed=[1, 2, 3, 4])
+    c.lab.add_node(4)
+    c.start_all()
+    c.wait_ring([1, 2, 3])
+    before = c.status(1)
+    assert before is not None
+    for claim in ("2", "3"):
+        assert flood(c, 4, 1, "spoof", "--claim", claim) == FLOOD_COUNT
+    c.wait_until(
+        lambda: c.status(1)["stats"]["totem"]["dropped"].get("spoofed-sender", 0) >= 2 * FLOOD_COUNT,  # type: ignore[index]
+        10.0,
+        "spoofed packets dropped by the core",
+    )
+    after = c.status(1)
+    assert after is not None
+    assert after["membership_changes"] == before["membership_changes"], after["last_change_reason"]
+    assert after["ring_id"] == before["ring_id"] and after["quorate"] is True
     c.wait_ring([1, 2, 3], timeout_s=10.0)

@@ -215,9 +215,9 @@ def test_malformed_and_unauthorised_clients_get_errors_and_others_are_served(
     with Client.connect(path) as bystander:
         # a frame length past every bound: bad_frame, then the daemon hangs up
         frames, closed = _raw(path, b"\xff\xff\xff\xff garbage")
-        assert [f.header.get("code") for f in frames] == [ipcproto.E_BAD_FRAME] and closed
+        assert [f.header.get("code") for f in frames] == ["bad_frame"] and closed
         frames, closed = _raw(path, b"GET / HTTP/1.0\r\n\r\n")
-        assert [f.header.get("code") for f in frames] == [ipcproto.E_BAD_FRAME] and closed
+        assert [f.header.get("code") for f in frames] == ["bad_frame"] and closed
         # well framed, not JSON: bad_request, and the same connection still answers a hello
         hello = ipcproto.request(1, "hello", {"versions": [1]})
         frames, closed = _raw(path, _framed(b"{not json") + _framed(b"[1, 2]") + hello)

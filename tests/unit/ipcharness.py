@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from cmanlk.runtime.ipc import IpcConfig, IpcServer, MemoryBackend
+from cmanlk.runtime.backend import MemoryBackend
+from cmanlk.runtime.ipc import IpcConfig, IpcServer
 
 
 class Harness:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import ErrorCode, MalformedPacket, UsageError
 from cmanlk.services import wire as svcwire
 from cmanlk.services.base import CFG_SERVICE, SendMessage
 from cmanlk.services.cfg.service import (
@@ -111,10 +111,10 @@ def test_kill_of_a_member_is_multicast_and_a_stranger_refused():
     assert decode_killnode(out.message).nodeid == 3
     with pytest.raises(UsageError) as exc:
         svc.on_local_request(KillNodeRequest(NodeId(9), "x"))
-    assert exc.value.code == "not_found" and "node 9 is not a member" in str(exc.value)
+    assert exc.value.code is ErrorCode.NOT_A_MEMBER and "node 9 is not a member" in str(exc.value)
     with pytest.raises(UsageError) as exc:
         svc.on_local_request(KillNodeRequest(NodeId(2), "é" * 200))
-    assert exc.value.code == "invalid_param"
+    assert exc.value.code is ErrorCode.INVALID_PARAM
 
 
 def test_transitional_configuration_does_not_change_who_may_be_killed():
@@ -201,7 +201,7 @@ def test_kill_request_travels_over_totem_to_the_target():
     assert cluster.run_for(ms(2000), everyone_heard)
     results = {r.request_id: r for r in log[NodeId(1)] if isinstance(r, RequestResult)}
     assert results[41].error is None
-    assert results[42].error == "not_found"
+    assert results[42].error is ErrorCode.NOT_A_MEMBER
     killed = [x for x in log[NodeId(3)] if isinstance(x, KilledByNode)]
     assert killed == [KilledByNode(NodeId(1), "disk failing")]
     for n in (NodeId(1), NodeId(2)):

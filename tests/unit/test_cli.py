@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cmanlk.client import cli
-from cmanlk.runtime.ipc import DlmStatus, KillNode
+from cmanlk.runtime.backend import DlmStatus, KillNode
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness, harness
 

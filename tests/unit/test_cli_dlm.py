@@ -8,7 +8,7 @@ import io
 import json
 
 from cmanlk.client import cli
-from cmanlk.runtime.ipc import DlmStatus
+from cmanlk.runtime.backend import DlmStatus
 from tests.unit.ipcharness import Harness, harness
 
 __all__ = ["harness"]

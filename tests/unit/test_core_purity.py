@@ -18,7 +18,9 @@ PACKAGE = ROOT / "cmanlk"
 FORBIDDEN_MODULES = frozenset({"time", "socket", "asyncio", "os", "threading", "subprocess", "selectors"})
 CORE_PACKAGES = ("totem", "services", "dlm")
 """Every module under these packages is a pure core (searched recursively)."""
-CORE_SINGLE_MODULES = ("stack.py", "client/proto.py")
+CORE_SINGLE_MODULES = ("stack.py", "client/proto.py", "client/connection.py", "client/operations.py")
+"""Pure modules outside those packages: the Stack, and the client side's protocol, connection
+state and operations (api.py and cli.py, which do the I/O, are not)."""
 
 
 def core_modules() -> list[Path]:

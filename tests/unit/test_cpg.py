@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import ErrorCode, MalformedPacket, UsageError
 from cmanlk.services import wire as svcwire
 from cmanlk.services.base import CPG_SERVICE, Notification, SendMessage
 from cmanlk.services.cpg import service as cpg
@@ -33,8 +33,17 @@ from cmanlk.services.cpg.service import (
 )
 from cmanlk.services.votequorum.policy import QuorumConfig
 from cmanlk.sim.cluster import Cluster
-from cmanlk.stack import RequestResult, ServiceRequest, Stack, StackConfig, default_services
+from cmanlk.stack import (
+    LOCAL_REQUEST_ROOM_BYTES,
+    RequestResult,
+    ServiceRequest,
+    Stack,
+    StackConfig,
+    default_services,
+)
 from cmanlk.totem.config import TotemConfig
+from cmanlk.totem.events import McastRequested
+from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import NodeId, RingId, ms
 
 from .test_stack import Recorder
@@ -157,12 +166,12 @@ def test_local_state_machine_error_codes():
     svc = CpgService(N1)
     with pytest.raises(UsageError) as info:
         svc.on_local_request(CpgJoin(H1, G, 100))
-    assert info.value.code == "try_again"  # no ring synchronised yet
+    assert info.value.code.wire == "try_again"  # no ring synchronised yet
     _synced(svc, (N1,))
     for group, code in ((b"", "invalid_param"), (b"x" * 129, "name_too_long")):
         with pytest.raises(UsageError) as info:
             svc.on_local_request(CpgJoin(H1, group, 100))
-        assert info.value.code == code
+        assert info.value.code.wire == code
     join = svc.on_local_request(CpgJoin(H1, G, 100))
     for request, code in (
         (CpgJoin(H1, G, 100), "exist"),
@@ -174,7 +183,7 @@ def test_local_state_machine_error_codes():
     ):
         with pytest.raises(UsageError) as info:
             svc.on_local_request(request)
-        assert info.value.code == code, request
+        assert info.value.code.wire == code, request
     # mcast is allowed while the join is in flight (JOIN_STARTED), as in corosync.
     mcast = svc.on_local_request(CpgMcast(H1, G, b"early"))
     notes = _loop(svc, join + mcast)
@@ -185,10 +194,10 @@ def test_local_state_machine_error_codes():
     leave = svc.on_local_request(CpgLeave(H1, G))
     with pytest.raises(UsageError) as info:
         svc.on_local_request(CpgMcast(H1, G, b"x"))
-    assert info.value.code == "not_exist"
+    assert info.value.code.wire == "not_exist"
     with pytest.raises(UsageError) as info:
         svc.on_local_request(CpgJoin(H1, G, 100))
-    assert info.value.code == "exist"  # corosync checks (pid, group) across connections first
+    assert info.value.code.wire == "exist"  # corosync checks (pid, group) across connections first
     notes = _loop(svc, leave)
     assert notes == [CpgConfchg((H1,), G, (), (CpgAddress(N1, 100, REASON_LEAVE),), ())]
     assert svc.local_processes() == [] and svc.groups() == []
@@ -205,7 +214,7 @@ def test_flow_control_refuses_past_in_flight_bound_and_recovers_on_delivery():
     with pytest.raises(UsageError) as info:
         for _ in range(10):
             sends += svc.on_local_request(CpgMcast(H1, G, chunk))
-    assert info.value.code == "try_again"
+    assert info.value.code.wire == "try_again"
     assert 0 < svc.in_flight_bytes <= cpg.MAX_IN_FLIGHT_BYTES
     # Delivering the last one settles every older send too.
     svc.on_message(N1, cw.MESSAGE_REQ_EXEC_CPG_MCAST, _sent(sends)[-1])
@@ -414,3 +423,51 @@ def test_client_gone_leaves_with_reason_5_everywhere():
         (c,) = of(log[n], CpgConfchg, marks[n])
         assert c.left == (CpgAddress(N2, 1002, REASON_PROCDOWN),)
     assert of(log[N2], CpgConfchg, marks[N2]) == []  # the gone handle is not told
+
+
+def two_nodes_with_node1s_totem_queue_filled(room: int | None = None):
+    """A 2-node ring joined to G whose node 1 has 3 MiB (or all but `room` bytes) in Totem's send
+    queue; nothing leaves before the next token. Returns (cluster, nodes, log, node 1's Totem)."""
+    cluster, nodes, log = make_cluster(2)
+    boot_and_join(cluster, nodes)
+    node1, totem = cluster.nodes[N1], stack(cluster, N1).totem
+    for _ in range(3):
+        cluster._feed(node1, McastRequested(cluster.now, bytes(MESSAGE_SIZE_MAX)))
+    if room is not None:
+        rest = totem.send_queue_free_bytes - QUEUE_ENTRY_COST_BYTES - room
+        cluster._feed(node1, McastRequested(cluster.now, bytes(rest)))
+    assert totem.send_queue_free_bytes < LOCAL_REQUEST_ROOM_BYTES
+    return cluster, nodes, log, totem
+
+
+def test_a_message_totem_cannot_queue_is_refused_with_try_again_and_none_is_lost():
+    """cpg's own send window restarts at each ring change while Totem's send queue does not, so
+    cpg may accept a message Totem has no room for. The Stack answers such a request try_again
+    before cpg sees it — the code every retry loop (IPC server, client, dlmd) retries — where it
+    used to accept it and then drop it at Totem (counted as send_try-again, never delivered)."""
+    cluster, nodes, log, totem = two_nodes_with_node1s_totem_queue_filled(room=100)
+    assert totem.send_queue_free_bytes == 100  # less than the message below: it could not be queued
+    marks = {n: len(log[n]) for n in nodes}
+    refused = request(cluster, N1, CpgMcast(Handle(10), G, b"m" * 1000))
+    assert refused.error is ErrorCode.TRY_AGAIN, refused
+    assert cpg_of(cluster, N1).in_flight_bytes == 0  # refused before cpg changed anything
+    # Once the token has drained the queue, the same request is taken and delivered everywhere.
+    assert cluster.run_for(ms(5000), lambda: totem.send_queue_free_bytes >= LOCAL_REQUEST_ROOM_BYTES)
+    assert request(cluster, N1, CpgMcast(Handle(10), G, b"m" * 1000), request_id=2).error is None
+    assert cluster.run_for(ms(3000), lambda: all(of(log[n], CpgDeliver, marks[n]) for n in nodes))
+    for n in nodes:
+        assert [d.payload for d in of(log[n], CpgDeliver, marks[n])] == [b"m" * 1000]
+    assert not [k for k in stack(cluster, N1).stats if k.startswith("send_")], stack(cluster, N1).stats
+
+
+def test_a_departed_clients_leaves_are_not_flow_controlled():
+    """ClientGone (flow_control=False) goes out even when Totem's queue is short of room for a
+    client request: nobody could retry it, and the other nodes must see the process leave."""
+    cluster, _nodes, _log, _totem = two_nodes_with_node1s_totem_queue_filled()
+    node1 = cluster.nodes[N1]
+    assert request(cluster, N1, CpgJoin(Handle(11), b"other", 77)).error is ErrorCode.TRY_AGAIN
+    before = len(node1.core.log)
+    gone = ServiceRequest(cluster.now, CPG_SERVICE, ClientGone(Handle(10)), 5, flow_control=False)
+    cluster._feed(node1, gone)
+    assert [r.error for r in of(node1.core.log, RequestResult, before)] == [None]
+    assert cluster.run_for(ms(3000), lambda: cpg_of(cluster, N2).members_of(G) == ((N2, 1002),))

@@ -45,6 +45,18 @@ cmanlk {{
     return path
 
 
+def run_cmanlkd(tmp_path: Path, dlm: str) -> int:
+    """cmanlkd in this process on a one-node udpu config; returns its exit code.
+
+    -p: the test process must not turn SCHED_RR 99 (it would keep it for every later test and
+    starve the machine's other work).
+    """
+    try:
+        return daemon.main(["-f", "-p", "-c", str(_conf(tmp_path, dlm)), "--nodeid", "1"])
+    finally:
+        logging.getLogger().handlers.clear()  # setup_logging's stderr handler: not for later tests
+
+
 def _no_dlm(mountpoint: str = "") -> str:
     raise KernelError("/sys/module/dlm", errno.ENOENT, "modprobe dlm: module not found")
 
@@ -54,11 +66,7 @@ def test_dlm_yes_without_a_usable_kernel_dlm_exits_3(tmp_path: Path, monkeypatch
     # a DLM the start check finds (a module file, say) that then cannot be set up
     monkeypatch.setattr("cmanlk.runtime.dlmd.dlm_available", lambda: True)
     monkeypatch.setattr("kernel_glue.kmod.ensure_dlm_kernel", _no_dlm)
-    try:
-        code = daemon.main(["-f", "-c", str(_conf(tmp_path, "yes")), "--nodeid", "1"])
-    finally:
-        logging.getLogger().handlers.clear()  # setup_logging's stderr handler: not for later tests
-    assert code == daemon.EXIT_RUNTIME == 3
+    assert run_cmanlkd(tmp_path, "yes") == daemon.EXIT_RUNTIME == 3
     err = capsys.readouterr().err
     assert "stopped: the kernel DLM cannot be set up (cmanlk { dlm: yes })" in err
     assert "module not found" in err

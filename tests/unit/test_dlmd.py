@@ -435,8 +435,8 @@ def test_real_node_on_loopback_answers_a_join_through_its_own_cpg(tmp_path: Path
     import socket
 
     from cmanlk.config import parse_config
-    from cmanlk.runtime.ipc import DlmStatus, FenceAck
-    from cmanlk.runtime.node import Node, NodeIpcBackend
+    from cmanlk.runtime.backend import DlmStatus, FenceAck, NodeBackend
+    from cmanlk.runtime.node import Node
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -480,11 +480,11 @@ cmanlk {{
             req = kernel.request_join("lab1")
             await until(lambda: req.done, 5)
             assert req.result == 0
-            backend = NodeIpcBackend(node, daemon)
+            backend = NodeBackend(node, daemon)
             reply = await backend.admin(DlmStatus())
             assert [(ls["name"], ls["state"]) for ls in reply["lockspaces"]] == [("lab1", "started")]
             assert reply["daemon"]["kernel_errors"] == {}
-            groups = {g["name"] for g in backend.status()["cpg_groups"]}
+            groups = {g.name for g in backend.snapshot().groups}
             assert {"dlm:ls:lab1", "cmanlk:dlm"} <= groups
             assert (await backend.admin(FenceAck(NodeId(7))))["result"] == "acknowledged"
             leave = kernel.request_leave("lab1")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -24,7 +25,8 @@ import pytest
 
 from cmanlk.client import Client, ClientError, ConnectionClosed
 from cmanlk.client import proto as ipcproto
-from cmanlk.runtime.ipc import FenceAck, IpcConfig, IpcServer, MemoryBackend
+from cmanlk.runtime.backend import FenceAck, MemoryBackend
+from cmanlk.runtime.ipc import IpcConfig, IpcServer
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.types import NodeId, RingId
 from tests.unit.ipcharness import Harness
@@ -270,7 +272,10 @@ def test_group_member_may_query_but_not_change(sockdir: Path):
         h.close()
 
 
-def test_slow_client_is_told_then_disconnected_without_stalling_others(sockdir: Path):
+def test_slow_client_is_told_then_disconnected_without_stalling_others(
+    sockdir: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="cmanlk.ipc")
     bound = 512 * 1024
     h = Harness(IpcConfig(path=str(sockdir / "slow.sock"), queue_bytes=bound))
     try:
@@ -311,8 +316,84 @@ def test_slow_client_is_told_then_disconnected_without_stalling_others(sockdir: 
         assert h.server.stats.get("client_overflow") == 1
         # Told first (flow), then why it is cut off (too_slow), then EOF.
         assert seen_by_slow[-2:] == ["flow", "too_slow"], seen_by_slow
+        # The log says how far behind it was (it used to say "0 bytes queued": the figure was
+        # read after the backlog had been freed).
+        (line,) = [r.getMessage() for r in caplog.records if "did not read its events" in r.getMessage()]
+        unread = int(line.split("events, ")[1].split(" bytes")[0])
+        assert unread > bound, line
+        assert f"(bound {bound} bytes" in line
     finally:
         slow.close()
+        h.close()
+
+
+def test_clients_stalled_mid_frame_or_before_hello_are_closed_and_free_their_slots(sockdir: Path):
+    """A header whose body never comes held a slot forever; 256 such clients locked everyone out."""
+    config = IpcConfig(path=str(sockdir / "stall.sock"), max_clients=4, frame_deadline_s=0.5)
+    h = Harness(config)
+    stalled: list[socket.socket] = []
+    try:
+        for i in range(4):
+            s = raw_connect(h.path)
+            if i % 2:  # hello done, then the head of a 1000-byte frame and nothing more
+                s.sendall(ipcproto.request(1, "hello", {"versions": [1]}))
+                read_frames(s, 1)
+                s.sendall(struct.pack(">II", 1000, 20))
+            stalled.append(s)  # the others: connected and silent, no hello
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with Client.connect(h.path) as c:
+                    assert c.status()["node_id"] == 1
+                break
+            except ClientError as exc:
+                assert exc.code == "no_resources"
+                assert time.monotonic() < deadline, "the stalled clients still hold every slot"
+                time.sleep(0.1)
+        for i, s in enumerate(stalled):
+            frames = read_frames(s, 2)
+            assert [(f.header["code"], f.header["id"]) for f in frames] == [("timeout", None)], frames
+            assert ("a frame it began" if i % 2 else "hello") in frames[0].header["message"]
+            assert s.recv(1) == b""  # closed
+        assert h.server.stats.get("stalled") == 4
+    finally:
+        for s in stalled:
+            s.close()
+        h.close()
+
+
+_HOLD_SCRIPT = """
+import sys
+from cmanlk.client import Client, ClientError
+held = []
+for _ in range(int(sys.argv[2])):
+    try:
+        held.append(Client.connect(sys.argv[1]))
+        print("connected", flush=True)
+    except ClientError as e:
+        print("refused", e, flush=True)
+sys.stdin.read()
+"""
+
+
+@NEEDS_ROOT
+def test_the_last_slots_are_kept_for_root(sockdir: Path):
+    config = IpcConfig(path=str(sockdir / "full.sock"), group="nogroup", max_clients=3, root_reserved=1)
+    h = Harness(config)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    nobody = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", _HOLD_SCRIPT, h.path, "3"], user=65534, group=65534, extra_groups=[],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert nobody.stdout is not None
+        lines = [nobody.stdout.readline().strip() for _ in range(3)]
+        assert lines[:2] == ["connected", "connected"], lines
+        assert lines[2].startswith("refused no_resources: too many clients (at most 2, 1 more for root)")
+        with Client.connect(h.path) as root:  # the kept slot
+            assert root.status()["clients"] == 3
+    finally:
+        nobody.communicate("", timeout=30)
         h.close()
 
 

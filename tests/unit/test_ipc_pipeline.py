@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cmanlk.client import AsyncClient, Client, ClientError, ConnectionClosed, SendError
-from cmanlk.client import api as client_module
+from cmanlk.client import AsyncClient, Client, ClientError, ConnectionClosed, SendError, connection
 from cmanlk.client import proto as ipcproto
 from cmanlk.runtime.ipc import IpcConfig
 from cmanlk.types import NodeId, RingId
@@ -162,7 +161,7 @@ def test_a_sender_that_never_reads_its_events_is_stopped_by_its_own_bound(
 ):
     """Reading acknowledgements reads the deliveries behind them too; they are kept for events(),
     up to MAX_BUFFERED_EVENTS, then the library gives up rather than grow without bound."""
-    monkeypatch.setattr(client_module, "MAX_BUFFERED_EVENTS", 100)
+    monkeypatch.setattr(connection, "MAX_BUFFERED_EVENTS", 100)
     with Client.connect(harness.path) as c:
         c.cpg_join("g", pid=1)
         with pytest.raises(ConnectionClosed) as info:
@@ -194,11 +193,8 @@ def test_malformed_compact_frames_are_refused_and_the_stream_goes_on(harness: Ha
         assert status.header["result"]["node_id"] == 1
 
 
-def test_version_1_clients_get_json_deliveries_and_cpg_mcast_falls_back(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(client_module, "_hello_args", lambda: {"versions": [1]})
-    with Client.connect(harness.path) as old:
+def test_version_1_clients_get_json_deliveries_and_cpg_mcast_falls_back(harness: Harness):
+    with Client.connect(harness.path, versions=(1,)) as old:
         assert old.server["version"] == 1 and "mcast_window" not in old.server
         old.cpg_join("g", pid=3)
         assert old.cpg_mcast("g", b"one")  # request/reply underneath

@@ -10,13 +10,14 @@ import pytest
 
 from cmanlk.client import proto as ipcproto
 from cmanlk.client.proto import Frame, FrameDecoder, ProtocolError
+from cmanlk.errors import ErrorCode
 
 
 def test_round_trip_of_each_kind():
     frames = [
         ipcproto.request(1, "cpg_send", {"group": "g"}, b"\x00\x01"),
         ipcproto.reply(1, {"x": [1, 2]}),
-        ipcproto.error(None, "bad_frame", "why"),
+        ipcproto.error(None, ErrorCode.BAD_FRAME, "why"),
         ipcproto.event("cpg_deliver", {"pid": 3}, bytes(range(256))),
     ]
     decoded = FrameDecoder().feed(b"".join(frames))
@@ -59,14 +60,14 @@ def test_split_anywhere_decodes_the_same():
 def test_bad_lengths_are_refused_before_the_body_is_buffered(prefix):
     with pytest.raises(ProtocolError) as info:
         FrameDecoder().feed(prefix)
-    assert info.value.code == "bad_frame"
+    assert info.value.code.wire == "bad_frame"
 
 
 def test_bad_header_is_an_error_item_and_the_stream_goes_on():
     bad = struct.pack(">II", 4 + 3, 3) + b"[1]"  # JSON, but not an object
     decoder = FrameDecoder()
     items = decoder.feed(bad + ipcproto.reply(2))
-    assert isinstance(items[0], ProtocolError) and items[0].code == "bad_request"
+    assert isinstance(items[0], ProtocolError) and items[0].code.wire == "bad_request"
     assert items[1] == Frame({"kind": "reply", "id": 2, "result": {}})
 
 
@@ -84,7 +85,7 @@ def test_version_negotiation():
     for bad in (None, "1", [True], [1.0]):
         with pytest.raises(ProtocolError) as info:
             ipcproto.negotiate(bad)
-        assert info.value.code == "bad_request"
+        assert info.value.code.wire == "bad_request"
     with pytest.raises(ProtocolError) as info:
         ipcproto.negotiate([3, 4])
-    assert info.value.code == "version_unsupported"
+    assert info.value.code.wire == "version_unsupported"

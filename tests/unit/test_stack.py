@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from cmanlk.errors import ErrorCode
 from cmanlk.services.base import Notification
 from cmanlk.services.sync import SyncState
 from cmanlk.services.votequorum.policy import QuorumConfig
@@ -143,7 +144,7 @@ def test_expected_votes_change_reaches_every_node():
     # A local request: refused below the votes present, accepted at 2.
     cluster._feed(node1, SetExpectedVotes(cluster.now, 1, request_id=7))
     refused = last(log[NodeId(1)], RequestResult)
-    assert (refused.request_id, refused.error) == (7, "invalid_param")
+    assert (refused.request_id, refused.error) == (7, ErrorCode.INVALID_PARAM)
     cluster._feed(node1, SetExpectedVotes(cluster.now, 2, request_id=8))
     assert last(log[NodeId(1)], RequestResult) == RequestResult(8)
     cluster.run_for(ms(3000))

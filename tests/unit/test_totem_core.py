@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from cmanlk.errors import ErrorCode, QueueFull, TooLarge
 from cmanlk.sim import Cluster, sim_config
 from cmanlk.sim.history import Delivered, Installed
 from cmanlk.totem import wire
@@ -29,6 +32,7 @@ from cmanlk.totem.events import (
     PacketReceived,
     Started,
 )
+from cmanlk.totem.totempg import MESSAGE_SIZE_MAX
 from cmanlk.types import Instant, NodeId, RingId, ms
 
 N = NodeId
@@ -182,17 +186,24 @@ def test_malformed_and_foreign_packets_are_counted_never_raised() -> None:
     assert core.state is MembState.OPERATIONAL
 
 
-def test_send_queue_full_is_refused_to_the_client() -> None:
+def test_send_queue_full_is_refused_with_try_again_and_too_large_with_too_large() -> None:
+    """The refusals are typed: QueueFull carries try_again (the code every retry loop looks
+    for: IPC server, client, dlmd), TooLarge too_large; a refused message is not queued."""
     core = Totem(TotemConfig.derive([N(1), N(2)], token_ms=200), N(1), random.Random(3))
     core.handle(Started(Instant(0)))
-    refused = 0
+    refused = []
     for _ in range(10):
+        free = core.send_queue_free_bytes
         try:
             core.handle(McastRequested(Instant(0), b"x" * 1_000_000))
-        except Exception as e:  # UsageError("try-again")
-            assert getattr(e, "code", "") == "try-again"
-            refused += 1
-    assert refused > 0
+        except QueueFull as e:
+            refused.append(e)
+            assert core.send_queue_free_bytes == free  # nothing queued
+    assert refused and all(e.code is ErrorCode.TRY_AGAIN for e in refused)
+    assert refused[0].code.wire == "try_again"
+    with pytest.raises(TooLarge) as big:
+        core.handle(McastRequested(Instant(0), bytes(MESSAGE_SIZE_MAX + 1)))
+    assert big.value.code is ErrorCode.TOO_LARGE
 
 
 def test_idle_ring_holds_the_token_and_stays_stable() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmanlk.errors import MalformedPacket
+from cmanlk.errors import ErrorCode, MalformedPacket, QueueFull, TooLarge, UsageError
 from cmanlk.totem.events import Guarantee
 from cmanlk.totem.totempg import (
     DEFAULT_MAX_QUEUE_BYTES,
@@ -161,9 +161,10 @@ def test_counter_restarts_for_each_message():
 
 def test_push_refuses_empty_and_too_large_messages():
     packer = Packer(MAX_FRAME)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UsageError, match="empty") as empty:
         packer.push(b"")
-    with pytest.raises(ValueError, match="exceeds the maximum"):
+    assert empty.value.code is ErrorCode.INVALID_PARAM
+    with pytest.raises(TooLarge, match="exceeds the maximum"):
         packer.push(b"x" * (MESSAGE_SIZE_MAX + 1))
     packer.push(b"x" * MESSAGE_SIZE_MAX)
     assert packer.max_message_bytes == MESSAGE_SIZE_MAX
@@ -173,8 +174,10 @@ def test_push_refuses_empty_and_too_large_messages():
 def test_push_refuses_when_queue_is_full_and_leaves_queue_intact():
     packer = Packer(MAX_FRAME, max_queue_bytes=10_000)
     packer.push(b"a" * 5000)
-    with pytest.raises(ValueError, match="send queue full"):
+    free = packer.free_bytes
+    with pytest.raises(QueueFull, match="send queue full"):
         packer.push(b"b" * 5000)
+    assert packer.free_bytes == free
     assert packer.pending_messages == 1
     drain(packer)
     packer.push(b"b" * 5000)  # room again after the frames went out
@@ -184,7 +187,7 @@ def test_push_refuses_when_queue_is_full_and_leaves_queue_intact():
 def test_many_tiny_messages_are_bounded_by_entry_cost():
     packer = Packer(MAX_FRAME)
     pushed = 0
-    with pytest.raises(ValueError, match="send queue full"):
+    with pytest.raises(QueueFull, match="send queue full"):
         for _ in range(DEFAULT_MAX_QUEUE_BYTES):
             packer.push(b"t")
             pushed += 1

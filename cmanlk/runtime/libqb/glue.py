@@ -33,9 +33,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from cmanlk.config import ClusterConfig, load_config
-from cmanlk.errors import ConfigError, UsageError
+from cmanlk.errors import ConfigError, ErrorCode, UsageError
 from cmanlk.runtime.libqb.server import LibqbServer
-from cmanlk.runtime.node import Node
+from cmanlk.runtime.node import Node, RequestBuilder
 from cmanlk.runtime.transport import LinkStatus
 from cmanlk.services.cfg.lib import CfgLib
 from cmanlk.services.cfg.service import NodeShutDown, ReloadRequested
@@ -68,9 +68,6 @@ class NodeView:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._next_request = FIRST_REQUEST_ID
-        self._awaiting = 0
-        self._answer: RequestResult | None = None
         self._ips: dict[str, list[str]] = {}
         self.libqb_counters: Callable[[], Mapping[str, int]] = dict
 
@@ -82,27 +79,15 @@ class NodeView:
     def now(self) -> Instant:
         return Instant(time.monotonic_ns())
 
-    def submit(self, make: Callable[[Instant, int], object]) -> RequestResult:
-        request_id = self._next_request
-        self._next_request += 1
-        self._awaiting, self._answer = request_id, None
+    def submit(self, make: RequestBuilder) -> RequestResult:
         try:
-            self.node.handle_request(make(self.now, request_id))
+            answer = self.node.submit(make)
         except UsageError as exc:
-            return RequestResult(request_id, exc.code, str(exc))
-        finally:
-            self._awaiting = 0
-        answer = self._answer
-        if answer is None:  # a core without the Stack's services (core="totem") answers nothing
-            return RequestResult(request_id, "not_supported", "this core does not serve local requests")
+            return RequestResult(0, exc.code, str(exc))
+        if isinstance(answer, asyncio.Future):  # the Stack answers while it handles a request
+            answer.cancel()
+            return RequestResult(0, ErrorCode.LIBRARY, "the core gave no answer to a local request")
         return answer
-
-    def take_answer(self, note: object) -> bool:
-        """Keep `note` if it answers the request being submitted (the listener calls this)."""
-        if isinstance(note, RequestResult) and note.request_id == self._awaiting:
-            self._answer = note
-            return True
-        return False
 
     def _stack(self) -> Stack | None:
         core = self.node.core
@@ -119,7 +104,8 @@ class NodeView:
         return svc if isinstance(svc, VotequorumService) else None
 
     def membership(self) -> tuple[RingId, tuple[NodeId, ...]]:
-        return self.node.ring_id, self.node.members
+        snapshot = self.node.snapshot()
+        return snapshot.ring_id, snapshot.members
 
     def config(self) -> ClusterConfig:
         return self.node.config
@@ -270,8 +256,7 @@ class NodeLibqb:
         self.server.deliver(self.cmap.reload(config))
 
     def _on_note(self, note: object) -> None:
-        if isinstance(note, RequestResult):
-            self.view.take_answer(note)
+        if isinstance(note, RequestResult):  # answers reach their submitter directly (Node.submit)
             return
         if isinstance(note, _CPG_ONLY):
             self.server.deliver(self.cpg.notify(note))

@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import ErrorCode, MalformedPacket, UsageError
 from cmanlk.services import wire as svcwire
 from cmanlk.services.base import CFG_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.totem.actions import ConfigKind, DeliverConfiguration
@@ -248,19 +248,21 @@ class CfgService:
             return [SendMessage(MESSAGE_REQ_EXEC_CFG_SHUTDOWN, encode_shutdown())]
         if isinstance(request, ReloadConfigRequest):
             if not 0 <= request.cookie < 1 << 64:
-                raise UsageError("invalid_param", f"cookie {request.cookie} is not a u64")
+                raise UsageError(ErrorCode.INVALID_PARAM, f"cookie {request.cookie} is not a u64")
             message = encode_reload_config(self.me, request.cookie)
             return [SendMessage(MESSAGE_REQ_EXEC_CFG_RELOAD_CONFIG, message)]
         if not isinstance(request, KillNodeRequest):
-            raise UsageError("not_supported", f"cfg takes no {type(request).__name__}")
+            raise UsageError(ErrorCode.NOT_SUPPORTED, f"cfg takes no {type(request).__name__}")
         if request.nodeid not in self.members:
             members = " ".join(str(m) for m in self.members) or "none"
             raise UsageError(
-                "not_found", f"node {request.nodeid} is not a member of the cluster (members: {members})"
+                ErrorCode.NOT_A_MEMBER,
+                f"node {request.nodeid} is not a member of the cluster (members: {members})",
             )
         reason = request.reason.encode("utf-8")
         if len(reason) > REASON_MAX_BYTES or b"\0" in reason:
-            raise UsageError("invalid_param", f"the reason must be at most {REASON_MAX_BYTES} bytes, no NUL")
+            text = f"the reason must be at most {REASON_MAX_BYTES} bytes, no NUL"
+            raise UsageError(ErrorCode.INVALID_PARAM, text)
         return [SendMessage(MESSAGE_REQ_EXEC_CFG_KILLNODE, encode_killnode(request.nodeid, reason))]
 
     # --- internals ---------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ import logging
 import struct
 from dataclasses import dataclass, field
 
+from cmanlk.errors import ErrorCode
 from cmanlk.services.base import CPG_SERVICE
 from cmanlk.services.cpg.service import (
     MAX_MESSAGE_BYTES,
@@ -251,7 +252,7 @@ class CpgLib(FaceBase[_Conn]):
             self._dispatch.count("mcast_not_joined")
             return []
         result = self._submit(CpgMcast(peer.handle, conn.group, message[40 : 40 + msglen]))
-        if result.error == "try_again":
+        if result.error is ErrorCode.TRY_AGAIN:
             return [Hold(peer.handle)]
         if result.error is not None:
             self._dispatch.count(f"mcast_refused_{result.error}")
@@ -295,7 +296,7 @@ class CpgLib(FaceBase[_Conn]):
             conn.partial, conn.partial_total = [], -1
             return self._answer(peer, RES_PARTIAL_SEND, CsError.ERR_INVALID_PARAM)
         result = self._submit(CpgMcast(peer.handle, conn.group, b"".join(conn.partial)))
-        if result.error == "try_again":
+        if result.error is ErrorCode.TRY_AGAIN:
             last = conn.partial.pop()  # presented again: take it off so it is not counted twice
             conn.partial_size -= len(last)
             return [Hold(peer.handle)]

@@ -64,7 +64,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NewType
 
-from cmanlk.errors import MalformedPacket, UsageError
+from cmanlk.errors import ErrorCode, MalformedPacket, QueueFull, TooLarge, UsageError
 from cmanlk.services.base import CPG_SERVICE, Notification, SendMessage, ServiceOutput
 from cmanlk.services.cpg.wire import (
     CPG_MAX_NAME_LENGTH,
@@ -114,7 +114,7 @@ MAX_IN_FLIGHT_BYTES = 2 * MESSAGE_SIZE_MAX
 IN_FLIGHT_ENTRY_COST_BYTES = MCAST_HEADER_SIZE + GROUP_HEADER_BYTES + QUEUE_ENTRY_COST_BYTES
 """Charged per message on top of its payload: what it costs in totempg's queue besides the payload
 (the headers and totempg's per-entry charge). Counting payload alone let a burst of tiny messages
-past totem's queue bound, where the accepted message was then dropped (Stack counts send_try-again)."""
+past totem's queue bound (the Stack now answers try_again first: stack.LOCAL_REQUEST_ROOM_BYTES)."""
 MAX_LOCAL_PROCESSES = 4096
 """Local (handle, group) memberships; 4096 × 144 bytes keeps our JOINLIST well under 1 MiB."""
 MAX_PROCESSES = 65536
@@ -276,6 +276,9 @@ class CpgService:
     def __init__(self, me: NodeId) -> None:
         self.me = me
         self._processes: list[_Process] = []  # corosync's process_info_list, (nodeid, pid) order
+        self.generation = 0
+        """Grows with every change of the process list (what `groups()` shows): the runtime's
+        status snapshot is rebuilt when it moves."""
         self._local: dict[tuple[Handle, bytes], LocalProcess] = {}
         self._old_members: tuple[NodeId, ...] = ()
         self._active_ring_id = NO_RING  # the ring whose members are _old_members
@@ -457,7 +460,7 @@ class CpgService:
                 return self._local_mcast(request)
             case ClientGone():
                 return self._client_gone(request.handle)
-        raise UsageError("invalid_param", f"cpg does not take {type(request).__name__}")
+        raise UsageError(ErrorCode.INVALID_PARAM, f"cpg does not take {type(request).__name__}")
 
     # --- queries (IPC, CLI) ------------------------------------------------------------------------
 
@@ -497,22 +500,22 @@ class CpgService:
 
     def _maybe_refuse_during_sync(self) -> None:
         if self._syncing or not self._synced_once:
-            raise UsageError("try_again", "cluster membership is being synchronised; retry")
+            raise UsageError(ErrorCode.TRY_AGAIN, "cluster membership is being synchronised; retry")
 
     def _local_join(self, req: CpgJoin) -> list[ServiceOutput]:
         _check_group(req.group)
         if not 0 <= req.pid <= 0xFFFFFFFF:
-            raise UsageError("invalid_param", f"pid {req.pid} is not a u32")
+            raise UsageError(ErrorCode.INVALID_PARAM, f"pid {req.pid} is not a u32")
         if any(p.pid == req.pid and p.group == req.group for p in self._local.values()):
-            raise UsageError("exist", f"pid {req.pid} already joined {req.group!r} on this node")
+            raise UsageError(ErrorCode.EXIST, f"pid {req.pid} already joined {req.group!r} on this node")
         current = self._local.get((req.handle, req.group))
         if current is not None:
-            code = "busy" if current.state is LocalState.LEAVE_STARTED else "exist"
+            code = ErrorCode.BUSY if current.state is LocalState.LEAVE_STARTED else ErrorCode.EXIST
             raise UsageError(code, f"this connection is already in {req.group!r} ({current.state.value})")
         if self._find(req.group, req.pid, self.me) is not None:
-            raise UsageError("try_again", f"the previous leave of pid {req.pid} is not delivered yet")
+            raise UsageError(ErrorCode.TRY_AGAIN, f"the previous leave of pid {req.pid} is not delivered yet")
         if len(self._local) >= MAX_LOCAL_PROCESSES:
-            raise UsageError("no_resources", f"at most {MAX_LOCAL_PROCESSES} local group memberships")
+            raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LOCAL_PROCESSES} local group memberships")
         self._maybe_refuse_during_sync()
         self._local[(req.handle, req.group)] = LocalProcess(
             req.handle, req.group, req.pid, LocalState.JOIN_STARTED, req.initial_totem_conf
@@ -524,9 +527,9 @@ class CpgService:
         _check_group(req.group)
         current = self._local.get((req.handle, req.group))
         if current is None or current.state is LocalState.LEAVE_STARTED:
-            raise UsageError("not_exist", f"this connection is not in {req.group!r}")
+            raise UsageError(ErrorCode.NOT_EXIST, f"this connection is not in {req.group!r}")
         if current.state is LocalState.JOIN_STARTED:
-            raise UsageError("busy", f"the join of {req.group!r} is not complete yet")
+            raise UsageError(ErrorCode.BUSY, f"the join of {req.group!r} is not complete yet")
         self._maybe_refuse_during_sync()
         current.state = LocalState.LEAVE_STARTED
         message = encode_procjoin(MESSAGE_REQ_EXEC_CPG_PROCLEAVE, req.group, current.pid, REASON_LEAVE)
@@ -536,13 +539,13 @@ class CpgService:
         _check_group(req.group)
         current = self._local.get((req.handle, req.group))
         if current is None or current.state is LocalState.LEAVE_STARTED:
-            raise UsageError("not_exist", f"this connection is not in {req.group!r}")
+            raise UsageError(ErrorCode.NOT_EXIST, f"this connection is not in {req.group!r}")
         if len(req.payload) > MAX_MESSAGE_BYTES:
-            raise UsageError("too_large", f"{len(req.payload)} bytes; at most {MAX_MESSAGE_BYTES}")
+            raise TooLarge(f"{len(req.payload)} bytes; at most {MAX_MESSAGE_BYTES}")
         self._maybe_refuse_during_sync()
         cost = len(req.payload) + IN_FLIGHT_ENTRY_COST_BYTES
         if self._in_flight_bytes and self._in_flight_bytes + cost > MAX_IN_FLIGHT_BYTES:
-            raise UsageError("try_again", f"{self._in_flight_bytes} bytes in flight; retry after deliveries")
+            raise QueueFull(f"{self._in_flight_bytes} bytes in flight; retry after deliveries")
         self._send_seq += 1
         self._in_flight.append((self._send_seq, cost))
         self._in_flight_bytes += cost
@@ -606,6 +609,7 @@ class CpgService:
         self, group: bytes, joined: tuple[CpgAddress, ...], left: tuple[CpgAddress, ...]
     ) -> list[ServiceOutput]:
         """notify_lib_joinlist: complete local joins, tell the group's handles, unjoin leavers."""
+        self.generation += 1  # every change of the process list comes through here
         completed: list[LocalProcess] = []
         for addr in joined:
             if addr.nodeid == self.me:
@@ -764,6 +768,7 @@ def _validate(function: int, message: bytes) -> None:
 
 def _check_group(group: bytes) -> None:
     if not group:
-        raise UsageError("invalid_param", "empty group name")
+        raise UsageError(ErrorCode.INVALID_PARAM, "empty group name")
     if len(group) > CPG_MAX_NAME_LENGTH:
-        raise UsageError("name_too_long", f"group name of {len(group)} bytes; at most {CPG_MAX_NAME_LENGTH}")
+        text = f"group name of {len(group)} bytes; at most {CPG_MAX_NAME_LENGTH}"
+        raise UsageError(ErrorCode.NAME_TOO_LONG, text)

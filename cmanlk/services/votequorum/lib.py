@@ -177,7 +177,7 @@ class VotequorumLib(FaceBase[_Conn]):
         votes, nodeid = struct.unpack_from("<Ii", message, 16)
         target = NodeId(nodeid & 0xFFFFFFFF)
         result = self.node.submit(lambda now, rid: SetVotes(now, target, votes, rid))
-        error = CsError.ERR_NAME_NOT_FOUND if result.error == "not_found" else cs_error(result.error)
+        error = cs_error(result.error)  # an unknown node: NOT_FOUND, CS_ERR_NAME_NOT_FOUND as corosync
         return [Response(peer.handle, response(RES_STATUS, error))]
 
     def _trackstart(self, peer: Peer, message: bytes) -> list[LibOutput]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from cmanlk.errors import ConfigError, ConfigProblem, UsageError
+from cmanlk.errors import ConfigError, ConfigProblem, ErrorCode, UsageError
 from cmanlk.types import NodeId, RingId
 
 QDEVICE_NODEID = NodeId(0)
@@ -427,15 +427,15 @@ class Quorum:
     def check_set_expected(self, expected_votes: int) -> None:
         """Validate a local request to set expected votes; applies it to members locally.
 
-        Raises UsageError("invalid_param") when lower than the total votes, or when it would
+        Raises UsageError(ErrorCode.INVALID_PARAM) when lower than the total votes, or when it would
         make a quorate cluster inquorate (votequorum's setexpected library handler).
         """
         if expected_votes <= 0:
-            raise UsageError("invalid_param", "expected votes must be positive")
+            raise UsageError(ErrorCode.INVALID_PARAM, "expected votes must be positive")
         new_quorum, total = self._calculate_quorum(True, expected_votes, use_downscale=False)
         if expected_votes < total or (self.is_quorate and new_quorum > total):
             raise UsageError(
-                "invalid_param",
+                ErrorCode.INVALID_PARAM,
                 f"expected votes {expected_votes} refused (total votes {total}, quorum {new_quorum})",
             )
         self._update_node_expected_votes(expected_votes)
@@ -443,20 +443,21 @@ class Quorum:
     def check_set_votes(self, nodeid: NodeId, votes: int) -> None:
         """Validate a local request to set `nodeid`'s votes (kept locally as votequorum does).
 
-        Raises UsageError("not_found") for an unknown node, UsageError("invalid_param") when the
+        Raises UsageError(NOT_FOUND) for an unknown node, UsageError(INVALID_PARAM) when the
         resulting quorum would be below half or above the total votes.
         """
         node = self._nodes.get(nodeid)
         if node is None or nodeid == QDEVICE_NODEID:
-            raise UsageError("not_found", f"node {nodeid} unknown")
+            raise UsageError(ErrorCode.NOT_FOUND, f"node {nodeid} unknown")
         if votes < 0:
-            raise UsageError("invalid_param", "votes must not be negative")
+            raise UsageError(ErrorCode.INVALID_PARAM, "votes must not be negative")
         saved = node.votes
         node.votes = votes
         new_quorum, total = self._calculate_quorum(True, 0)
         if new_quorum < total // 2 or new_quorum > total:
             node.votes = saved
-            raise UsageError("invalid_param", f"votes {votes} for {nodeid} refused (quorum {new_quorum})")
+            text = f"votes {votes} for {nodeid} refused (quorum {new_quorum})"
+            raise UsageError(ErrorCode.INVALID_PARAM, text)
 
     # --- the calculation (votequorum.c calculate_quorum / recalculate_quorum / are_we_quorate) ---
 
