@@ -138,6 +138,12 @@ class ErrorCode(enum.Enum):
         number: int = self.value[1]
         return number
 
+    @property
+    def cs_name(self) -> str:
+        """corosync's symbol for `cs_error` ("CS_OK", "CS_ERR_ACCESS", …), as its tools print it."""
+        member = _BY_CS_ERROR[self.cs_error]
+        return "CS_OK" if member is ErrorCode.OK else "CS_ERR_" + _CS_NAMES.get(member.name, member.name)
+
     @classmethod
     def from_wire(cls, text: str) -> ErrorCode | None:
         """The member an IPC error frame's `code` names (the first one for a shared string);
@@ -153,6 +159,9 @@ class ErrorCode(enum.Enum):
         return self.wire
 
 
+_CS_NAMES = {"PERMISSION_DENIED": "ACCESS", "NOT_FOUND": "NAME_NOT_FOUND", "TOO_LARGE": "TOO_BIG",
+             "VERSION_UNSUPPORTED": "VERSION"}
+"""The members whose name is cmanlk's wire word rather than corosync's (the module docstring)."""
 _BY_WIRE: dict[str, ErrorCode] = {}
 _BY_CS_ERROR: dict[int, ErrorCode] = {}
 for _member in ErrorCode:

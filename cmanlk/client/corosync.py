@@ -16,23 +16,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cmanlk.client.libqb import LibqbClient, LibqbError
+from cmanlk.errors import ErrorCode
 from cmanlk.services.cmap.store import TRACK_ADD, TRACK_DELETE, TRACK_MODIFY, TRACK_PREFIX, Value, ValueType
-from cmanlk.services.lib import CsError
 
 _REQ = struct.Struct("<i4xi4x")
 _NAME = struct.Struct("<H6x256s")
 
 
 class CmapError(Exception):
-    """A cmap or cfg call was refused; `error` is corosync's cs_error_t."""
+    """A cmap or cfg call was refused; `error` is the cs_error_t number the daemon answered,
+    `code` its ErrorCode (None for a number corosync does not define)."""
 
-    def __init__(self, what: str, error: int) -> None:
-        self.error = error
-        try:
-            name = CsError(error).name
-        except ValueError:
-            name = str(error)
-        super().__init__(f"{what}: CS_{name}")
+    def __init__(self, what: str, error: int | ErrorCode) -> None:
+        self.error = error.cs_error if isinstance(error, ErrorCode) else error
+        self.code = error if isinstance(error, ErrorCode) else ErrorCode.from_cs_error(error)
+        name = self.code.cs_name if self.code is not None else "cs_error_t"
+        super().__init__(f"{what}: {name} ({self.error})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +48,15 @@ class CmapChange:
 def _name(key: str) -> bytes:
     raw = key.encode()
     if len(raw) > 255:
-        raise CmapError(f"key {key[:40]}…", CsError.ERR_NAME_TOO_LONG)
+        raise CmapError(f"key {key[:40]}…", ErrorCode.NAME_TOO_LONG)
     return _NAME.pack(len(raw), raw)
 
 
 def _check(what: str, reply: bytes) -> bytes:
     if len(reply) < 24:
-        raise CmapError(what, CsError.ERR_LIBRARY)
+        raise CmapError(what, ErrorCode.LIBRARY)
     (error,) = struct.unpack_from("<i", reply, 16)
-    if error != CsError.OK:
+    if error != ErrorCode.OK.cs_error:
         raise CmapError(what, error)
     return reply
 
@@ -88,7 +87,7 @@ class Cmap:
     def get(self, key: str) -> Value | None:
         """The value of `key`, None when it does not exist (cmap_get with the size probe)."""
         probe = self.client.call(_REQ.pack(2, 288) + _name(key) + struct.pack("<Q", 0))
-        if len(probe) >= 24 and struct.unpack_from("<i", probe, 16)[0] == CsError.ERR_NOT_EXIST:
+        if len(probe) >= 24 and struct.unpack_from("<i", probe, 16)[0] == ErrorCode.NOT_EXIST.cs_error:
             return None
         _check(f"get {key}", probe)
         length, kind = struct.unpack_from("<QB", probe, 24)
@@ -117,7 +116,7 @@ class Cmap:
         try:
             while True:
                 reply = self.client.call(_REQ.pack(5, 24) + struct.pack("<Q", handle))
-                if struct.unpack_from("<i", reply, 16)[0] == CsError.ERR_NO_SECTIONS:
+                if struct.unpack_from("<i", reply, 16)[0] == ErrorCode.NO_SECTIONS.cs_error:
                     return
                 _check("iter_next", reply)
                 (length,) = struct.unpack_from("<H", reply, 24)

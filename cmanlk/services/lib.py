@@ -19,13 +19,12 @@ Faces never touch sockets or clocks: the runtime (cmanlk/runtime/libqb/) moves t
 the node is reached through `NodeView`, a small protocol the runtime implements over the running
 Stack (its pure services, the membership, the configuration) and the tests over a twin.
 
-Errors are corosync's `cs_error_t` (include/corosync/corotypes.h), not errno; `cs_error()` maps
+Errors are corosync's `cs_error_t` (include/corosync/corotypes.h), not errno; `result_code()` maps
 the codes of cmanlk's UsageError onto them — the one table to switch when ErrorCode lands.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,44 +45,10 @@ if TYPE_CHECKING:
     from cmanlk.stack import RequestResult
 
 
-class CsError(enum.IntEnum):
-    """corosync's cs_error_t."""
-
-    OK = 1
-    ERR_LIBRARY = 2
-    ERR_VERSION = 3
-    ERR_INIT = 4
-    ERR_TIMEOUT = 5
-    ERR_TRY_AGAIN = 6
-    ERR_INVALID_PARAM = 7
-    ERR_NO_MEMORY = 8
-    ERR_BAD_HANDLE = 9
-    ERR_BUSY = 10
-    ERR_ACCESS = 11
-    ERR_NOT_EXIST = 12
-    ERR_NAME_TOO_LONG = 13
-    ERR_EXIST = 14
-    ERR_NO_SPACE = 15
-    ERR_INTERRUPT = 16
-    ERR_NAME_NOT_FOUND = 17
-    ERR_NO_RESOURCES = 18
-    ERR_NOT_SUPPORTED = 19
-    ERR_BAD_OPERATION = 20
-    ERR_FAILED_OPERATION = 21
-    ERR_MESSAGE_ERROR = 22
-    ERR_QUEUE_FULL = 23
-    ERR_QUEUE_NOT_AVAILABLE = 24
-    ERR_BAD_FLAGS = 25
-    ERR_TOO_BIG = 26
-    ERR_NO_SECTIONS = 27
-    ERR_CONTEXT_NOT_FOUND = 28
-    ERR_TOO_MANY_GROUPS = 30
-    ERR_SECURITY = 100
-
-
-def cs_error(code: ErrorCode | None) -> CsError:
-    """corosync's cs_error_t for a refusal's code (None: CS_OK); cmanlk.errors.ErrorCode's table."""
-    return CsError.OK if code is None else CsError(code.cs_error)
+def result_code(code: ErrorCode | None) -> ErrorCode:
+    """What a libqb answer carries for a local request's result (`RequestResult.error`): OK when
+    it was taken, else the refusal's code (its cs_error_t is ErrorCode's table)."""
+    return ErrorCode.OK if code is None else code
 
 
 # --- messages ------------------------------------------------------------------------------------
@@ -94,9 +59,10 @@ _REQ_HEADER = struct.Struct("<i4xi4x")
 _RES_HEADER = struct.Struct("<i4xi4xi4x")
 
 
-def response(message_id: int, error: int, body: bytes = b"") -> bytes:
-    """A response or event: the 24-byte header (its size counts `body`) followed by `body`."""
-    return _RES_HEADER.pack(message_id, RESPONSE_HEADER_SIZE + len(body), error) + body
+def response(message_id: int, error: ErrorCode, body: bytes = b"") -> bytes:
+    """A response or event: the 24-byte header (its size counts `body`; the error is `error`'s
+    cs_error_t) followed by `body`."""
+    return _RES_HEADER.pack(message_id, RESPONSE_HEADER_SIZE + len(body), error.cs_error) + body
 
 
 def padded(body: bytes, size: int) -> bytes:
@@ -306,7 +272,7 @@ class Dispatcher:
             self.count(exc.reason)
             if message_id in self.silent_ids:
                 return []
-            return [Response(peer.handle, response(0, CsError.ERR_INVALID_PARAM))]
+            return [Response(peer.handle, response(0, ErrorCode.INVALID_PARAM))]
 
     def count(self, reason: str) -> None:
         self.stats[reason] = self.stats.get(reason, 0) + 1

@@ -23,10 +23,10 @@ import pytest
 
 from cmanlk.client.corosync import Cmap, CmapError
 from cmanlk.client.libqb import LibqbClient, LibqbError
+from cmanlk.errors import ErrorCode
 from cmanlk.runtime.libqb import setup
 from cmanlk.runtime.libqb.server import LibqbServer
 from cmanlk.services.cmap.store import text, u8
-from cmanlk.services.lib import CsError
 from tests.unit.libqbfaces import FaceCluster, cmap_get, cpg_join, cpg_mcast, error_of, header, id_of
 
 
@@ -110,7 +110,7 @@ async def test_cmap_get_set_and_iterate_over_both_channel_types(shm: Path, chann
         ]
         with pytest.raises(CmapError) as info:
             await asyncio.to_thread(cmap.set, "totem.transport", text("knet"))
-        assert info.value.error == CsError.ERR_ACCESS
+        assert info.value.code is ErrorCode.PERMISSION_DENIED and info.value.error == 11
         assert len(connection_dirs(shm)) == 1
         client.close()
         for _ in range(100):
@@ -134,7 +134,7 @@ async def test_events_reach_the_client_and_tracks_follow_other_connections(shm: 
         change = await asyncio.to_thread(lambda: next(watcher.changes(5.0)))
         assert (change.key, change.new, change.old) == ("runtime.test.a", u8(7), None)
         cpg = await h.connect("cpg")
-        assert error_of(await h.call(cpg, cpg_join(b"grp", 99))) == CsError.OK
+        assert error_of(await h.call(cpg, cpg_join(b"grp", 99))) == ErrorCode.OK
         h.pump()
         confchg = await asyncio.to_thread(cpg.event, 5.0)
         assert confchg is not None and id_of(confchg) == 4
@@ -195,7 +195,7 @@ async def test_a_garbage_handshake_and_a_silent_client_are_closed(shm: Path) -> 
         bad.close()
         assert h.server.stats.get("setup_not_authenticate") == 1
         client = await h.connect("cmap")  # the server is still fine
-        assert error_of(await h.call(client, cmap_get("totem.token"))) == CsError.OK
+        assert error_of(await h.call(client, cmap_get("totem.token"))) == ErrorCode.OK
         client.close()
     finally:
         await h.server.close()
@@ -217,7 +217,7 @@ async def test_a_client_that_truncates_its_ring_is_disconnected_not_the_daemon(s
         assert not h.server.sessions and h.server.stats.get("channel_broken") == 1
         client.close()
         other = await h.connect("cmap")
-        assert error_of(await h.call(other, cmap_get("totem.token"))) == CsError.OK
+        assert error_of(await h.call(other, cmap_get("totem.token"))) == ErrorCode.OK
         other.close()
     finally:
         await h.server.close()
@@ -230,7 +230,7 @@ async def test_a_client_that_never_reads_its_events_is_throttled_then_disconnect
     try:
         sleeper = await h.connect("cpg")
         (sleeper_handle,) = h.server.sessions
-        assert error_of(await h.call(sleeper, cpg_join(b"flood", 7))) == CsError.OK
+        assert error_of(await h.call(sleeper, cpg_join(b"flood", 7))) == ErrorCode.OK
         h.pump()
         throttled = False
         for _ in range(2000):  # its own messages come back to it: its ring fills, then its queue
@@ -243,7 +243,7 @@ async def test_a_client_that_never_reads_its_events_is_throttled_then_disconnect
             h.pump(20)
         assert throttled and h.server.sessions  # throttled: its sends wait, its backlog is bounded
         sender = await h.connect("cpg")
-        assert error_of(await h.call(sender, cpg_join(b"flood", 8))) == CsError.OK
+        assert error_of(await h.call(sender, cpg_join(b"flood", 8))) == ErrorCode.OK
         for _ in range(2000):  # another member keeps talking: the sleeper's backlog passes the bound
             await asyncio.to_thread(sender.send, cpg_mcast(bytes(4000)))
             h.pump(20)

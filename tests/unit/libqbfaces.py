@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cmanlk.config import ClusterConfig, parse_config
+from cmanlk.errors import ErrorCode
 from cmanlk.runtime.transport import LinkStatus, PeerReachability
 from cmanlk.services.base import Notification
 from cmanlk.services.cfg.lib import CfgLib
@@ -281,8 +282,10 @@ def cmap_track_add(key: str, track_type: int, cookie: int) -> bytes:
     return header(7, 296) + cmap_name(key) + struct.pack("<i4xQ", track_type, cookie)
 
 
-def error_of(data: bytes) -> int:
-    return int(struct.unpack_from("<i", data, 16)[0])
+def error_of(data: bytes) -> ErrorCode | int:
+    """The answer's cs_error_t as an ErrorCode (the number itself when corosync defines none)."""
+    number = int(struct.unpack_from("<i", data, 16)[0])
+    return ErrorCode.from_cs_error(number) or number
 
 
 def id_of(data: bytes) -> int:

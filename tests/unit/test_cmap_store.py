@@ -9,6 +9,7 @@ services cmanlkd does not run (pload, mon, wd), `resources.*` (the watchdog serv
 from __future__ import annotations
 
 from cmanlk.config import parse_config
+from cmanlk.errors import ErrorCode
 from cmanlk.services.cmap.keys import config_keys, member_ip_text, start_keys
 from cmanlk.services.cmap.store import (
     MAX_KEYS,
@@ -26,7 +27,6 @@ from cmanlk.services.cmap.store import (
     u8,
     u32,
 )
-from cmanlk.services.lib import CsError
 from cmanlk.types import NodeId
 
 PROBE = """\
@@ -166,14 +166,14 @@ def test_member_ip_is_printed_as_corosync_prints_it() -> None:
 def test_setting_the_same_value_changes_nothing_and_notifies_nobody() -> None:
     store = CmapStore()
     error, _track = store.track_add("a.b", TRACK_ADD | TRACK_MODIFY | TRACK_DELETE)
-    assert error is CsError.OK
+    assert error is ErrorCode.OK
     assert store.set("a.b", u32(1))[1][0].event == TRACK_ADD
-    assert store.set("a.b", u32(1)) == (CsError.OK, [])
+    assert store.set("a.b", u32(1)) == (ErrorCode.OK, [])
     (change,) = store.set("a.b", u32(2))[1]
     assert (change.event, change.new, change.old) == (TRACK_MODIFY, u32(2), u32(1))
     (gone,) = store.delete("a.b")[1]
     assert (gone.event, gone.new, gone.old) == (TRACK_DELETE, None, u32(2))
-    assert store.delete("a.b")[0] is CsError.ERR_NOT_EXIST
+    assert store.delete("a.b")[0] is ErrorCode.NOT_EXIST
 
 
 def test_prefix_tracks_see_every_key_below_and_key_tracks_only_theirs() -> None:
@@ -189,11 +189,11 @@ def test_prefix_tracks_see_every_key_below_and_key_tracks_only_theirs() -> None:
 
 def test_names_values_and_read_only_keys_follow_icmap() -> None:
     store = CmapStore()
-    assert store.set("ab", u8(1))[0] is CsError.ERR_NAME_TOO_LONG  # shorter than 3
-    assert store.set("a b c", u8(1))[0] is CsError.ERR_NAME_TOO_LONG  # a space
-    assert store.set("x" * 256, u8(1))[0] is CsError.ERR_NAME_TOO_LONG
-    assert store.set("nodelist.node.0.nodeid", u32(9))[0] is CsError.ERR_ACCESS
-    assert store.set("totem.cluster_name", text("x"))[0] is CsError.ERR_ACCESS
+    assert store.set("ab", u8(1))[0] is ErrorCode.NAME_TOO_LONG  # shorter than 3
+    assert store.set("a b c", u8(1))[0] is ErrorCode.NAME_TOO_LONG  # a space
+    assert store.set("x" * 256, u8(1))[0] is ErrorCode.NAME_TOO_LONG
+    assert store.set("nodelist.node.0.nodeid", u32(9))[0] is ErrorCode.PERMISSION_DENIED
+    assert store.set("totem.cluster_name", text("x"))[0] is ErrorCode.PERMISSION_DENIED
     assert is_read_only("quorum.wait_for_all") and not is_read_only("quorum.expected_votes")
     assert check_value(int(ValueType.UINT32), b"\1\2\3") is None  # wrong size
     assert check_value(int(ValueType.STRING), b"abc\0") == text("abc")
@@ -205,11 +205,11 @@ def test_names_values_and_read_only_keys_follow_icmap() -> None:
 def test_adjust_int_wraps_like_c_and_refuses_strings() -> None:
     store = CmapStore()
     store.set("c.n.t", Value.of(ValueType.UINT8, 255))
-    assert store.adjust_int("c.n.t", 1)[0] is CsError.OK and store.get("c.n.t") == Value.of(
+    assert store.adjust_int("c.n.t", 1)[0] is ErrorCode.OK and store.get("c.n.t") == Value.of(
         ValueType.UINT8, 0
     )
     store.set("s.t.r", text("x"))
-    assert store.adjust_int("s.t.r", 1)[0] is CsError.ERR_INVALID_PARAM
+    assert store.adjust_int("s.t.r", 1)[0] is ErrorCode.INVALID_PARAM
 
 
 def test_iteration_is_byte_ordered_and_the_store_is_bounded() -> None:
@@ -219,6 +219,6 @@ def test_iteration_is_byte_ordered_and_the_store_is_bounded() -> None:
     assert store.keys("a.") == ["a.a.c", "a.b", "a.z"]
     assert store.keys() == ["a.a.c", "a.b", "a.z", "b.x"]
     for i in range(MAX_KEYS - len(store)):
-        assert store.set(f"k.{i}", u8(1))[0] is CsError.OK
-    assert store.set("one.more", u8(1))[0] is CsError.ERR_NO_RESOURCES
-    assert store.set("k.0", u8(2))[0] is CsError.OK  # changing an existing key is still allowed
+        assert store.set(f"k.{i}", u8(1))[0] is ErrorCode.OK
+    assert store.set("one.more", u8(1))[0] is ErrorCode.NO_RESOURCES
+    assert store.set("k.0", u8(2))[0] is ErrorCode.OK  # changing an existing key is still allowed

@@ -44,7 +44,7 @@ from cmanlk.services.cmap.service import CmapSync
 from cmanlk.services.cmap.store import Value, u64
 from cmanlk.services.cpg.lib import CpgLib
 from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
-from cmanlk.services.lib import CsError, LibFace
+from cmanlk.services.lib import LibFace
 from cmanlk.services.quorum.lib import QuorumLib
 from cmanlk.services.votequorum.lib import VotequorumLib
 from cmanlk.services.votequorum.service import VotequorumService
@@ -279,13 +279,13 @@ class NodeLibqb:
 
     def _reload(self, note: ReloadRequested) -> None:
         log.info("configuration reload requested by node %d (corosync-cfgtool -R)", note.requester)
-        status = CsError.OK
+        status = ErrorCode.OK
         try:
             config = load_config(self.node.config.source)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload: %s", problem)
-            status = CsError.ERR_INVALID_PARAM
+            status = ErrorCode.INVALID_PARAM
             config = self.node.config
         else:
             self.node.request_reload(config)

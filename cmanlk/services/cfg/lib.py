@@ -47,21 +47,21 @@ import struct
 from dataclasses import dataclass, field
 
 from cmanlk.config import TransportKind
+from cmanlk.errors import ErrorCode
 from cmanlk.services.base import CFG_SERVICE
 from cmanlk.services.cfg.service import KillNodeRequest, ReloadConfigRequest, ShutdownRequest
 from cmanlk.services.cmap.store import CmapStore, ValueType
 from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
-    CsError,
     Event,
     FaceBase,
     LibOutput,
     NodeView,
     Peer,
     Response,
-    cs_error,
     padded,
     response,
+    result_code,
 )
 from cmanlk.stack import ServiceRequest
 from cmanlk.types import Instant, NodeId, after, ms
@@ -162,7 +162,7 @@ class CfgLib(FaceBase[None]):
             return []
         vote.no = vote.expected
         out = self._check_vote()
-        testshutdown = response(RES_TESTSHUTDOWN, CsError.ERR_TIMEOUT, padded(_U32.pack(vote.flags), 8))
+        testshutdown = response(RES_TESTSHUTDOWN, ErrorCode.TIMEOUT, padded(_U32.pack(vote.flags), 8))
         out += [Event(h, testshutdown) for h in self._s.trackers]
         return out
 
@@ -174,10 +174,10 @@ class CfgLib(FaceBase[None]):
         """TESTSHUTDOWN to every tracker, outside a vote: the daemon was told to leave and will
         ("forced", pacemakerd logs); their replies are answered CS_ERR_ACCESS, as corosync answers
         a reply with no vote open."""
-        testshutdown = response(RES_TESTSHUTDOWN, CsError.OK, padded(_U32.pack(flags), 8))
+        testshutdown = response(RES_TESTSHUTDOWN, ErrorCode.OK, padded(_U32.pack(flags), 8))
         return [Event(h, testshutdown) for h in self._s.trackers]
 
-    def reloaded(self, cookie: int, status: CsError) -> list[LibOutput]:
+    def reloaded(self, cookie: int, status: ErrorCode) -> list[LibOutput]:
         """Our RELOAD_CONFIG came back and this node reloaded: answer the waiting client."""
         handle = self._s.reloads.pop(cookie, None)
         if handle is None:
@@ -194,10 +194,10 @@ class CfgLib(FaceBase[None]):
             names[i * 128 : i * 128 + len(name)] = name[:127]
             statuses[i * 512 : i * 512 + len(status)] = status[:511]
         body = padded(_U32.pack(len(rings)), 8) + bytes(names) + bytes(statuses)
-        return [Response(peer.handle, response(RES_RINGSTATUSGET, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_RINGSTATUSGET, ErrorCode.OK, body))]
 
     def _ringreenable(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        return [Response(peer.handle, response(RES_RINGREENABLE, CsError.ERR_NOT_SUPPORTED))]
+        return [Response(peer.handle, response(RES_RINGREENABLE, ErrorCode.NOT_SUPPORTED))]
 
     def _killnode(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (nodeid,) = _U32.unpack_from(message, 16)
@@ -206,30 +206,30 @@ class CfgLib(FaceBase[None]):
         reason = raw.decode("utf-8", "replace")
         request = KillNodeRequest(NodeId(nodeid), reason)
         result = self.node.submit(lambda now, rid: ServiceRequest(now, CFG_SERVICE, request, rid))
-        return [Response(peer.handle, response(RES_KILLNODE, cs_error(result.error)))]
+        return [Response(peer.handle, response(RES_KILLNODE, result_code(result.error)))]
 
     def _tryshutdown(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (flags,) = _U32.unpack_from(message, 16)
         s = self._s
         if flags == SHUTDOWN_IMMEDIATE:
-            return [Response(peer.handle, response(RES_TRYSHUTDOWN, CsError.OK)), *self._shut_down()]
+            return [Response(peer.handle, response(RES_TRYSHUTDOWN, ErrorCode.OK)), *self._shut_down()]
         if s.vote is not None:
-            return [Response(peer.handle, response(RES_TRYSHUTDOWN, CsError.ERR_EXIST))]
+            return [Response(peer.handle, response(RES_TRYSHUTDOWN, ErrorCode.EXIST))]
         others = [h for h in s.trackers if h != peer.handle]
         if not others:
-            return [Response(peer.handle, response(RES_TRYSHUTDOWN, CsError.OK)), *self._shut_down()]
+            return [Response(peer.handle, response(RES_TRYSHUTDOWN, ErrorCode.OK)), *self._shut_down()]
         for handle in others:
             s.trackers[handle] = None
         deadline = after(self.node.now, ms(self._shutdown_timeout_ms()))
         s.vote = _Vote(peer.handle, flags, len(others), deadline)
-        testshutdown = response(RES_TESTSHUTDOWN, CsError.OK, padded(_U32.pack(flags), 8))
+        testshutdown = response(RES_TESTSHUTDOWN, ErrorCode.OK, padded(_U32.pack(flags), 8))
         return [Event(h, testshutdown) for h in others]  # the answer waits for the vote
 
     def _replytoshutdown(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (reply,) = _U32.unpack_from(message, 16)
         vote = self._s.vote
         if vote is None:
-            return [Response(peer.handle, response(RES_REPLYTOSHUTDOWN, CsError.ERR_ACCESS))]
+            return [Response(peer.handle, response(RES_REPLYTOSHUTDOWN, ErrorCode.PERMISSION_DENIED))]
         if reply:
             vote.yes += 1
         else:
@@ -237,7 +237,7 @@ class CfgLib(FaceBase[None]):
         if peer.handle in self._s.trackers:
             self._s.trackers[peer.handle] = REPLY_YES if reply else REPLY_NO
         out = self._check_vote()
-        return [*out, Response(peer.handle, response(RES_REPLYTOSHUTDOWN, CsError.OK))]
+        return [*out, Response(peer.handle, response(RES_REPLYTOSHUTDOWN, ErrorCode.OK))]
 
     def _get_node_addrs(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (nodeid,) = _U32.unpack_from(message, 16)
@@ -252,29 +252,29 @@ class CfgLib(FaceBase[None]):
             family = family or (AF_INET if ip.version == 4 else AF_INET6)
             packed.append(ip.packed.ljust(16, b"\0"))
         if not packed:
-            return [Response(peer.handle, response(RES_GET_NODE_ADDRS, CsError.ERR_NOT_EXIST, bytes(8)))]
+            return [Response(peer.handle, response(RES_GET_NODE_ADDRS, ErrorCode.NOT_EXIST, bytes(8)))]
         body = struct.pack("<II", family, len(packed)) + b"".join(packed)
-        return [Response(peer.handle, response(RES_GET_NODE_ADDRS, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_GET_NODE_ADDRS, ErrorCode.OK, body))]
 
     def _local_get(self, peer: Peer, message: bytes) -> list[LibOutput]:
         body = padded(_U32.pack(self.node.me), 8)
-        return [Response(peer.handle, response(RES_LOCAL_GET, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_LOCAL_GET, ErrorCode.OK, body))]
 
     def _reload_config(self, peer: Peer, message: bytes) -> list[LibOutput]:
         s = self._s
         if len(s.reloads) >= MAX_PENDING_RELOADS:
-            return [Response(peer.handle, response(RES_RELOAD_CONFIG, CsError.ERR_TRY_AGAIN))]
+            return [Response(peer.handle, response(RES_RELOAD_CONFIG, ErrorCode.TRY_AGAIN))]
         cookie = s.next_cookie
         s.next_cookie += 1
         request = ReloadConfigRequest(cookie)
         result = self.node.submit(lambda now, rid: ServiceRequest(now, CFG_SERVICE, request, rid))
         if result.error is not None:
-            return [Response(peer.handle, response(RES_RELOAD_CONFIG, cs_error(result.error)))]
+            return [Response(peer.handle, response(RES_RELOAD_CONFIG, result_code(result.error)))]
         s.reloads[cookie] = peer.handle  # answered by `reloaded` (module docstring)
         return []
 
     def _reopen_log_files(self, peer: Peer, message: bytes) -> list[LibOutput]:
-        error = CsError.OK if self.node.reopen_logs() else CsError.ERR_LIBRARY
+        error = ErrorCode.OK if self.node.reopen_logs() else ErrorCode.LIBRARY
         return [Response(peer.handle, response(RES_REOPEN_LOG_FILES, error))]
 
     def _nodestatusget(self, peer: Peer, message: bytes) -> list[LibOutput]:
@@ -283,11 +283,11 @@ class CfgLib(FaceBase[None]):
         target = NodeId(nodeid)
         if self.node.config().node(target) is None:
             return [
-                Response(peer.handle, response(RES_NODESTATUSGET, CsError.ERR_FAILED_OPERATION, bytes(8)))
+                Response(peer.handle, response(RES_NODESTATUSGET, ErrorCode.FAILED_OPERATION, bytes(8)))
             ]
         if version != NODE_STATUS_V1:
-            return [Response(peer.handle, response(RES_NODESTATUSGET, CsError.ERR_NOT_SUPPORTED, bytes(8)))]
-        return [Response(peer.handle, response(RES_NODESTATUSGET, CsError.OK, self._node_status(target)))]
+            return [Response(peer.handle, response(RES_NODESTATUSGET, ErrorCode.NOT_SUPPORTED, bytes(8)))]
+        return [Response(peer.handle, response(RES_NODESTATUSGET, ErrorCode.OK, self._node_status(target)))]
 
     def _trackstart(self, peer: Peer, message: bytes) -> list[LibOutput]:
         s = self._s
@@ -296,14 +296,14 @@ class CfgLib(FaceBase[None]):
             s.trackers[peer.handle] = None
             if s.vote is not None:  # a vote is running: ask the newcomer too
                 s.vote.expected += 1
-                testshutdown = response(RES_TESTSHUTDOWN, CsError.OK, padded(_U32.pack(s.vote.flags), 8))
+                testshutdown = response(RES_TESTSHUTDOWN, ErrorCode.OK, padded(_U32.pack(s.vote.flags), 8))
                 out.append(Event(peer.handle, testshutdown))
-        out.append(Response(peer.handle, response(RES_STATETRACKSTART, CsError.OK)))
+        out.append(Response(peer.handle, response(RES_STATETRACKSTART, ErrorCode.OK)))
         return out
 
     def _trackstop(self, peer: Peer, message: bytes) -> list[LibOutput]:
         out = self._remove_tracker(peer.handle)
-        return [*out, Response(peer.handle, response(RES_STATETRACKSTOP, CsError.OK))]
+        return [*out, Response(peer.handle, response(RES_STATETRACKSTOP, ErrorCode.OK))]
 
     # --- the vote --------------------------------------------------------------------------------
 
@@ -329,8 +329,8 @@ class CfgLib(FaceBase[None]):
             return []
         self._s.vote = None
         if vote.yes >= vote.expected or vote.flags == SHUTDOWN_REGARDLESS:
-            return [Response(vote.requester, response(RES_TRYSHUTDOWN, CsError.OK)), *self._shut_down()]
-        return [Response(vote.requester, response(RES_TRYSHUTDOWN, CsError.ERR_BUSY))]
+            return [Response(vote.requester, response(RES_TRYSHUTDOWN, ErrorCode.OK)), *self._shut_down()]
+        return [Response(vote.requester, response(RES_TRYSHUTDOWN, ErrorCode.BUSY))]
 
     def _shut_down(self) -> list[LibOutput]:
         self.shutdowns += 1

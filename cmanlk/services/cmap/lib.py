@@ -46,6 +46,7 @@ import struct
 from dataclasses import dataclass, field
 
 from cmanlk.config import ClusterConfig
+from cmanlk.errors import ErrorCode
 from cmanlk.services import wire as svcwire
 from cmanlk.services.base import CMAP_SERVICE
 from cmanlk.services.cmap.keys import config_keys, member_ip_text, start_keys
@@ -62,7 +63,6 @@ from cmanlk.services.cmap.store import (
 )
 from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
-    CsError,
     Event,
     FaceBase,
     LibOutput,
@@ -191,7 +191,7 @@ class CmapLib(FaceBase[_Conn]):
         """Set a key as the daemon (read-only keys too); callbacks for its tracks."""
         return self._callbacks(self.store.set(key, value, force=True)[1])
 
-    def reload(self, config: ClusterConfig, status: CsError = CsError.OK) -> list[LibOutput]:
+    def reload(self, config: ClusterConfig, status: ErrorCode = ErrorCode.OK) -> list[LibOutput]:
         """Replace the configuration keys with `config`'s (cfg reload, SIGHUP), as cfg.c does.
 
         `status` is the reload's outcome, stored in config.reload_status; keys fixed at run time
@@ -200,9 +200,9 @@ class CmapLib(FaceBase[_Conn]):
         changes: list[Change] = []
         changes += self.store.set("config.totemconfig_reload_in_progress", u8(1), force=True)[1]
         changes += self.store.set("config.reload_in_progress", u8(1), force=True)[1]
-        if status is CsError.OK:
+        if status is ErrorCode.OK:
             changes += self._replace_config(config)
-        changes += self.store.set("config.reload_status", i32(int(status)), force=True)[1]
+        changes += self.store.set("config.reload_status", i32(status.cs_error), force=True)[1]
         changes += self.store.set("config.totemconfig_reload_in_progress", u8(0), force=True)[1]
         changes += self.store.set("config.reload_in_progress", u8(0), force=True)[1]
         return self._callbacks(changes)
@@ -270,18 +270,18 @@ class CmapLib(FaceBase[_Conn]):
         error, changes = self._write(peer, key, kind, message[296 : 296 + length])
         return [Response(peer.handle, response(REQ_SET, error)), *self._callbacks(changes)]
 
-    def _write(self, peer: Peer, key: str, kind: int, data: bytes) -> tuple[CsError, list[Change]]:
+    def _write(self, peer: Peer, key: str, kind: int, data: bytes) -> tuple[ErrorCode, list[Change]]:
         if self._conn(peer.handle).map == MAP_STATS:
-            return CsError.ERR_NOT_SUPPORTED, []
+            return ErrorCode.NOT_SUPPORTED, []
         value = check_value(kind, data)
         if value is None:
-            return CsError.ERR_INVALID_PARAM, []
+            return ErrorCode.INVALID_PARAM, []
         return self.store.set(key, value)
 
     def _delete(self, peer: Peer, message: bytes) -> list[LibOutput]:
         key = _key(message, 16)
         if self._conn(peer.handle).map == MAP_STATS:
-            return [Response(peer.handle, response(REQ_DELETE, CsError.ERR_NOT_SUPPORTED))]
+            return [Response(peer.handle, response(REQ_DELETE, ErrorCode.NOT_SUPPORTED))]
         error, changes = self.store.delete(key)
         return [Response(peer.handle, response(REQ_DELETE, error)), *self._callbacks(changes)]
 
@@ -290,17 +290,17 @@ class CmapLib(FaceBase[_Conn]):
         (room,) = _U64.unpack_from(message, 280)
         value = self._lookup(peer.handle, key)
         if value is None:
-            return [Response(peer.handle, response(REQ_GET, CsError.ERR_NOT_EXIST, bytes(16)))]
+            return [Response(peer.handle, response(REQ_GET, ErrorCode.NOT_EXIST, bytes(16)))]
         if room and room < len(value.data):
-            return [Response(peer.handle, response(REQ_GET, CsError.ERR_INVALID_PARAM, bytes(16)))]
+            return [Response(peer.handle, response(REQ_GET, ErrorCode.INVALID_PARAM, bytes(16)))]
         body = _GET_HEAD.pack(len(value.data), int(value.type)) + (value.data if room else b"")
-        return [Response(peer.handle, response(REQ_GET, CsError.OK, body))]
+        return [Response(peer.handle, response(REQ_GET, ErrorCode.OK, body))]
 
     def _adjust_int(self, peer: Peer, message: bytes) -> list[LibOutput]:
         key = _key(message, 16)
         (step,) = _I32.unpack_from(message, 280)
         if self._conn(peer.handle).map == MAP_STATS:
-            return [Response(peer.handle, response(REQ_ADJUST_INT, CsError.ERR_NOT_SUPPORTED))]
+            return [Response(peer.handle, response(REQ_ADJUST_INT, ErrorCode.NOT_SUPPORTED))]
         error, changes = self.store.adjust_int(key, step)
         return [Response(peer.handle, response(REQ_ADJUST_INT, error)), *self._callbacks(changes)]
 
@@ -311,14 +311,14 @@ class CmapLib(FaceBase[_Conn]):
         (length,) = struct.unpack_from("<H", message, 16)
         prefix = _key(message, 16) if length else ""
         if len(conn.iterators) >= MAX_ITERATORS:
-            return [Response(peer.handle, response(REQ_ITER_INIT, CsError.ERR_NO_RESOURCES, bytes(8)))]
+            return [Response(peer.handle, response(REQ_ITER_INIT, ErrorCode.NO_RESOURCES, bytes(8)))]
         if conn.map == MAP_STATS:
             keys = sorted(k for k in self.node.stats_keys() if k.startswith(prefix))
         else:
             keys = self.store.keys(prefix)
         handle = self._new_handle()
         conn.iterators[handle] = (keys, 0)
-        return [Response(peer.handle, response(REQ_ITER_INIT, CsError.OK, _U64.pack(handle)))]
+        return [Response(peer.handle, response(REQ_ITER_INIT, ErrorCode.OK, _U64.pack(handle)))]
 
     def _iter_next(self, peer: Peer, message: bytes) -> list[LibOutput]:
         conn = self._conn(peer.handle)
@@ -326,7 +326,7 @@ class CmapLib(FaceBase[_Conn]):
         found = conn.iterators.get(handle)
         empty = bytes(304 - 24)
         if found is None:
-            return [Response(peer.handle, response(REQ_ITER_NEXT, CsError.ERR_BAD_HANDLE, empty))]
+            return [Response(peer.handle, response(REQ_ITER_NEXT, ErrorCode.BAD_HANDLE, empty))]
         keys, position = found
         while position < len(keys):
             key = keys[position]
@@ -335,14 +335,14 @@ class CmapLib(FaceBase[_Conn]):
             if value is not None:
                 conn.iterators[handle] = (keys, position)
                 body = _name(key) + _NEXT_TAIL.pack(len(value.data), int(value.type))
-                return [Response(peer.handle, response(REQ_ITER_NEXT, CsError.OK, body))]
+                return [Response(peer.handle, response(REQ_ITER_NEXT, ErrorCode.OK, body))]
         conn.iterators[handle] = (keys, position)
-        return [Response(peer.handle, response(REQ_ITER_NEXT, CsError.ERR_NO_SECTIONS, empty))]
+        return [Response(peer.handle, response(REQ_ITER_NEXT, ErrorCode.NO_SECTIONS, empty))]
 
     def _iter_finalize(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (handle,) = _U64.unpack_from(message, 16)
         found = self._conn(peer.handle).iterators.pop(handle, None)
-        error = CsError.OK if found is not None else CsError.ERR_BAD_HANDLE
+        error = ErrorCode.OK if found is not None else ErrorCode.BAD_HANDLE
         return [Response(peer.handle, response(REQ_ITER_FINALIZE, error))]
 
     # --- requests: tracking and maps -------------------------------------------------------------
@@ -354,13 +354,13 @@ class CmapLib(FaceBase[_Conn]):
         (track_type,) = _I32.unpack_from(message, 280)
         (cookie,) = _U64.unpack_from(message, 288)
         if conn.map == MAP_STATS:
-            error, track = CsError.ERR_NOT_SUPPORTED, 0
+            error, track = ErrorCode.NOT_SUPPORTED, 0
         elif len(conn.tracks) >= MAX_TRACKS:
-            error, track = CsError.ERR_NO_RESOURCES, 0
+            error, track = ErrorCode.NO_RESOURCES, 0
         else:
             error, track = self.store.track_add(name, track_type)
         handle = 0
-        if error is CsError.OK:
+        if error is ErrorCode.OK:
             handle = self._new_handle()
             conn.tracks[handle] = (track, cookie)
             self._track_owner[track] = (peer.handle, cookie)
@@ -370,21 +370,21 @@ class CmapLib(FaceBase[_Conn]):
         (handle,) = _U64.unpack_from(message, 16)
         found = self._conn(peer.handle).tracks.pop(handle, None)
         if found is None:
-            return [Response(peer.handle, response(REQ_TRACK_DELETE, CsError.ERR_BAD_HANDLE, bytes(8)))]
+            return [Response(peer.handle, response(REQ_TRACK_DELETE, ErrorCode.BAD_HANDLE, bytes(8)))]
         track, cookie = found
         self.store.track_delete(track)
         self._track_owner.pop(track, None)
-        return [Response(peer.handle, response(REQ_TRACK_DELETE, CsError.OK, _U64.pack(cookie)))]
+        return [Response(peer.handle, response(REQ_TRACK_DELETE, ErrorCode.OK, _U64.pack(cookie)))]
 
     def _set_current_map(self, peer: Peer, message: bytes) -> list[LibOutput]:
         conn = self._conn(peer.handle)
         (wanted,) = _I32.unpack_from(message, 16)
         if conn.iterators or conn.tracks:
-            error = CsError.ERR_BUSY
+            error = ErrorCode.BUSY
         elif wanted in (MAP_ICMAP, MAP_STATS):
-            conn.map, error = wanted, CsError.OK
+            conn.map, error = wanted, ErrorCode.OK
         else:
-            error = CsError.ERR_INVALID_PARAM
+            error = ErrorCode.INVALID_PARAM
         return [Response(peer.handle, response(RES_SET_CURRENT_MAP, error))]
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -422,4 +422,4 @@ def _notify_event(cookie: int, change: Change) -> bytes:
     old_type = int(change.old.type) if change.old is not None else 0
     tail = _NOTIFY_TAIL.pack(change.event, new_type, old_type, len(new), len(old))
     body = _U64.pack(cookie) + _name(change.key) + tail + new + old
-    return response(RES_NOTIFY_CALLBACK, CsError.OK, body)
+    return response(RES_NOTIFY_CALLBACK, ErrorCode.OK, body)

@@ -29,7 +29,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cmanlk.services.lib import CsError
+from cmanlk.errors import ErrorCode
 
 
 class ValueType(enum.IntEnum):
@@ -274,64 +274,64 @@ class CmapStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def set(self, key: str, value: Value, *, force: bool = False) -> tuple[CsError, list[Change]]:
+    def set(self, key: str, value: Value, *, force: bool = False) -> tuple[ErrorCode, list[Change]]:
         """Store `value` (a client's write unless `force`); return the error and the changes."""
         if not force and is_read_only(key):
-            return CsError.ERR_ACCESS, []
+            return ErrorCode.PERMISSION_DENIED, []
         old = self._values.get(key)
         if old == value:
-            return CsError.OK, []
+            return ErrorCode.OK, []
         if old is None:
             if not is_valid_key(key):
-                return CsError.ERR_NAME_TOO_LONG, []
+                return ErrorCode.NAME_TOO_LONG, []
             if len(self._values) >= MAX_KEYS or self._bytes + len(key) + len(value.data) > MAX_BYTES:
-                return CsError.ERR_NO_RESOURCES, []
+                return ErrorCode.NO_RESOURCES, []
             bisect.insort(self._sorted, key)
             self._bytes += len(key)
         else:
             self._bytes -= len(old.data)
         self._values[key] = value
         self._bytes += len(value.data)
-        return CsError.OK, self._changes(TRACK_ADD if old is None else TRACK_MODIFY, key, value, old)
+        return ErrorCode.OK, self._changes(TRACK_ADD if old is None else TRACK_MODIFY, key, value, old)
 
-    def delete(self, key: str, *, force: bool = False) -> tuple[CsError, list[Change]]:
+    def delete(self, key: str, *, force: bool = False) -> tuple[ErrorCode, list[Change]]:
         """Remove `key`; CS_ERR_NOT_EXIST when absent, CS_ERR_ACCESS when read-only for a client."""
         if not force and is_read_only(key):
-            return CsError.ERR_ACCESS, []
+            return ErrorCode.PERMISSION_DENIED, []
         old = self._values.pop(key, None)
         if old is None:
-            return CsError.ERR_NOT_EXIST, []
+            return ErrorCode.NOT_EXIST, []
         index = bisect.bisect_left(self._sorted, key)
         del self._sorted[index]
         self._bytes -= len(key) + len(old.data)
-        return CsError.OK, self._changes(TRACK_DELETE, key, None, old)
+        return ErrorCode.OK, self._changes(TRACK_DELETE, key, None, old)
 
-    def adjust_int(self, key: str, step: int) -> tuple[CsError, list[Change]]:
+    def adjust_int(self, key: str, step: int) -> tuple[ErrorCode, list[Change]]:
         """icmap_adjust_int: add `step` to an integer value, wrapping as C unsigned arithmetic."""
         if is_read_only(key):
-            return CsError.ERR_ACCESS, []
+            return ErrorCode.PERMISSION_DENIED, []
         old = self._values.get(key)
         if old is None:
-            return CsError.ERR_NOT_EXIST, []
+            return ErrorCode.NOT_EXIST, []
         fmt = _FORMATS.get(old.type)
         if fmt is None or old.type in (ValueType.FLOAT, ValueType.DOUBLE):
-            return CsError.ERR_INVALID_PARAM, []
+            return ErrorCode.INVALID_PARAM, []
         bits = fmt.size * 8
         unsigned = int.from_bytes(old.data, "little") + step
         return self.set(key, Value(old.type, (unsigned % (1 << bits)).to_bytes(fmt.size, "little")))
 
     # --- tracking ------------------------------------------------------------------------------
 
-    def track_add(self, name: str, track_type: int) -> tuple[CsError, int]:
+    def track_add(self, name: str, track_type: int) -> tuple[ErrorCode, int]:
         """Watch `name` (a prefix with TRACK_PREFIX); returns (error, track id)."""
         if track_type & ~_TRACK_MASK:
-            return CsError.ERR_INVALID_PARAM, 0
+            return ErrorCode.INVALID_PARAM, 0
         if len(self._tracks) >= MAX_TRACKS:
-            return CsError.ERR_NO_RESOURCES, 0
+            return ErrorCode.NO_RESOURCES, 0
         track = self._next_track
         self._next_track += 1
         self._tracks[track] = _Track(name, track_type)
-        return CsError.OK, track
+        return ErrorCode.OK, track
 
     def track_delete(self, track: int) -> bool:
         """Stop track `track`; False when unknown."""

@@ -71,7 +71,6 @@ from cmanlk.services.cpg.service import (
 )
 from cmanlk.services.cpg.wire import CPG_MAX_NAME_LENGTH, PARTIAL_CONTINUED, PARTIAL_FIRST, PARTIAL_LAST
 from cmanlk.services.lib import (
-    CsError,
     Event,
     FaceBase,
     Handler,
@@ -81,9 +80,9 @@ from cmanlk.services.lib import (
     NodeView,
     Peer,
     Response,
-    cs_error,
     padded,
     response,
+    result_code,
 )
 from cmanlk.stack import MembershipChanged, RequestResult, ServiceRequest
 from cmanlk.types import NodeId, RingId
@@ -142,7 +141,7 @@ class CpgLib(FaceBase[_Conn]):
         self.node = node
         self._next_iteration = 1
         self._totem_sent: set[Handle] = set()
-        zc_unsupported = self._bare(0, CsError.ERR_NOT_SUPPORTED)
+        zc_unsupported = self._bare(0, ErrorCode.NOT_SUPPORTED)
         super().__init__(
             {
                 REQ_JOIN: (168, self._join),
@@ -155,8 +154,8 @@ class CpgLib(FaceBase[_Conn]):
                 REQ_ITER_FINALIZE: (24, self._iter_finalize),
                 REQ_FINALIZE: (16, self._finalize),
                 REQ_ZC_ALLOC: (16, zc_unsupported),
-                REQ_ZC_FREE: (16, self._bare(0, CsError.OK)),
-                REQ_ZC_EXECUTE: (16, self._bare(RES_MCAST, CsError.ERR_NOT_SUPPORTED)),
+                REQ_ZC_FREE: (16, self._bare(0, ErrorCode.OK)),
+                REQ_ZC_EXECUTE: (16, self._bare(RES_MCAST, ErrorCode.NOT_SUPPORTED)),
                 REQ_PARTIAL_MCAST: (56, self._partial_mcast),
             },
             silent_ids=frozenset({REQ_MCAST}),
@@ -203,7 +202,7 @@ class CpgLib(FaceBase[_Conn]):
         (pid,) = _U32.unpack_from(message, 152)
         (flags,) = _U32.unpack_from(message, 160)
         if length > CPG_MAX_NAME_LENGTH:
-            return self._answer(peer, RES_JOIN, CsError.ERR_NAME_TOO_LONG)
+            return self._answer(peer, RES_JOIN, ErrorCode.NAME_TOO_LONG)
         conn = self._conn(peer)
         error = self._joined_state_error(peer.handle, conn)
         if error is not None:
@@ -213,13 +212,13 @@ class CpgLib(FaceBase[_Conn]):
         if group.startswith(DLM_GROUPS) and dlm != "no":
             log.error("libcpg: pid %d may not join %r: cmanlkd drives the kernel DLM (cmanlk { dlm: %s })",
                       pid, group.decode("ascii", "replace"), dlm)  # fmt: skip
-            return self._answer(peer, RES_JOIN, CsError.ERR_ACCESS)
+            return self._answer(peer, RES_JOIN, ErrorCode.PERMISSION_DENIED)
         result = self._submit(CpgJoin(peer.handle, group, pid, bool(flags & INITIAL_TOTEM_CONF)))
         if result.error is None:
             conn.group = group
-        return self._answer(peer, RES_JOIN, cs_error(result.error))
+        return self._answer(peer, RES_JOIN, result_code(result.error))
 
-    def _joined_state_error(self, handle: Handle, conn: _Conn) -> CsError | None:
+    def _joined_state_error(self, handle: Handle, conn: _Conn) -> ErrorCode | None:
         """corosync's cpd_state test: one group per connection."""
         cpg = self.node.cpg()
         if conn.group is None or cpg is None:
@@ -228,18 +227,18 @@ class CpgLib(FaceBase[_Conn]):
         if current is None:
             conn.group = None  # its leave completed (or it was removed with its node)
             return None
-        return CsError.ERR_BUSY if current.state is LocalState.LEAVE_STARTED else CsError.ERR_EXIST
+        return ErrorCode.BUSY if current.state is LocalState.LEAVE_STARTED else ErrorCode.EXIST
 
     def _leave(self, peer: Peer, message: bytes) -> list[LibOutput]:
         length, value = _NAME.unpack_from(message, 16)
         conn = self._conn(peer)
         group = conn.group if conn.group is not None else bytes(value[: min(length, CPG_MAX_NAME_LENGTH)])
         result = self._submit(CpgLeave(peer.handle, group))
-        return self._answer(peer, RES_LEAVE, cs_error(result.error))
+        return self._answer(peer, RES_LEAVE, result_code(result.error))
 
     def _finalize(self, peer: Peer, message: bytes) -> list[LibOutput]:
         self._conn(peer).finalized = True  # no more callbacks; the client closes next
-        return self._answer(peer, RES_FINALIZE, CsError.OK)
+        return self._answer(peer, RES_FINALIZE, ErrorCode.OK)
 
     # --- requests: messages ----------------------------------------------------------------------
 
@@ -264,13 +263,13 @@ class CpgLib(FaceBase[_Conn]):
             raise Malformed("cpg_partial_mcast", f"fraglen {fraglen} type {kind} in {len(message)} bytes")
         conn = self._conn(peer)
         if conn.group is None:
-            return self._answer(peer, RES_PARTIAL_SEND, CsError.ERR_NOT_EXIST)
+            return self._answer(peer, RES_PARTIAL_SEND, ErrorCode.NOT_EXIST)
         if kind == PARTIAL_FIRST:
             conn.partial, conn.partial_total, conn.partial_size = [], msglen, 0
             conn.partial_confchgs = conn.confchgs
             if msglen > MAX_MESSAGE_BYTES:
                 conn.partial_total = -1
-                return self._answer(peer, RES_PARTIAL_SEND, CsError.ERR_TOO_BIG)
+                return self._answer(peer, RES_PARTIAL_SEND, ErrorCode.TOO_LARGE)
         error = self._partial_error(conn, fraglen)
         if error is not None:
             conn.partial, conn.partial_total = [], -1
@@ -278,30 +277,30 @@ class CpgLib(FaceBase[_Conn]):
         conn.partial.append(message[56 : 56 + fraglen])
         conn.partial_size += fraglen
         if kind != PARTIAL_LAST:
-            return self._answer(peer, RES_PARTIAL_SEND, CsError.OK)
+            return self._answer(peer, RES_PARTIAL_SEND, ErrorCode.OK)
         return self._partial_last(peer, conn)
 
-    def _partial_error(self, conn: _Conn, fraglen: int) -> CsError | None:
+    def _partial_error(self, conn: _Conn, fraglen: int) -> ErrorCode | None:
         if conn.partial_total < 0:
-            return CsError.ERR_TOO_BIG
+            return ErrorCode.TOO_LARGE
         if conn.confchgs != conn.partial_confchgs:
-            return CsError.ERR_INTERRUPT
+            return ErrorCode.INTERRUPT
         if conn.partial_size + fraglen > conn.partial_total:
-            return CsError.ERR_INVALID_PARAM
+            return ErrorCode.INVALID_PARAM
         return None
 
     def _partial_last(self, peer: Peer, conn: _Conn) -> list[LibOutput]:
         assert conn.group is not None
         if conn.partial_size != conn.partial_total:
             conn.partial, conn.partial_total = [], -1
-            return self._answer(peer, RES_PARTIAL_SEND, CsError.ERR_INVALID_PARAM)
+            return self._answer(peer, RES_PARTIAL_SEND, ErrorCode.INVALID_PARAM)
         result = self._submit(CpgMcast(peer.handle, conn.group, b"".join(conn.partial)))
         if result.error is ErrorCode.TRY_AGAIN:
             last = conn.partial.pop()  # presented again: take it off so it is not counted twice
             conn.partial_size -= len(last)
             return [Hold(peer.handle)]
         conn.partial, conn.partial_total, conn.partial_size = [], -1, 0
-        return self._answer(peer, RES_PARTIAL_SEND, cs_error(result.error))
+        return self._answer(peer, RES_PARTIAL_SEND, result_code(result.error))
 
     # --- requests: queries -----------------------------------------------------------------------
 
@@ -312,45 +311,45 @@ class CpgLib(FaceBase[_Conn]):
         members = members[:MEMBERSHIP_MAX]
         body = padded(_U32.pack(len(members)), 8) + b"".join(_ADDRESS.pack(n, p, 0) for n, p in members)
         return [
-            Response(peer.handle, response(RES_MEMBERSHIP, CsError.OK, padded(body, MEMBERSHIP_SIZE - 24)))
+            Response(peer.handle, response(RES_MEMBERSHIP, ErrorCode.OK, padded(body, MEMBERSHIP_SIZE - 24)))
         ]
 
     def _local_get(self, peer: Peer, message: bytes) -> list[LibOutput]:
         body = padded(_U32.pack(self.node.me), 8)
-        return [Response(peer.handle, response(RES_LOCAL_GET, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_LOCAL_GET, ErrorCode.OK, body))]
 
     def _iter_init(self, peer: Peer, message: bytes) -> list[LibOutput]:
         length, value = _NAME.unpack_from(message, 16)
         (kind,) = _U32.unpack_from(message, 152)
         conn = self._conn(peer)
         if len(conn.iterations) >= MAX_ITERATIONS:
-            return [Response(peer.handle, response(RES_ITER_INIT, CsError.ERR_NO_RESOURCES, bytes(8)))]
+            return [Response(peer.handle, response(RES_ITER_INIT, ErrorCode.NO_RESOURCES, bytes(8)))]
         cpg = self.node.cpg()
         processes = cpg.process_list() if cpg is not None else []
         entries = _iteration(processes, kind, bytes(value[: min(length, CPG_MAX_NAME_LENGTH)]))
         handle = self._next_iteration
         self._next_iteration += 1
         conn.iterations[handle] = (entries, 0)
-        return [Response(peer.handle, response(RES_ITER_INIT, CsError.OK, _U64.pack(handle)))]
+        return [Response(peer.handle, response(RES_ITER_INIT, ErrorCode.OK, _U64.pack(handle)))]
 
     def _iter_next(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (handle,) = _U64.unpack_from(message, 16)
         conn = self._conn(peer)
         found = conn.iterations.get(handle)
         if found is None:
-            return [Response(peer.handle, response(RES_ITER_NEXT, CsError.ERR_LIBRARY, bytes(144)))]
+            return [Response(peer.handle, response(RES_ITER_NEXT, ErrorCode.LIBRARY, bytes(144)))]
         entries, position = found
         if position >= len(entries):
-            return [Response(peer.handle, response(RES_ITER_NEXT, CsError.ERR_NO_SECTIONS, bytes(144)))]
+            return [Response(peer.handle, response(RES_ITER_NEXT, ErrorCode.NO_SECTIONS, bytes(144)))]
         conn.iterations[handle] = (entries, position + 1)
         group, nodeid, pid = entries[position]
         body = _NAME.pack(len(group), group) + struct.pack("<II", nodeid, pid)
-        return [Response(peer.handle, response(RES_ITER_NEXT, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_ITER_NEXT, ErrorCode.OK, body))]
 
     def _iter_finalize(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (handle,) = _U64.unpack_from(message, 16)
         found = self._conn(peer).iterations.pop(handle, None)
-        error = CsError.OK if found is not None else CsError.ERR_LIBRARY
+        error = ErrorCode.OK if found is not None else ErrorCode.LIBRARY
         return self._answer(peer, RES_ITER_FINALIZE, error)
 
     # --- events ----------------------------------------------------------------------------------
@@ -397,11 +396,11 @@ class CpgLib(FaceBase[_Conn]):
         return self.node.submit(lambda now, rid: ServiceRequest(now, CPG_SERVICE, request, rid))
 
     @staticmethod
-    def _answer(peer: Peer, message_id: int, error: CsError) -> list[LibOutput]:
+    def _answer(peer: Peer, message_id: int, error: ErrorCode) -> list[LibOutput]:
         return [Response(peer.handle, response(message_id, error))]
 
     @staticmethod
-    def _bare(message_id: int, error: CsError) -> Handler:
+    def _bare(message_id: int, error: ErrorCode) -> Handler:
         def handler(peer: Peer, message: bytes) -> list[LibOutput]:
             return [Response(peer.handle, response(message_id, error))]
 
@@ -417,7 +416,7 @@ def _name(group: bytes) -> bytes:
 
 def _deliver_event(note: CpgDeliver) -> bytes:
     head = _name(note.group) + _DELIVER.pack(len(note.payload), note.nodeid, note.pid)
-    return response(RES_DELIVER, CsError.OK, head + note.payload)
+    return response(RES_DELIVER, ErrorCode.OK, head + note.payload)
 
 
 def _partial_deliver_events(note: CpgDeliver, max_msg_size: int) -> list[bytes]:
@@ -434,7 +433,7 @@ def _partial_deliver_events(note: CpgDeliver, max_msg_size: int) -> list[bytes]:
         else:
             kind = PARTIAL_CONTINUED
         head = _name(note.group) + _PARTIAL.pack(len(payload), len(fragment), note.nodeid, note.pid, kind)
-        out.append(response(RES_PARTIAL_DELIVER, CsError.OK, head + fragment))
+        out.append(response(RES_PARTIAL_DELIVER, ErrorCode.OK, head + fragment))
     return out
 
 
@@ -444,7 +443,7 @@ def _confchg_event(note: CpgConfchg) -> bytes:
     joined = note.joined[:CPG_MEMBERS_MAX]
     head = _name(note.group) + _ADDRESS.pack(len(members), len(joined), len(left))
     entries = b"".join(_address(a) for a in (*members, *left, *joined))
-    return response(RES_CONFCHG, CsError.OK, head + entries)
+    return response(RES_CONFCHG, ErrorCode.OK, head + entries)
 
 
 def _address(a: CpgAddress) -> bytes:
@@ -454,7 +453,7 @@ def _address(a: CpgAddress) -> bytes:
 def _totem_event(ring_id: RingId, members: tuple[NodeId, ...]) -> bytes:
     ids = members[:CPG_MEMBERS_MAX]
     head = struct.pack("<I4xQI", ring_id.rep, ring_id.seq, len(ids))
-    return response(RES_TOTEM_CONFCHG, CsError.OK, head + struct.pack(f"<{len(ids)}I", *ids) + bytes(4))
+    return response(RES_TOTEM_CONFCHG, ErrorCode.OK, head + struct.pack(f"<{len(ids)}I", *ids) + bytes(4))
 
 
 def _iteration(

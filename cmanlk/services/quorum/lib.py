@@ -35,10 +35,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from cmanlk.errors import ErrorCode
 from cmanlk.services.base import QUORUM_SERVICE
 from cmanlk.services.cpg.service import Handle
 from cmanlk.services.lib import (
-    CsError,
     Event,
     FaceBase,
     LibOutput,
@@ -150,7 +150,7 @@ class QuorumLib(FaceBase[_Conn]):
 
     def _getquorate(self, peer: Peer, message: bytes) -> list[LibOutput]:
         body = padded(_U32.pack(int(self._quorate())), 8)
-        return [Response(peer.handle, response(RES_GETQUORATE, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_GETQUORATE, ErrorCode.OK, body))]
 
     def _trackstart(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (flags,) = _U32.unpack_from(message, 16)
@@ -160,9 +160,9 @@ class QuorumLib(FaceBase[_Conn]):
             if conn.model == MODEL_V1:
                 out.append(Event(peer.handle, self._nodelist_event(with_changes=False)))
             out.append(Event(peer.handle, self._quorum_event(conn.model)))
-        error = CsError.OK
+        error = ErrorCode.OK
         if conn.tracking:
-            error = CsError.ERR_EXIST
+            error = ErrorCode.EXIST
         elif flags & (CS_TRACK_CHANGES | CS_TRACK_CHANGES_ONLY):
             conn.tracking = True
         out.append(Response(peer.handle, response(RES_TRACKSTART, error)))
@@ -170,19 +170,19 @@ class QuorumLib(FaceBase[_Conn]):
 
     def _trackstop(self, peer: Peer, message: bytes) -> list[LibOutput]:
         self._conn(peer.handle).tracking = False
-        return [Response(peer.handle, response(RES_TRACKSTOP, CsError.OK))]
+        return [Response(peer.handle, response(RES_TRACKSTOP, ErrorCode.OK))]
 
     def _gettype(self, peer: Peer, message: bytes) -> list[LibOutput]:
         body = padded(_U32.pack(self._quorum_type()), 8)
-        return [Response(peer.handle, response(RES_GETTYPE, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_GETTYPE, ErrorCode.OK, body))]
 
     def _model_gettype(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (model,) = _U32.unpack_from(message, 16)
-        error = CsError.OK
+        error = ErrorCode.OK
         if model in (MODEL_V0, MODEL_V1):
             self._conn(peer.handle).model = model
         else:
-            error = CsError.ERR_INVALID_PARAM
+            error = ErrorCode.INVALID_PARAM
         body = padded(_U32.pack(self._quorum_type()), 8)
         return [Response(peer.handle, response(RES_MODEL_GETTYPE, error, body))]
 
@@ -238,11 +238,11 @@ class QuorumLib(FaceBase[_Conn]):
         id_bytes = struct.pack(f"<{len(ids)}I", *ids)
         if model == MODEL_V0:
             head = struct.pack("<i4xQI", int(self._quorate()), view.quorum_ring.seq, len(ids))
-            return response(RES_NOTIFICATION, CsError.OK, head + id_bytes + bytes(4))
+            return response(RES_NOTIFICATION, ErrorCode.OK, head + id_bytes + bytes(4))
         head = struct.pack(
             "<i4xI4xQI", int(self._quorate()), view.quorum_ring.rep, view.quorum_ring.seq, len(ids)
         )
-        return response(RES_V1_QUORUM_NOTIFICATION, CsError.OK, head + id_bytes + bytes(4))
+        return response(RES_V1_QUORUM_NOTIFICATION, ErrorCode.OK, head + id_bytes + bytes(4))
 
     def _nodelist_event(self, *, with_changes: bool) -> bytes:
         view = self._view
@@ -253,5 +253,5 @@ class QuorumLib(FaceBase[_Conn]):
         ring = view.nodelist_ring
         head = struct.pack("<I4xQI4xI4xI", ring.rep, ring.seq, len(members), len(joined), len(left))
         return response(
-            RES_V1_NODELIST_NOTIFICATION, CsError.OK, head + struct.pack(f"<{len(ids)}I", *ids) + bytes(4)
+            RES_V1_NODELIST_NOTIFICATION, ErrorCode.OK, head + struct.pack(f"<{len(ids)}I", *ids) + bytes(4)
         )

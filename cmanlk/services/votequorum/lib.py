@@ -39,9 +39,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cmanlk.errors import ErrorCode
 from cmanlk.services.base import VOTEQUORUM_SERVICE
 from cmanlk.services.lib import (
-    CsError,
     Event,
     FaceBase,
     Handler,
@@ -49,9 +49,9 @@ from cmanlk.services.lib import (
     NodeView,
     Peer,
     Response,
-    cs_error,
     padded,
     response,
+    result_code,
 )
 from cmanlk.services.votequorum.policy import QDEVICE_NODEID, NodeRecord, QuorumState
 from cmanlk.services.votequorum.service import ExpectedVotesChanged, QuorumChanged
@@ -114,8 +114,8 @@ class VotequorumLib(FaceBase[_Conn]):
         self._ring: RingId = NO_RING
         self._members: tuple[NodeId, ...] = ()
         self._held: QuorumChanged | None = None
-        qdevice_access = self._status(CsError.ERR_ACCESS)
-        qdevice_none = self._status(CsError.ERR_NOT_EXIST)
+        qdevice_access = self._status(ErrorCode.PERMISSION_DENIED)
+        qdevice_none = self._status(ErrorCode.NOT_EXIST)
         super().__init__(
             {
                 REQ_GETINFO: (24, self._getinfo),
@@ -164,20 +164,20 @@ class VotequorumLib(FaceBase[_Conn]):
         record = vq.quorum.node(want) if vq is not None else None
         if vq is None or record is None:
             body = padded(b"", GETINFO_SIZE - 24)
-            return [Response(peer.handle, response(RES_GETINFO, CsError.ERR_NOT_EXIST, body))]
+            return [Response(peer.handle, response(RES_GETINFO, ErrorCode.NOT_EXIST, body))]
         body = _getinfo_body(record, vq.state, vq.quorum.qdevice_votes)
-        return [Response(peer.handle, response(RES_GETINFO, CsError.OK, body))]
+        return [Response(peer.handle, response(RES_GETINFO, ErrorCode.OK, body))]
 
     def _setexpected(self, peer: Peer, message: bytes) -> list[LibOutput]:
         (expected,) = _U32.unpack_from(message, 16)
         result = self.node.submit(lambda now, rid: SetExpectedVotes(now, expected, rid))
-        return [Response(peer.handle, response(RES_STATUS, cs_error(result.error)))]
+        return [Response(peer.handle, response(RES_STATUS, result_code(result.error)))]
 
     def _setvotes(self, peer: Peer, message: bytes) -> list[LibOutput]:
         votes, nodeid = struct.unpack_from("<Ii", message, 16)
         target = NodeId(nodeid & 0xFFFFFFFF)
         result = self.node.submit(lambda now, rid: SetVotes(now, target, votes, rid))
-        error = cs_error(result.error)  # an unknown node: NOT_FOUND, CS_ERR_NAME_NOT_FOUND as corosync
+        error = result_code(result.error)  # an unknown node: NOT_FOUND, CS_ERR_NAME_NOT_FOUND as corosync
         return [Response(peer.handle, response(RES_STATUS, error))]
 
     def _trackstart(self, peer: Peer, message: bytes) -> list[LibOutput]:
@@ -187,9 +187,9 @@ class VotequorumLib(FaceBase[_Conn]):
         if flags & (CS_TRACK_CURRENT | CS_TRACK_CHANGES):
             out.append(Event(peer.handle, self._nodelist_event(context)))
             out.append(Event(peer.handle, self._quorum_event(context)))
-        error = CsError.OK
+        error = ErrorCode.OK
         if conn.tracking:
-            error = CsError.ERR_EXIST
+            error = ErrorCode.EXIST
         elif flags & (CS_TRACK_CHANGES | CS_TRACK_CHANGES_ONLY):
             conn.tracking, conn.context = True, context
         out.append(Response(peer.handle, response(RES_STATUS, error)))
@@ -197,12 +197,12 @@ class VotequorumLib(FaceBase[_Conn]):
 
     def _trackstop(self, peer: Peer, message: bytes) -> list[LibOutput]:
         conn = self._conns.setdefault(peer.handle, _Conn())
-        error = CsError.OK if conn.tracking else CsError.ERR_NOT_EXIST
+        error = ErrorCode.OK if conn.tracking else ErrorCode.NOT_EXIST
         conn.tracking = False
         return [Response(peer.handle, response(RES_STATUS, error))]
 
     @staticmethod
-    def _status(error: CsError) -> Handler:
+    def _status(error: ErrorCode) -> Handler:
         def handler(peer: Peer, message: bytes) -> list[LibOutput]:
             return [Response(peer.handle, response(RES_STATUS, error))]
 
@@ -222,7 +222,7 @@ class VotequorumLib(FaceBase[_Conn]):
             ring_members = state.members if state is not None else ()
         ids = ring_members[:MAX_LIST_ENTRIES]
         head = struct.pack("<QI4xQI4x", context, ring.rep, ring.seq, len(ids))
-        return response(RES_NODELIST_NOTIFICATION, CsError.OK, head + struct.pack(f"<{len(ids)}I", *ids))
+        return response(RES_NODELIST_NOTIFICATION, ErrorCode.OK, head + struct.pack(f"<{len(ids)}I", *ids))
 
     def _quorum_event(self, context: int) -> bytes:
         vq = self.node.votequorum()
@@ -230,12 +230,12 @@ class VotequorumLib(FaceBase[_Conn]):
         quorate = vq.state.quorate if vq is not None else False
         head = struct.pack("<I4xQI4x", int(quorate), context, len(nodes))
         entries = b"".join(struct.pack("<II", n.nodeid, int(n.state)) for n in nodes)
-        return response(RES_QUORUM_NOTIFICATION, CsError.OK, head + entries)
+        return response(RES_QUORUM_NOTIFICATION, ErrorCode.OK, head + entries)
 
     @staticmethod
     def _expected_event(context: int, expected_votes: int) -> bytes:
         return response(
-            RES_EXPECTEDVOTES_NOTIFICATION, CsError.OK, struct.pack("<QI4x", context, expected_votes)
+            RES_EXPECTEDVOTES_NOTIFICATION, ErrorCode.OK, struct.pack("<QI4x", context, expected_votes)
         )
 
 
