@@ -43,6 +43,8 @@ install-data:
 	for f in dbus/*.xml; do [ -e "$$f" ] || continue; \
 		install -D -m 0644 "$$f" "$(DESTDIR)$(PREFIX)/share/dbus-1/interfaces/$$(basename $$f)"; done
 	install -D -m 0644 packaging/cmanlk.conf.example "$(DESTDIR)/usr/share/doc/cmanlk/examples/cmanlk.conf"
+	install -D -m 0644 udev/70-cmanlk-link-names.rules.example \
+		"$(DESTDIR)/usr/share/doc/cmanlk/examples/70-cmanlk-link-names.rules"
 	install -d "$(DESTDIR)$(PREFIX)/share/man/man8" "$(DESTDIR)$(PREFIX)/share/man/man5"
 	$(PYTHON) scripts/md2man.py docs/cmanlkd.8.md cmanlkd 8 | gzip -9n > "$(DESTDIR)$(PREFIX)/share/man/man8/cmanlkd.8.gz"
 	$(PYTHON) scripts/md2man.py docs/cmanlk-tool.8.md cmanlk-tool 8 | gzip -9n > "$(DESTDIR)$(PREFIX)/share/man/man8/cmanlk-tool.8.gz"

@@ -57,6 +57,7 @@ def test_deb_contains_files_where_debian_expects_them(deb: Path) -> None:
     for f in sorted((ROOT / "dbus").glob("*.conf")):
         assert "./usr/share/dbus-1/system.d/" + f.name in paths
     assert not [p for p in paths if "/udev/rules.d/" in p]  # the daemon watches udev itself (docs/links.md)
+    assert "./usr/share/doc/cmanlk/examples/70-cmanlk-link-names.rules" in paths
     # Debian's own python3-cryptography and python3-pyudev are used, not private copies
     # (no private OpenSSL in the package)
     assert not [p for p in paths if p.startswith(("./usr/lib/cmanlk/site/cryptography",
