@@ -257,7 +257,8 @@ def test_cfg_announces_a_forced_shutdown_to_its_trackers_before_a_leave() -> Non
     told = cfg.announce_shutdown()
     assert [(type(o), o.handle) for o in told] == [(Event, pacemakerd.handle)]
     assert id_of(told[0].data) == 10 and struct.unpack_from("<I", told[0].data, 16)[0] == 1  # REGARDLESS
-    assert error_of(v.answer("cfg", pacemakerd, header(4, 24) + bytes(8))) == ErrorCode.PERMISSION_DENIED  # no vote
+    # no vote
+    assert error_of(v.answer("cfg", pacemakerd, header(4, 24) + bytes(8))) == ErrorCode.PERMISSION_DENIED
     v.call("cfg", pacemakerd, header(11, 16))  # trackstop
     assert cfg.trackers() == ()
 
@@ -406,8 +407,9 @@ def test_cpg_refuses_dlm_controlds_groups_when_cmanlkd_drives_the_dlm() -> None:
     c.settle()
     v = c.view(1)
     dlm_controld = v.connect("cpg", pid=900)
-    assert error_of(v.answer("cpg", dlm_controld, cpg_join(b"dlm:controld", 900))) == ErrorCode.PERMISSION_DENIED
-    assert error_of(v.answer("cpg", dlm_controld, cpg_join(b"dlm:ls:gfs", 900))) == ErrorCode.PERMISSION_DENIED
+    denied = ErrorCode.PERMISSION_DENIED
+    assert error_of(v.answer("cpg", dlm_controld, cpg_join(b"dlm:controld", 900))) == denied
+    assert error_of(v.answer("cpg", dlm_controld, cpg_join(b"dlm:ls:gfs", 900))) == denied
     other = v.connect("cpg", pid=901)
     assert error_of(v.answer("cpg", other, cpg_join(b"pacemakerd", 901))) == ErrorCode.OK
     plain = three().view(1)  # dlm: no (the default): dlm_controld runs on cmanlkd
