@@ -34,6 +34,7 @@ the namespaces. Takes about two to three minutes (six switches).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -422,9 +423,10 @@ def rolling(cluster_factory: Callable[..., Cluster]) -> Iterator[Rolling]:
             out = subprocess.run(["ip", "netns", "pids", c.lab.ns(n)], capture_output=True, text=True,
                                  timeout=10).stdout  # fmt: skip
             r.pids.update(int(p) for p in out.split())
-        for proc in r.pacemaker.values():
+        for proc in r.pacemaker.values():  # pacemakerd and its daemons (one process group)
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
         for n in NODES:  # corosync removes its libqb files on SIGTERM
             if n in r.stack and r.stack_proc(n).poll() is None:
                 r.stack_proc(n).send_signal(signal.SIGTERM)
@@ -471,7 +473,9 @@ def test_rolling_migration_from_corosync_to_cmanlkd_and_back_under_pacemaker(rol
     print(_timeline(r))
     for note in _notes(r):
         print(note)
-    print(f"rolling migration: {len(r.windows)} switches in {total:.0f} s, {len(r.polls)} polls")
+    span = r.windows[-1].end - r.windows[0].start
+    print(f"rolling migration: {len(r.windows)} switches in {span:.1f} s ({total:.0f} s with the start on"
+          f" corosync), {len(r.polls)} polls")  # fmt: skip
     assert not failures, "\n".join(failures)
 
 
@@ -558,7 +562,9 @@ def _timeline(r: Rolling) -> str:
 
 NOTABLE = {
     "corosync": re.compile(r"Unknown node -> we will not deliver message|\[TOTEM \] .*(Retransmit|FAILED)"),
-    "pacemaker": re.compile(r"not applied to|Requesting re-sync|Digest mis-match|crit:|error:"),
+    "pacemaker": re.compile(
+        r"Diff .* not applied|[Dd]iff failed|Requesting re-sync|Digest mis-match|crit:|error:"
+    ),
     "cmanlkd": re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback"),
 }
 
