@@ -41,6 +41,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -228,6 +229,7 @@ class Rolling:
     pm_up: dict[int, bool] = field(default_factory=dict)
     windows: list[Window] = field(default_factory=list)
     polls: list[Poll] = field(default_factory=list)
+    poll_errors: list[str] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
     t_begin: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -368,15 +370,21 @@ class Rolling:
         bound = time.monotonic() + TEST_BOUND_S
         while not self._stop.is_set() and time.monotonic() < bound:
             for n in NODES:
-                t0 = time.time()
-                q = quorum(self.c, n)
-                self.polls.append(Poll(t0, time.time(), n, quorum=q))
-                if self.pm_up.get(n):
-                    t0 = time.time()
-                    m = crm_mon(self.c, n)
-                    if self.pm_up.get(n):
-                        self.polls.append(Poll(t0, time.time(), n, mon=m))
+                try:
+                    self.poll_once(n)
+                except Exception:  # the test's own bug: recorded, and the test fails on it
+                    self.poll_errors.append(traceback.format_exc())
             self._stop.wait(POLL_PAUSE_S)
+
+    def poll_once(self, n: int) -> None:
+        t0 = time.time()
+        q = quorum(self.c, n)
+        self.polls.append(Poll(t0, time.time(), n, quorum=q))
+        if self.pm_up.get(n):
+            t0 = time.time()
+            m = crm_mon(self.c, n)
+            if self.pm_up.get(n):
+                self.polls.append(Poll(t0, time.time(), n, mon=m))
 
     def start_poller(self) -> None:
         self._thread = threading.Thread(target=self.poll_forever, name="rolling-poller", daemon=True)
@@ -469,7 +477,7 @@ def test_rolling_migration_from_corosync_to_cmanlkd_and_back_under_pacemaker(rol
     finally:
         r.stop_poller()
     total = time.monotonic() - t_start
-    failures = _judge(r)
+    failures = _judge(r) + [f"the poller failed:\n{e}" for e in r.poll_errors[:3]]
     print(_timeline(r))
     for note in _notes(r):
         print(note)
