@@ -29,7 +29,8 @@ pacemaker moves resources back onto the node that came back, a stop on a node no
 
 Skipped without corosync, pacemaker or unshare (scripts/setup.sh installs them). Bounded: every
 command has a timeout, every wait a deadline, the poller stops with the test; what ran goes with
-the namespaces. Takes about two to three minutes (six switches).
+the namespaces. Takes 40–75 s on a loaded 2-core machine (six switches of 5–10 s each); a second
+test checks the judgement itself on made-up polls and logs (no processes).
 """
 
 from __future__ import annotations
