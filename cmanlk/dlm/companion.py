@@ -11,13 +11,17 @@ the same decisions:
   for the Stack on our handle (`CpgJoin`/`CpgLeave`/`CpgMcast`; an `AnnounceFenced` is a
   `CpgMcast` in FENCE_GROUP) and `RunFenceAgent`.
 
-Hold: cpg activates before votequorum in a sync (service ids 2 < 5), so a member's NODEDOWN in a
-lockspace group reaches us before the quorum and membership of the ring that lost it. Acting on
-it at once would decide about fencing with the old ring's quorum (a partition that just lost
-quorum would still shoot the majority) and stop the lockspaces before comms/N goes
-(dlm_controld's order is the reverse). So such group events, and every group event after them,
-wait in order until the cluster view has caught up (the next MembershipChanged/QuorumChanged),
-at most HOLD_LIMIT (then they are fed anyway rather than never).
+Hold: cpg activates before votequorum in a sync (service ids 2 < 5), so the group changes a
+sync makes (NODEDOWN, NODEUP, PROCDOWN) and the messages cpg applies after its activation reach us
+before the quorum and membership of their ring; when that sync is aborted after cpg's part, the
+quorum of that ring never comes. Acting on them at once would decide with an older ring's
+quorum: a partition that just lost quorum would still shoot the majority, or restart a lockspace
+(simulator, stack seed 6: nodes 1 and 3, cut off from a quorate ring of five, restarted ls0 on the
+old ring's quorum), and stop the lockspaces before comms/N goes (dlm_controld's order is the
+reverse). So a sync's group change, every group event after it, and every group event while
+cpg's ring (its totem confchg) is not the ring of the last quorum notification wait, in order,
+until the cluster view has caught up with cpg's ring; at most HOLD_LIMIT (then they are fed
+anyway rather than never).
 
 Nothing happens before `start()` (the kernel set up) and after `shutdown()`; notifications
 before start only update the cluster view.
@@ -31,11 +35,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cmanlk.dlm.control import (
+    CPG_REASON_JOIN,
     CPG_REASON_NODEDOWN,
+    CPG_REASON_NODEUP,
+    CPG_REASON_PROCDOWN,
     ClusterChanged,
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,
+    DaemonsChanged,
     DeadlineReached,
     DlmCtl,
     DlmEvent,
@@ -53,10 +61,18 @@ from cmanlk.dlm.control import (
     SysfsWrite,
 )
 from cmanlk.dlm.fencing import AnnounceFenced, RunFenceAgent
-from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgJoin, CpgLeave, CpgMcast, Handle
+from cmanlk.services.cpg.service import (
+    CpgConfchg,
+    CpgDeliver,
+    CpgJoin,
+    CpgLeave,
+    CpgMcast,
+    CpgTotemConfchg,
+    Handle,
+)
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import MembershipChanged
-from cmanlk.types import Instant, NodeId, ms
+from cmanlk.types import Instant, NodeId, RingId, ms
 
 log = logging.getLogger("cmanlk.dlmd")
 
@@ -75,6 +91,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CpgOutput = CpgJoin | CpgLeave | CpgMcast
 CompanionOutput = KernelAction | CpgOutput | RunFenceAgent
 KERNEL_ACTIONS = (ConfigfsMkdir, ConfigfsWrite, ConfigfsRmdir, SysfsWrite)
+SYNC_REASONS = frozenset({CPG_REASON_NODEDOWN, CPG_REASON_NODEUP, CPG_REASON_PROCDOWN})
+"""Reasons of the group changes a sync makes (cpg's downlist and joinlists), not a client's request."""
 
 
 @dataclass(slots=True)
@@ -103,6 +121,8 @@ class DlmCompanion:
         self.stopped = False
         self.members: tuple[NodeId, ...] = ()
         self.quorate = False
+        self.view_ring: RingId | None = None  # ring of the last quorum/membership notification
+        self.cpg_ring: RingId | None = None  # ring of cpg's last totem confchg to us
         self.stats = CompanionStats()
         self._held: list[Callable[[Instant], DlmEvent]] = []
         self._hold_until: Instant | None = None
@@ -133,14 +153,20 @@ class DlmCompanion:
         match item:
             case MembershipChanged():
                 self.members = item.members
-                return self._feed_if_ready(self._cluster_changed(now)) + self._release_held(now)
+                self.view_ring = item.ring_id
+                return self._feed_if_ready(self._cluster_changed(now)) + self._caught_up(now)
             case QuorumChanged():
                 # the cluster view dlm_controld takes from its quorum callback: members and
                 # quorum of one ring together (see the module docstring for why group events wait)
                 self.quorate = item.quorate
                 if item.state.members:
                     self.members = tuple(item.state.members)
-                return self._feed_if_ready(self._cluster_changed(now)) + self._release_held(now)
+                if item.ring_id is not None:
+                    self.view_ring = item.ring_id
+                return self._feed_if_ready(self._cluster_changed(now)) + self._caught_up(now)
+            case CpgTotemConfchg() if self.handle in item.handles:
+                self.cpg_ring = item.ring_id
+                return []
             case CpgConfchg() if self.handle in item.handles:
                 return self._on_confchg(now, item)
             case CpgDeliver() if self.handle in item.handles:
@@ -215,17 +241,22 @@ class DlmCompanion:
 
     def _on_confchg(self, now: Instant, note: CpgConfchg) -> list[CompanionOutput]:
         if note.group == FENCE_GROUP:
-            return []
+            # fencing's witnesses and restarts (cmanlk/dlm/fencing.py, "Roles", "Never a member")
+            gone = tuple(sorted({a.nodeid for a in note.left}))
+            fresh = tuple(sorted({a.nodeid for a in note.joined if a.reason == CPG_REASON_JOIN}))
+            if not gone and not fresh:
+                return []
+            return self._feed_if_ready(DaemonsChanged(now, gone, fresh))
         group = note.group.decode("utf-8", "replace")
         members = tuple(sorted({a.nodeid for a in note.members}))
         joined = tuple(sorted({a.nodeid for a in note.joined}))
         left = tuple(sorted({(a.nodeid, a.reason) for a in note.left}))
-        down = any(r == CPG_REASON_NODEDOWN and n in self.members for n, r in left)
+        by_sync = any(a.reason in SYNC_REASONS for a in (*note.left, *note.joined))
 
         def build(t: Instant) -> DlmEvent:
             return GroupConfchg(t, group, members, joined, left)
 
-        return self._group_event(now, build, hold=down)
+        return self._group_event(now, build, hold=by_sync or self._stale())
 
     def _on_deliver(self, now: Instant, note: CpgDeliver) -> list[CompanionOutput]:
         if note.group == FENCE_GROUP:
@@ -240,7 +271,14 @@ class DlmCompanion:
         def build(t: Instant) -> DlmEvent:
             return GroupMessage(t, group, sender, payload)
 
-        return self._group_event(now, build)
+        return self._group_event(now, build, hold=self._stale())
+
+    def _stale(self) -> bool:
+        """Is cpg on a ring the cluster view (quorum, members) has not caught up with?"""
+        return self.cpg_ring is not None and self.cpg_ring != self.view_ring
+
+    def _caught_up(self, now: Instant) -> list[CompanionOutput]:
+        return [] if self._stale() else self._release_held(now)
 
     def _group_event(
         self, now: Instant, build: Callable[[Instant], DlmEvent], hold: bool = False

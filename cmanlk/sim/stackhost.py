@@ -64,7 +64,7 @@ from cmanlk.services.cpg.service import (
 from cmanlk.services.votequorum.policy import QuorumConfig
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.sim.cluster import Cluster
-from cmanlk.sim.history import Sent
+from cmanlk.sim.history import Crashed, Left, Record, Sent
 from cmanlk.sim.stackrecords import (
     ClientOp,
     CpgMsg,
@@ -143,6 +143,7 @@ class StackWorld:
     incarnations: dict[NodeId, int] = field(default_factory=dict)
     boots: dict[NodeId, list[Instant]] = field(default_factory=dict)
     fenced: list[Fenced] = field(default_factory=list)
+    ends: dict[NodeId, list[Instant]] = field(default_factory=dict)  # when each incarnation stopped
     last_power_off: int = 0
 
     def __call__(self, config: TotemConfig, me: NodeId, rng: random.Random, ring_seq: int) -> StackHost:
@@ -177,10 +178,11 @@ class StackWorld:
             self.cluster.crash(victim)
 
     def off_since_boot(self, victim: NodeId, failed_at: Instant) -> bool:
-        """Was `victim` powered off after the boot of its incarnation that was alive at `failed_at`?"""
+        """Has the incarnation of `victim` that was alive at `failed_at` ended (switched off, crashed,
+        left)? Only then can it no longer write to shared storage: the ground truth of fenced."""
         boots = [b for b in self.boots.get(victim, []) if b <= failed_at]
         since = boots[-1] if boots else Instant(0)
-        return any(f.victim == victim and f.t >= since for f in self.fenced)
+        return any(e >= since for e in self.ends.get(victim, []))
 
     def quorate_partitions_with(self, victim: NodeId) -> tuple[NodeId, ...]:
         """Live nodes in a real quorate ring that contains `victim` (ground truth, now)."""
@@ -218,6 +220,11 @@ class StackCluster(Cluster):
         self.world = world
         world.cluster = self
         self._dispatch[Emit] = self._do_emit
+        self.listeners.append(self._on_record)
+
+    def _on_record(self, node: NodeId, rec: Record) -> None:
+        if isinstance(rec, Crashed | Left):
+            self.world.ends.setdefault(node, []).append(rec.t)
 
     def _do_emit(self, node: Any, a: Emit) -> None:
         self._record(node, a.rec)
