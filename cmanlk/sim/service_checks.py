@@ -5,8 +5,10 @@ cmanlk/sim/stackrecords.py, each under the name used in reports:
 
 quorum
 - ``quorum-split``     at no virtual instant are two live nodes quorate with disjoint
-                       memberships (two_node excepted: there each survivor keeps quorum and the
-                       fence race decides, votequorum(5));
+                       memberships, unless one of them had its expected votes lowered below the
+                       votes of both memberships together (an operator's `-e`, last_man_standing:
+                       what votequorum(5) warns about) or two_node (each survivor keeps quorum and
+                       the fence race decides);
 - ``quorum-model``     every quorum notification matches the independent model of votequorum
                        (cmanlk/sim/vqmodel.py) for the membership and votes it reports;
 sync
@@ -166,16 +168,21 @@ def _check_quorum_split(histories: Histories, world: Any, report: _Report) -> No
             if isinstance(rec, QuorumSeen | Crashed | Left | Booted):
                 events.append((rec.t, i, node, rec))
     events.sort(key=lambda e: (e[0], e[2], e[1]))
-    now: dict[NodeId, tuple[NodeId, ...]] = {}
+    now: dict[NodeId, QuorumSeen] = {}
     for t, _, node, rec in events:
         if isinstance(rec, QuorumSeen) and rec.quorate:
             mine = set(rec.members)
-            for other, members in now.items():
-                if other != node and not mine & set(members):
+            votes = sum(v for _, v in rec.votes)
+            for other, seen in now.items():
+                if other == node or mine & set(seen.members):
+                    continue
+                both = votes + sum(v for _, v in seen.votes)
+                if min(rec.highest_expected, seen.highest_expected) >= both:
                     report.add("quorum-split", None,
-                               f"at {t / 1e6:.3f}ms node {node} is quorate with {_ids(rec.members)} and node "
-                               f"{other} with {_ids(members)}")
-            now[node] = rec.members
+                               f"at {t / 1e6:.3f}ms node {node} is quorate with {_ids(rec.members)} "
+                               f"(T={votes} E={rec.highest_expected}) and node {other} with "
+                               f"{_ids(seen.members)} (E={seen.highest_expected})")
+            now[node] = rec
         else:
             now.pop(node, None)
 
