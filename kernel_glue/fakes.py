@@ -23,7 +23,7 @@ from kernel_glue.configfs import (
     addr_list_line,
     parse_sockaddr_storage,
 )
-from kernel_glue.dlm_protocol import DlmUevent, Gfs2Uevent, LockspaceUevent
+from kernel_glue.dlm_protocol import DlmUevent, LockspaceUevent
 from kernel_glue.sysfs import LOCKSPACE_ATTRS
 
 CLUSTER_NAME_MAX = 63
@@ -138,11 +138,6 @@ class FakeDlmKernel:
         ls.event_result = None
         self._emit(LockspaceUevent("offline", name, self._next_seq()))
         return ls.pending
-
-    def gfs2_event(self, action: str, table: str, **env: str) -> None:
-        """Emit a gfs2 uevent (as a mount, journal recovery or umount would)."""
-        fields = (("LOCKTABLE", table), *((k, v) for k, v in env.items()))
-        self._emit(Gfs2Uevent(action, table, fields, self._next_seq()))
 
     # -- internals --------------------------------------------------------------------------------
     def _next_seq(self) -> int:

@@ -161,6 +161,16 @@ class FencedElsewhere:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonsChanged:
+    """The daemons' own group changed: `left` daemons stopped (or were cut off), `restarted` ones
+    joined afresh (a new process: cpg JOIN, not the NODEUP of a merge)."""
+
+    now: Instant
+    left: tuple[NodeId, ...]
+    restarted: tuple[NodeId, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DeadlineReached:
     """`next_deadline` has passed."""
 
@@ -183,8 +193,8 @@ class ShutdownRequested:
 
 
 DlmEvent = (ClusterChanged | LockspaceOnline | LockspaceOffline | LockspaceRemoved | GroupConfchg
-            | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DeadlineReached
-            | KernelLockspaces | ShutdownRequested)
+            | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DaemonsChanged
+            | DeadlineReached | KernelLockspaces | ShutdownRequested)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -378,6 +388,11 @@ class DlmCtl:
                 return self._after_fencing(now, self.fencing.ack(now, nodeid))
             case FencedElsewhere(now, nodeid, how):
                 return self._after_fencing(now, self.fencing.fenced_elsewhere(now, nodeid, how))
+            case DaemonsChanged(now, left, restarted):
+                actions = self.fencing.peers_left(now, left)
+                for n in restarted:
+                    actions += self.fencing.restarted(now, n)
+                return self._after_fencing(now, actions)
             case DeadlineReached(now):
                 return self._after_fencing(now, self.fencing.deadline(now))
             case KernelLockspaces(now, names):
@@ -511,7 +526,7 @@ class DlmCtl:
         out: list[DlmAction] = []
         failed = {n for n, reason in ev.left if reason in (CPG_REASON_NODEDOWN, CPG_REASON_PROCDOWN)}
         for n in sorted(failed):
-            out += self.fencing.node_failed(ev.now, n)
+            out += self.fencing.node_failed(ev.now, n, tuple(ev.members))
         if ls.state is LsState.STARTED:
             out.append(SysfsWrite(ls.name, "control", _sys(0)))
             ls.state = LsState.STOPPED

@@ -10,14 +10,25 @@ until it succeeds; an administrator's acknowledgement (`dlm_tool fence_ack N`, f
 `cmanlk-tool fence-ack N`) counts as a successful fence. Only a quorate partition fences:
 a minority partition must never shoot the majority.
 
-Roles: the lowest node id of the quorate membership is the *fencer* (it runs agents and
-announces the result with `AnnounceFenced`); every other node waits for that announcement
-(`FencedElsewhere`) or a local ack. When the fencer itself fails, the next lowest takes over at
-the next membership change.
+Roles: the *fencer* of a victim is the lowest node id among its *witnesses* still in the quorate
+membership (it runs the agent and announces the result with `AnnounceFenced`); every other node
+waits for that announcement (`FencedElsewhere`) or a local ack. The witnesses are the members of
+the lockspace group that reported the failure (cpg gives every one of them the same change); a
+witness whose daemon leaves the daemons' group (`peers_left`) stops being one, so a witness that
+restarted, or a node that joined later, is never counted on: it knows nothing of the victim (the
+lowest member of the ring was the fencer before, and a restarted lowest node left its victims
+unfenced for ever). When the fencer fails, the next lowest witness takes over.
 
-Deviations: dlm_controld also skips fencing a node that rejoined after a clean restart
-(it compares cluster join times); we keep such a node a victim until it is fenced or acked,
-the conservative choice. Retries back off (1 s doubling to 30 s) where dlm_controld retries
+Never a member: the agent never runs against a node in our membership (a victim back in the
+ring after a partition healed is in the quorate partition, and shooting it is what fencing must
+never do). Such a victim keeps blocking recovery until it leaves the ring again (then it is
+fenced), an administrator acknowledges it, or its daemon restarts: a victim whose daemon joins
+the daemons' group afresh (`restarted`, a cpg JOIN, not a merge's NODEUP) lost all its state
+with the old process and counts as fenced ("restart"), as dlm_controld skips fencing a node
+that rejoined after a clean restart.
+
+Deviations: dlm_controld compares cluster join times to see a restart; we see the daemon's
+fresh join of its group. Retries back off (1 s doubling to 30 s) where dlm_controld retries
 at a fixed ~1.5 s, to keep a failing agent from hammering a management controller.
 """
 
@@ -87,6 +98,7 @@ class Victim:
     next_attempt: Instant | None = None
     fenced_at: Instant | None = None
     how: str | None = None
+    witnesses: set[NodeId] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, object]:
         """Return the victim as plain data (times in ns)."""
@@ -109,8 +121,19 @@ class Fencing:
 
     @property
     def is_fencer(self) -> bool:
-        """Do we run agents (lowest node id of a quorate membership)?"""
+        """Do we run the agent for some victim (or, with none, are we the lowest quorate member)?"""
+        pending = [v for v in self.victims.values() if v.state is not VictimState.FENCED]
+        if pending:
+            return any(self.fences(v) for v in pending)
         return self.quorate and bool(self.members) and min(self.members) == self.me
+
+    def fences(self, v: Victim) -> bool:
+        """Are we the one to run the agent against `v` now (module docstring, "Roles")?"""
+        members = self.members
+        if not self.quorate or self.me not in members or v.nodeid in members:
+            return False
+        present = [w for w in v.witnesses if w in members]
+        return min(present, default=self.me) == self.me
 
     def is_fenced(self, nodeid: NodeId) -> bool:
         """May recovery proceed without `nodeid` (fencing disabled, never failed, or fenced)?"""
@@ -126,22 +149,45 @@ class Fencing:
     @property
     def next_deadline(self) -> Instant | None:
         """When a retry is due, if any."""
+        # only the retries we would run: a past deadline we would not act on spins the timer
         due = [v.next_attempt for v in self.victims.values()
-               if v.state is VictimState.RETRY and v.next_attempt is not None]
+               if v.state is VictimState.RETRY and v.next_attempt is not None and self.fences(v)]
         return min(due) if due else None
 
-    def node_failed(self, now: Instant, nodeid: NodeId) -> list[FenceAction]:
-        """`nodeid` left a lockspace without a clean leave: make it a victim (once)."""
+    def node_failed(
+        self, now: Instant, nodeid: NodeId, witnesses: tuple[NodeId, ...] | None = None
+    ) -> list[FenceAction]:
+        """`nodeid` left a lockspace without a clean leave: make it a victim (once).
+
+        `witnesses`: the members of the group change that reported it (default: our membership).
+        """
         if not self.policy.enabled or nodeid == self.me:
             return []
+        seen = set(self.members if witnesses is None else witnesses) | {self.me}
+        seen.discard(nodeid)
         v = self.victims.get(nodeid)
         if v is not None and v.state is not VictimState.FENCED:
-            return []
+            v.witnesses |= seen
+            return self._maybe_run(now)
         if v is None and len(self.victims) >= MAX_VICTIMS:
             self.dropped += 1
             return []
-        self.victims[nodeid] = Victim(nodeid, now)
+        self.victims[nodeid] = Victim(nodeid, now, witnesses=seen)
         return self._maybe_run(now)
+
+    def peers_left(self, now: Instant, nodes: tuple[NodeId, ...]) -> list[FenceAction]:
+        """The daemons of `nodes` left the daemons' group: they witness nothing any more."""
+        gone = set(nodes) - {self.me}
+        for v in self.victims.values():
+            v.witnesses -= gone
+        return self._maybe_run(now)
+
+    def restarted(self, now: Instant, nodeid: NodeId) -> list[FenceAction]:
+        """The daemon of `nodeid` joined the daemons' group afresh: its old process is gone."""
+        v = self.victims.get(nodeid)
+        if v is None or v.state is VictimState.FENCED or nodeid == self.me:
+            return []
+        return self._fenced(now, v, "restart", announce=True)
 
     def membership(self, now: Instant, members: tuple[NodeId, ...], quorate: bool) -> list[FenceAction]:
         """The cluster membership or quorum changed: maybe we became the fencer."""
@@ -198,13 +244,11 @@ class Fencing:
         return [AnnounceFenced(v.nodeid, how)] if announce else []
 
     def _maybe_run(self, now: Instant) -> list[FenceAction]:
-        if not self.is_fencer:
-            return []
         out: list[FenceAction] = []
         for n in sorted(self.victims):
             v = self.victims[n]
-            if n not in self.policy.nodes_with_agent:
-                continue  # no device: only an ack can fence it
+            if n not in self.policy.nodes_with_agent or not self.fences(v):
+                continue  # no device (only an ack can fence it), or not ours to fence now
             due = v.state is VictimState.WAITING or (
                 v.state is VictimState.RETRY and v.next_attempt is not None and v.next_attempt <= now)
             if due:

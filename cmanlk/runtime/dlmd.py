@@ -1,7 +1,9 @@
 """cmanlkd's own dlm_controld: drives the kernel DLM from the node's membership, quorum and cpg.
 
 `DlmDaemon` is a companion of the `Node` (it runs under the node's TaskGroup). It owns one pure
-`cmanlk.dlm.control.DlmCtl` and is its runtime, the way `node.py` is the Stack's:
+`cmanlk.dlm.companion.DlmCompanion` (around `cmanlk.dlm.control.DlmCtl`: every decision, the
+holding of group events until the cluster view caught up included, lives there, so the simulator
+drives the same code) and is its runtime, the way `node.py` is the Stack's:
 
 - inputs: the node's notifications (`MembershipChanged`, `QuorumChanged` → `ClusterChanged` with
   the nodelist's addresses; `CpgConfchg`/`CpgDeliver` of our own groups → `GroupConfchg`/
@@ -51,54 +53,35 @@ from typing import Any, Protocol
 from cmanlk.client.connection import RetryPolicy
 from cmanlk.config import ClusterConfig
 from cmanlk.dlm import control as dlmctl
+from cmanlk.dlm.companion import (
+    DLMD_HANDLE,
+    FENCE_GROUP,
+    CompanionOutput,
+    DlmCompanion,
+)
 from cmanlk.dlm.control import (
-    CPG_REASON_NODEDOWN,
-    ClusterChanged,
-    DeadlineReached,
     DlmCtl,
     DlmEvent,
     DlmSettings,
-    FenceAck,
     FenceAgentExited,
-    FencedElsewhere,
-    GroupConfchg,
-    GroupMessage,
-    JoinGroup,
     KernelLockspaces,
-    LeaveGroup,
     LockspaceOffline,
     LockspaceOnline,
     LockspaceRemoved,
-    SendGroupMessage,
-    ShutdownRequested,
 )
-from cmanlk.dlm.fencing import AnnounceFenced, FencingPolicy, RunFenceAgent
+from cmanlk.dlm.fencing import FencingPolicy, RunFenceAgent
 from cmanlk.errors import ErrorCode, KernelError, UsageError
 from cmanlk.runtime import clock
 from cmanlk.runtime.fence import FenceDevice, FenceRunner
 from cmanlk.services.base import CPG_SERVICE
-from cmanlk.services.cpg.service import (
-    CpgConfchg,
-    CpgDeliver,
-    CpgJoin,
-    CpgLeave,
-    CpgMcast,
-    CpgRequest,
-    Handle,
-)
-from cmanlk.services.votequorum.service import QuorumChanged
-from cmanlk.stack import MembershipChanged, ServiceRequest
+from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast, CpgRequest
+from cmanlk.stack import ServiceRequest
 from cmanlk.types import Instant, NodeId
 from kernel_glue.configfs import carry_out, clear_stale, parse_sockaddr_storage
 from kernel_glue.dlm_protocol import DlmControl, DlmSysfs, DlmUeventSource, LockspaceUevent, UeventsLost
 
 log = logging.getLogger("cmanlk.dlmd")
 
-DLMD_HANDLE = Handle(1 << 48)
-"""Our cpg connection handle: the IPC server numbers its clients from 1 upwards."""
-FENCE_GROUP = b"cmanlk:dlm"
-"""Daemon-wide cpg group: fencing results are announced here (dlm_controld uses "dlm:controld")."""
-FENCED_MAGIC = b"cmanlk-dlm-fenced "
 GROUP_RETRY = RetryPolicy(first_s=0.005, longest_s=0.25, limit_s=60.0)
 """Re-sending a cpg request refused with try_again/busy (or not answered): pauses from 5 ms (a
 sync takes ~ms) doubling to 250 ms; a request still refused after 60 s is dropped and logged (a
@@ -107,11 +90,6 @@ waits for)."""
 MAX_PENDING_GROUP_OPS = 4096
 """cpg requests queued for the sender: a few per lockspace change, MAX_LOCKSPACES lockspaces."""
 GROUP_REQUEST_TIMEOUT_S = 5.0
-MAX_HELD_GROUP_EVENTS = 4096
-"""Group events held until the membership of their ring is known (a few per lockspace)."""
-HOLD_LIMIT_S = 5.0
-"""The quorum and membership notifications follow the confchgs within one Stack step; if they
-ever did not, held events are fed after this long rather than never."""
 RETRYABLE = frozenset({ErrorCode.TRY_AGAIN, ErrorCode.BUSY, ErrorCode.TIMEOUT})
 """cpg refusals that clear by themselves: sync running, join/leave of this group still in flight,
 no answer in time."""
@@ -180,24 +158,26 @@ class DlmDaemon:
         companion instead of stopping the node. Raises ConfigError when a fence device is invalid.
         """
         self.node = node
-        self.ctl = DlmCtl(settings)
+        self.companion = DlmCompanion(settings, addrs, os.getpid())
         self.control = control
         self.sysfs = sysfs
         self.uevents = uevents
-        self.addrs = {n: tuple(a) for n, a in addrs.items()}
         self.fence = FenceRunner(fence_devices or {}, self._on_agent_exit)
         self.prepare = prepare
         self.optional = optional
         self.stats = DlmdStats()
-        self.ready = False
-        self.members: tuple[NodeId, ...] = ()
-        self.quorate = False
         self._outbox: asyncio.Queue[CpgRequest] = asyncio.Queue(MAX_PENDING_GROUP_OPS)
-        self._held: list[Callable[[], DlmEvent]] = []
-        self._hold_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: Instant | None = None
-        self._stopped = False
+
+    @property
+    def ctl(self) -> DlmCtl:
+        """The pure lockspace and fencing core (the companion's)."""
+        return self.companion.ctl
+
+    @property
+    def ready(self) -> bool:
+        return self.companion.ready
 
     # -- public API -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -216,11 +196,7 @@ class DlmDaemon:
                 return
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._send_loop(), name="dlmd-cpg")
-                self._queue(CpgJoin(DLMD_HANDLE, FENCE_GROUP, os.getpid()))
-                self.ready = True
-                self._feed(self._cluster_changed())
-                # lockspaces created before us wait for an answer we may never get a uevent for
-                self._feed(KernelLockspaces(clock.now(), tuple(self.sysfs.lockspaces())))
+                self._carry_out_all(self.companion.start(clock.now(), tuple(self.sysfs.lockspaces())))
                 await self._uevent_loop()
         finally:
             self._shutdown()
@@ -255,6 +231,7 @@ class DlmDaemon:
                 v["for_ns"] = int(now - int(v["since_ns"]))
                 v["has_device"] = nodeid in self.fence.devices
                 v["agent"] = agents.get(nodeid)
+        self.stats.group_events_held = self.companion.stats.group_events_held
         out["daemon"] = {**self.stats.as_dict(), "ready": self.ready, "node_id": int(self.node.me),
                          "fence_agents": {str(n): a for n, a in agents.items()}}
         return out
@@ -263,94 +240,16 @@ class DlmDaemon:
         """An admin confirms `nodeid` is off: recovery may go on. Returns the reply."""
         if nodeid == self.node.me:
             raise UsageError(ErrorCode.INVALID_PARAM, "a node cannot acknowledge its own fencing")
-        log.warning("fencing of node %d acknowledged by an administrator", nodeid)
-        self._feed(FenceAck(clock.now(), nodeid))
+        self._carry_out_all(self.companion.fence_ack(clock.now(), nodeid))
         return {"result": "acknowledged", "nodeid": int(nodeid),
                 "waiting": {ls["name"]: ls["waiting_for"] for ls in self.status()["lockspaces"]}}
 
     # -- inputs ---------------------------------------------------------------------------------
     def _on_notification(self, item: object) -> None:
-        match item:
-            case MembershipChanged():
-                self.members = item.members
-                self._feed_if_ready(self._cluster_changed)
-                self._release_held()
-            case QuorumChanged():
-                # the cluster view dlm_controld takes from its quorum callback: members and
-                # quorum of one ring together (see _on_confchg for why group events wait for it)
-                self.quorate = item.quorate
-                if item.state.members:
-                    self.members = tuple(item.state.members)
-                self._feed_if_ready(self._cluster_changed)
-                self._release_held()
-            case CpgConfchg() if DLMD_HANDLE in item.handles:
-                self._on_confchg(item)
-            case CpgDeliver() if DLMD_HANDLE in item.handles:
-                self._on_deliver(item)
-            case _:
-                pass
-
-    def _feed_if_ready(self, build: Callable[[], DlmEvent]) -> None:
-        if self.ready and not self._stopped:
-            self._feed(build())
-
-    def _cluster_changed(self) -> ClusterChanged:
-        members = self.members
-        return ClusterChanged(clock.now(), members, self.quorate,
-                              tuple((n, self.addrs.get(n, ())) for n in members))
-
-    def _on_confchg(self, note: CpgConfchg) -> None:
-        if note.group == FENCE_GROUP:
-            return
-        group = note.group.decode("utf-8", "replace")
-        members = tuple(sorted({a.nodeid for a in note.members}))
-        joined = tuple(sorted({a.nodeid for a in note.joined}))
-        left = tuple(sorted({(a.nodeid, a.reason) for a in note.left}))
-        # cpg activates before votequorum in a sync (service ids 2 < 5), so a member's
-        # NODEDOWN in a lockspace group reaches us before the quorum and membership of the
-        # ring that lost it. Acting on it at once would decide about fencing with the old
-        # ring's quorum (a partition that just lost quorum would still shoot the majority)
-        # and stop the lockspaces before comms/N goes (dlm_controld's order is the reverse).
-        # So group events wait, in order, until the cluster view has caught up.
-        down = any(r == CPG_REASON_NODEDOWN and n in self.members for n, r in left)
-        self._group_event(lambda: GroupConfchg(clock.now(), group, members, joined, left), hold=down)
-
-    def _on_deliver(self, note: CpgDeliver) -> None:
-        if note.group == FENCE_GROUP:
-            parsed = _decode_fenced(note.payload)
-            if parsed is not None and note.nodeid != self.node.me:
-                nodeid, how = parsed
-                self._feed_if_ready(lambda: FencedElsewhere(clock.now(), nodeid, how))
-            return
-        group = note.group.decode("utf-8", "replace")
-        self._group_event(lambda: GroupMessage(clock.now(), group, note.nodeid, note.payload))
-
-    def _group_event(self, build: Callable[[], DlmEvent], hold: bool = False) -> None:
-        """Feed a lockspace group's event now, or keep it behind the ones already held."""
-        if not (hold or self._held):
-            self._feed_if_ready(build)
-            return
-        if len(self._held) >= MAX_HELD_GROUP_EVENTS:
-            log.error("dlm: %d group events wait for a membership; releasing them", len(self._held))
-            self._release_held()
-            self._feed_if_ready(build)
-            return
-        if not self._held:
-            self._hold_timer = asyncio.get_running_loop().call_later(HOLD_LIMIT_S, self._release_held)
-        self._held.append(build)
-        self.stats.group_events_held += 1
-
-    def _release_held(self) -> None:
-        """Feed the held group events in order (the cluster view is current now)."""
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        held, self._held = self._held, []
-        for build in held:
-            self._feed_if_ready(build)
+        self._carry_out_all(self.companion.notification(clock.now(), item))
 
     def _on_agent_exit(self, nodeid: NodeId, exit_code: int) -> None:
-        self._feed_if_ready(lambda: FenceAgentExited(clock.now(), nodeid, exit_code))
+        self._feed(FenceAgentExited(clock.now(), nodeid, exit_code))
 
     async def _uevent_loop(self) -> None:
         async for ev in self.uevents.events():
@@ -372,26 +271,19 @@ class DlmDaemon:
 
     # -- the core and its actions ---------------------------------------------------------------
     def _feed(self, event: DlmEvent) -> None:
-        """Hand `event` to dlmctl and carry out its actions in order; re-arm the timer."""
-        for action in self.ctl.handle(event):
-            self._carry_out(action)
-        self._arm_timer()
+        """Hand `event` to the companion and carry out its outputs in order; re-arm the timer."""
+        self._carry_out_all(self.companion.event(event))
 
-    def _carry_out(self, action: dlmctl.DlmAction) -> None:
-        match action:
-            case JoinGroup(group):
-                self._queue(CpgJoin(DLMD_HANDLE, group.encode(), os.getpid()))
-            case LeaveGroup(group):
-                self._queue(CpgLeave(DLMD_HANDLE, group.encode()))
-            case SendGroupMessage(group, payload):
-                self._queue(CpgMcast(DLMD_HANDLE, group.encode(), payload))
-            case RunFenceAgent():
-                self.fence.carry_out(action)
-            case AnnounceFenced(nodeid, how):
-                log.warning("node %d is fenced (%s)", nodeid, how)
-                self._queue(CpgMcast(DLMD_HANDLE, FENCE_GROUP, _encode_fenced(nodeid, how)))
-            case _:
-                self._kernel(action)
+    def _carry_out_all(self, outputs: list[CompanionOutput]) -> None:
+        for output in outputs:
+            match output:
+                case CpgJoin() | CpgLeave() | CpgMcast():
+                    self._queue(output)
+                case RunFenceAgent():
+                    self.fence.carry_out(output)
+                case _:
+                    self._kernel(output)
+        self._arm_timer()
 
     def _kernel(self, action: dlmctl.KernelAction) -> None:
         # logged before it is carried out, failed or not: with `logger_subsys { subsys: dlmd
@@ -436,7 +328,7 @@ class DlmDaemon:
                 await asyncio.sleep(pause)
 
     def _arm_timer(self) -> None:
-        deadline = None if self._stopped else self.ctl.next_deadline
+        deadline = self.companion.next_deadline
         if deadline == self._timer_at and (deadline is None or self._timer is not None):
             return
         if self._timer is not None:
@@ -447,25 +339,14 @@ class DlmDaemon:
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, None
-        self._feed_if_ready(lambda: DeadlineReached(clock.now()))
+        self._carry_out_all(self.companion.deadline(clock.now()))
 
     def _shutdown(self) -> None:
-        if self._stopped:
+        if self.companion.stopped:
             return
         self.node.remove_listener(self._on_notification)
-        if self.ready:
-            if self.ctl.lockspaces:
-                log.warning("dlm: lockspaces %s still exist; the kernel keeps the cluster configured",
-                            ", ".join(sorted(self.ctl.lockspaces)))
-            for action in self.ctl.handle(ShutdownRequested(clock.now())):
-                if isinstance(action, dlmctl.ConfigfsMkdir | dlmctl.ConfigfsWrite | dlmctl.ConfigfsRmdir
-                              | dlmctl.SysfsWrite):
-                    self._kernel(action)
-        self._stopped = True
-        self.ready = False
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
+        for action in self.companion.shutdown(clock.now()):
+            self._kernel(action)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -503,24 +384,6 @@ def describe_kernel_action(action: dlmctl.KernelAction) -> str:
 
 def _quoted(value: bytes) -> str:
     return "'" + repr(value)[2:-1] + "'"
-
-
-# -- fencing announcements ---------------------------------------------------------------------
-
-
-def _encode_fenced(nodeid: NodeId, how: str) -> bytes:
-    return FENCED_MAGIC + f"{int(nodeid)} {how[:32]}".encode()
-
-
-def _decode_fenced(payload: bytes) -> tuple[NodeId, str] | None:
-    """Return (nodeid, how) of a fencing announcement, None for anything else (never raises)."""
-    if not payload.startswith(FENCED_MAGIC) or len(payload) > len(FENCED_MAGIC) + 64:
-        return None
-    text = payload[len(FENCED_MAGIC):].decode("ascii", "replace")
-    nodeid, _, how = text.partition(" ")
-    if not nodeid.isdigit() or not 0 < int(nodeid) < 1 << 32:
-        return None
-    return NodeId(int(nodeid)), how or "unknown"
 
 
 # -- building it from the configuration ---------------------------------------------------------

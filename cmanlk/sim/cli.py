@@ -1,10 +1,12 @@
 """`cmanlk-sim`: random fault schedules with the EVS checker, scenario files, and a live demo.
 
-    cmanlk-sim check --seeds 2000 --nodes 2-7 --faults all [--seed-start K] [--seed S]
+    cmanlk-sim check [--stack] --seeds 2000 --nodes 2-7 --faults all [--seed-start K] [--seed S]
                      [--duration SECONDS] [--jobs 2] [-v]
     cmanlk-sim run FILE.txt [--rewrite]
     cmanlk-sim live [--nodes 3] [--seconds 20] [--speed 1.0]
 
+`check --stack` runs the whole node (cmanlk/sim/stackschedule.py: the Stack, the DLM companion
+and their clients on every node, with the service invariants beside the EVS ones).
 `check` prints each failing seed with the command that replays it and ends with
 `schedules=N violations=V`; it exits 1 when anything failed. Results do not
 depend on --jobs: every seed is an independent deterministic run.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +27,7 @@ from cmanlk.sim.cluster import Cluster, CoreFactory, Traffic, sim_config, totem_
 from cmanlk.sim.history import Crashed, Delivered, Installed, Left, Record
 from cmanlk.sim.scenario import ScenarioError, run_text
 from cmanlk.sim.schedule import RunResult, parse_faults, parse_range, run_schedule
+from cmanlk.sim.stackschedule import parse_stack_faults, run_stack_schedule
 from cmanlk.totem.actions import ConfigKind
 from cmanlk.types import Instant, NodeId, ms
 
@@ -41,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--duration", type=float, default=1.5, help="fault window, virtual seconds")
     c.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     c.add_argument("--core", default="", help="core factory as module:callable (default: the Totem core)")
+    c.add_argument("--stack", action="store_true",
+                   help="run the whole node (Stack, DLM companion, clients) with the service invariants")
     c.add_argument("-v", "--verbose", action="store_true", help="print schedules and full violation reports")
     r = sub.add_parser("run", help="run a scenario file and print its output")
     r.add_argument("file", type=Path)
@@ -66,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- check ----------------------------------------------------------------------------------------------
 
 
-Job = tuple[int, tuple[int, int], tuple[str, ...], float, str]
+Job = tuple[int, tuple[int, int], tuple[str, ...], float, str, bool]
 
 
 def load_factory(spec: str) -> CoreFactory:
@@ -82,15 +88,19 @@ def load_factory(spec: str) -> CoreFactory:
 
 
 def _one(job: Job) -> RunResult:
-    seed, nodes, faults, duration, core = job
+    seed, nodes, faults, duration, core, stack = job
+    if stack:
+        logging.getLogger("cmanlk").setLevel(logging.ERROR)  # the DLM companion's fencing warnings
+        return run_stack_schedule(seed, nodes, faults, duration)
     return run_schedule(seed, nodes, faults, duration, load_factory(core))
 
 
 def _results(
-    seeds: list[int], nodes: tuple[int, int], faults: tuple[str, ...], duration: float, jobs: int, core: str
+    seeds: list[int], nodes: tuple[int, int], faults: tuple[str, ...], duration: float, jobs: int, core: str,
+    stack: bool = False,
 ) -> Iterator[RunResult]:
     load_factory(core)
-    work: list[Job] = [(s, nodes, faults, duration, core) for s in seeds]
+    work: list[Job] = [(s, nodes, faults, duration, core, stack) for s in seeds]
     if jobs <= 1 or len(work) < 4:
         yield from map(_one, work)
         return
@@ -100,10 +110,14 @@ def _results(
 
 def _check(args: argparse.Namespace) -> int:
     nodes = parse_range(args.nodes)
-    faults = parse_faults(args.faults)
+    faults = parse_stack_faults(args.faults) if args.stack else parse_faults(args.faults)
+    if args.stack and args.core:
+        raise ValueError("--stack runs the Stack: --core does not apply")
     first = args.seed_start
     seeds = [args.seed] if args.seed is not None else list(range(first, first + args.seeds))
     replay = f"--nodes {args.nodes} --faults {args.faults} --duration {args.duration:g}"
+    if args.stack:
+        replay = "--stack " + replay
     if args.core:
         replay += f" --core {args.core}"
     wall = time.perf_counter()
@@ -111,7 +125,7 @@ def _check(args: argparse.Namespace) -> int:
     virtual_ns = 0
     worst_settle = (0, -1)
     by_prop: dict[str, int] = {}
-    for res in _results(seeds, nodes, faults, args.duration, args.jobs, args.core):
+    for res in _results(seeds, nodes, faults, args.duration, args.jobs, args.core, args.stack):
         delivered += res.delivered
         configs += res.configs
         sent += res.sent

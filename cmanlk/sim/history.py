@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from cmanlk.sim.stackrecords import STACK_RECORD_TYPES, StackRecord, describe_stack_record
 from cmanlk.totem.actions import ConfigKind
 from cmanlk.totem.events import Guarantee
 from cmanlk.types import Instant, NodeId, RingId
@@ -86,7 +87,7 @@ class StateEntered:
     ring_id: RingId
 
 
-Record = Booted | Crashed | Left | Sent | Delivered | Installed | StateEntered
+Record = Booted | Crashed | Left | Sent | Delivered | Installed | StateEntered | StackRecord
 Histories = Mapping[NodeId, list[Record]]
 
 
@@ -118,6 +119,8 @@ def describe(rec: Record) -> str:
             return f"{at} {rec.kind.value} ring={rec.ring_id} members={members_str(rec.members)}"
         case StateEntered():
             return f"{at} state {rec.state} ({rec.reason})"
+    if isinstance(rec, STACK_RECORD_TYPES):
+        return describe_stack_record(rec)
     raise TypeError(rec)
 
 

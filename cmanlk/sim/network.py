@@ -42,9 +42,6 @@ class LinkModel:
         """Upper bound of one datagram's transit time under these settings."""
         return Duration(self.delay_max + self.reorder_extra)
 
-    def is_clean(self) -> bool:
-        return self.loss == 0 and self.dup == 0 and self.reorder == 0
-
 
 @dataclass(slots=True)
 class NetStats:

@@ -32,6 +32,7 @@ def fencer(agents: frozenset[NodeId] = frozenset({N2, N3}), **kw: object) -> Fen
 def test_failed_member_is_fenced_by_the_lowest_quorate_node() -> None:
     f = fencer()
     assert f.is_fencer
+    f.membership(Instant(5), (N1, N2), True)  # the companion feeds the change after the ring's
     assert f.node_failed(Instant(10), N3) == [RunFenceAgent(N3, 1)]
     assert not f.is_fenced(N3) and f.is_fenced(N2)
     assert f.node_failed(Instant(11), N3) == []  # once
@@ -41,6 +42,7 @@ def test_failed_member_is_fenced_by_the_lowest_quorate_node() -> None:
 
 def test_retries_back_off_to_the_ceiling_and_an_ack_ends_them() -> None:
     f = fencer(retry_initial=ms(1000), retry_max=ms(4000))
+    f.membership(Instant(0), (N1, N3), True)
     f.node_failed(Instant(0), N2)
     t = Instant(0)
     waits = []
@@ -82,6 +84,32 @@ def test_a_fenced_node_that_rejoins_is_forgotten_an_unfenced_one_is_not() -> Non
     f.ack(Instant(2), N2)
     f.membership(Instant(3), (N1, N2, N3), True)
     assert N2 not in f.victims and not f.is_fenced(N3)
+
+
+def test_the_agent_never_runs_against_a_member_and_a_fresh_daemon_counts_as_fenced() -> None:
+    f = fencer()
+    assert f.node_failed(Instant(1), N3) == []  # a daemon died on a live member: never shot
+    assert not f.is_fenced(N3) and f.next_deadline is None
+    f.membership(Instant(2), (N1, N2), True)  # it left the ring: now it is fenced
+    assert f.deadline(Instant(2)) == [] and f.victims[N3].state is VictimState.RUNNING
+    f.agent_exited(Instant(3), N3, 1)
+    f.membership(Instant(4), (N1, N2, N3), True)  # back after a merge: no retry against a member
+    assert f.next_deadline is None and f.deadline(Instant(10**10)) == []
+    assert f.restarted(Instant(5), N3) == [AnnounceFenced(N3, "restart")] and f.is_fenced(N3)
+
+
+def test_the_fencer_is_the_lowest_witness_still_here() -> None:
+    # node 2 saw node 4 fail with node 1; node 1 restarted (its daemon left): node 2 fences
+    f = Fencing(N2, FencingPolicy(nodes_with_agent=frozenset({NodeId(4)})))
+    f.membership(Instant(0), (N1, N2, N3), True)
+    assert f.node_failed(Instant(1), NodeId(4), (N1, N2, N3)) == []  # node 1 fences
+    assert not f.is_fencer
+    assert f.peers_left(Instant(2), (N1,)) == [RunFenceAgent(NodeId(4), 1)]
+    # a node that joined later (node 1 again, knowing nothing) does not take it over
+    g = Fencing(N3, FencingPolicy(nodes_with_agent=frozenset({NodeId(4)})))
+    g.membership(Instant(0), (N1, N2, N3), True)
+    g.node_failed(Instant(1), NodeId(4), (N2, N3))
+    assert not g.is_fencer and g.peers_left(Instant(2), (N2,)) == [RunFenceAgent(NodeId(4), 1)]
 
 
 def test_agent_stdin_is_the_fence_agents_line_protocol() -> None:

@@ -535,6 +535,11 @@ class Quorum:
             return self._lowest is not None and self._is_member(self._lowest)
         if mode is AtbMode.HIGHEST:
             return self._highest is not None and self._is_member(self._highest)
+        if self._lowest is None:
+            # Deviation: never quorate yet, no half is known to hold the list's node (corosync
+            # lets every lone node at start claim it: the stack simulator's seed 103 had two
+            # nodes each quorate alone, list (2,1), no wait_for_all), as lowest/highest need it too.
+            return False
         for i, node in enumerate(self.policy.auto_tie_breaker_list):
             if node in self._members:
                 # An earlier list node seen in the previous partition may be in the other half.
