@@ -11,6 +11,9 @@ What it does with Totem's output (corosync exec/main.c):
   running synchronisation is aborted; a transitional configuration is remembered; a regular one
   starts sync v2. Only when sync completes is `MembershipChanged` published upward (clients of
   corosync see the new membership only after "Completed service synchronization").
+- Sync completion is also told to Totem (`TransAck`, corosync's totempg_trans_ack): messages
+  queued before the ring change, a half-sent one among them, wait until then behind the sync
+  messages, as corosync's second queue holds them (`waiting_trans_ack`).
 - Network actions, `PersistRingSeq` and `StateChanged` pass through in order.
 
 Service output: `SendMessage` is wrapped in group "a" and queued with Totem (agreed order);
@@ -60,7 +63,7 @@ from cmanlk.totem.actions import (
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
-from cmanlk.totem.events import LeaveRequested, McastRequested
+from cmanlk.totem.events import LeaveRequested, McastRequested, TransAck
 from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import Instant, NodeId, RingId
 
@@ -189,6 +192,7 @@ class Stack:
         self.config = config
         self.me = me
         self.totem = Totem(config.totem, me, rng, ring_seq)
+        self.totem.hold_for_sync()  # messages queued before a ring change wait for its sync (TransAck)
         factories = config.services
         if factories is None:
             factories = default_services(config.quorum, config.config_version)
@@ -295,6 +299,8 @@ class Stack:
                 self._mcast(svcwire.encode_group_message(svcwire.GROUP_SYNC, o.message), pending)
             elif isinstance(o, SyncCompleted):
                 out.append(self._publish(o))
+                # corosync_sync_completed → totempg_trans_ack: what waited may be sent now.
+                pending.extend(self.totem.handle(TransAck(self._now)))
             else:
                 out.append(o)
 
