@@ -217,3 +217,38 @@ def test_messages_queued_before_a_ring_change_wait_for_its_sync_as_corosyncs_sec
         assert [i for i, _ in seen[n]] == list(range(200)), n
         during = [i for i, syncing in seen[n] if syncing]
         assert not during, f"node {n} delivered {len(during)} old-queue messages during the sync"
+
+
+def test_cpg_requests_get_try_again_until_every_service_is_synchronised():
+    """corosync_sending_allowed answers a flow-controlled cpg call (join, leave, mcast)
+    CS_ERR_TRY_AGAIN while sync_in_process: from the configuration change until the last service
+    (votequorum, after cpg) is synchronised — not only while cpg itself synchronises."""
+    from cmanlk.services.cpg.service import CpgJoin, CpgService
+    from cmanlk.stack import ServiceRequest, default_services
+
+    nodes = (NodeId(1), NodeId(2), NodeId(3))
+    totem = TotemConfig.derive(nodes, token_ms=1000)
+    qconf = QuorumConfig.for_nodes(nodes)
+    services = default_services(qconf, extra=(CpgService,))
+
+    def factory(config, me, rng: random.Random, ring_seq):
+        return Stack(StackConfig(config, qconf, services), me, rng, ring_seq)
+
+    cluster = Cluster(totem, seed=3, factory=factory)
+    for n in nodes:
+        cluster.boot(n)
+
+    def stack(n):
+        return cluster.nodes[n].core
+
+    assert cluster.run_for(ms(5000), lambda: all(stack(n).members == nodes for n in nodes))
+    cluster.crash(NodeId(1))
+    # cpg (service 2) is synchronised and activated; votequorum (5) is not yet.
+    assert cluster.run_for(ms(10000), lambda: stack(2).sync.current_service_id == 5)
+    out = stack(2).handle(ServiceRequest(cluster.now, 2, CpgJoin(1, b"g", 42), request_id=7))
+    (result,) = [a for a in out if isinstance(a, RequestResult)]
+    assert result.error is ErrorCode.TRY_AGAIN, result
+    assert cluster.run_for(ms(5000), lambda: not stack(2).is_synchronising)
+    out = stack(2).handle(ServiceRequest(cluster.now, 2, CpgJoin(1, b"g", 42), request_id=8))
+    (result,) = [a for a in out if isinstance(a, RequestResult)]
+    assert result.error is None, result
