@@ -402,8 +402,12 @@ class Totem(Membership):
                 if packer is None:
                     break
                 left = allowed - sent
-                if sent and not packer.has_partial() and packer.head_frames() > left:
-                    break  # a message this visit cannot finish waits for the next one (pop_frame)
+                need = packer.head_frames()
+                if not packer.has_partial() and left < need <= self.config.max_messages:
+                    # A message this visit cannot finish waits for one that can (see pop_frame): a
+                    # ring change between two visits would leave it half sent, and a node that joins
+                    # then could never assemble it (corosync's receivers neither).
+                    break
                 frame = packer.pop_frame(left)
                 if frame is None:
                     break

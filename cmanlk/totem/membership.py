@@ -342,6 +342,8 @@ class Membership(TotemBase):
             self._out.append(DeliverConfiguration(ConfigKind.TRANSITIONAL, old.ring_id, trans, left, ()))
             # The rest of the old ring's messages belong to the transitional configuration.
             self._deliver(old, old.high_seq_received, None, skip_gaps=True)
+        for n in left:  # and what the rest of the old ring's messages left half assembled
+            self._forget_assembly(n)
         prev = set(old.members) if self.installed_any else set()
         joined = tuple(n for n in new.members if n not in prev)
         left_all = tuple(sorted(n for n in prev if n not in new.members))
