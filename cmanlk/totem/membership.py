@@ -327,23 +327,32 @@ class Membership(TotemBase):
         trans = self.trans_memb
         self.gap_senders = tuple(n for n in old.members if n not in trans)
         # Messages of the old ring that some survivor delivered in the old configuration: we must too.
+        # (corosync delivers every one up to the first gap here; clients cannot tell the difference,
+        # cpg's view changes only after sync, and safe delivery needs this bound.) Then the
+        # transitional configuration, then the rest, after the gaps. (corosync passes over a departed
+        # sender's messages there, its my_deliver_memb filter; we deliver them: one that a survivor
+        # delivered as safe before the change must reach every survivor, and the simulator's
+        # checker holds us to it.)
         self._deliver(old, self.high_ring_delivered, None, skip_gaps=True)
+        left = tuple(n for n in old.members if n not in trans)
+        # A member that left takes its half-assembled messages with it (both assembly sets).
+        for n in left:
+            self._forget_assembly(n)
         if self.installed_any:
-            left = tuple(n for n in old.members if n not in trans)
             self._out.append(DeliverConfiguration(ConfigKind.TRANSITIONAL, old.ring_id, trans, left, ()))
             # The rest of the old ring's messages belong to the transitional configuration.
             self._deliver(old, old.high_seq_received, None, skip_gaps=True)
+        for n in left:  # and what the rest of the old ring's messages left half assembled
+            self._forget_assembly(n)
         prev = set(old.members) if self.installed_any else set()
         joined = tuple(n for n in new.members if n not in prev)
         left_all = tuple(sorted(n for n in prev if n not in new.members))
-        # Half-assembled messages of members that left are dropped; those of members that came along
-        # stay, so a sender that continues a split message on the new ring (corosync's totempg does)
-        # is still understood. Our own half-sent message is sent again whole instead: newcomers could
-        # not assemble its head, and a fresh start replaces the half every survivor holds.
-        for n in old.members:
-            if n not in trans:
-                self.unpacker.forget(n)
-        self.packer.restart_partial()
+        # Half-assembled messages of the members that came along stay: a sender continues a message
+        # split by the ring change where it stopped (corosync's totempg does), ours too — our half-sent
+        # message waits in the first queue until the new ring's sync is over. From here until then,
+        # what is queued goes to the second queue and what arrives is assembled in the second set.
+        if self.holds_for_sync:
+            self._set_waiting_trans_ack(True)
         self._out.append(DeliverConfiguration(ConfigKind.REGULAR, new.ring_id, new.members, left_all, joined))
         self.installed_any = True
         self.ring = new
