@@ -70,9 +70,17 @@ class BenchCluster:
     """Daemons and drivers of `system` on nodes 1..n of `lab` (the lab must have system.links links)."""
 
     def __init__(
-        self, lab: Lab, system: System, nodes: list[int], workdir: Path, token_ms: int, extra_totem: str = ""
+        self,
+        lab: Lab,
+        system: System,
+        nodes: list[int],
+        workdir: Path,
+        token_ms: int,
+        extra_totem: str = "",
+        cbin: Path | None = None,
     ) -> None:
         self.lab = lab
+        self.cbin = cbin  # the C client (bench/cpgbench.c) when system.client is "c"
         self.system = system
         self.nodes = list(nodes)
         self.workdir = workdir
@@ -109,6 +117,10 @@ class BenchCluster:
         cmd = [sys.executable, "-m", "bench.driver", "--backend", self.system.daemon]
         if self.system.daemon == "cmanlk":
             cmd += ["--socket", str(systems.run_dir(self.workdir, node) / "cmanlk.sock")]
+        if self.system.client == "c":
+            if self.cbin is None:
+                raise DriverError(f"{self.system.name} needs the C client (bench/cbuild.py)")
+            cmd += ["--cbin", str(self.cbin)]
         proc = self.lab.popen(
             node, cmd, self.workdir / f"driver{node}.log", env=systems.python_env(), pipes=True
         )
