@@ -360,6 +360,9 @@ class Node:
 
     def _on_membership(self, change: MembershipChanged) -> None:
         self._ring_id, self._members = change.ring_id, change.members
+        tell = getattr(self.transport, "set_ring_members", None)  # optional (transport.py)
+        if tell is not None:
+            tell(change.members)
         self._changes += 1
         log.info("new membership (%s) members %s joined %s left %s; reason: %s", change.ring_id,
                  _ids(change.members), _ids(change.joined), _ids(change.left), self._reason)  # fmt: skip

@@ -19,6 +19,8 @@ Contract shared by every transport:
 - `links()` is a snapshot for status output; `set_nodes()` replaces the nodelist at run time
   (SIGHUP) and takes effect for the next datagram sent or received.
 - `close()` is idempotent; it releases every socket and task.
+- Optional: `set_ring_members(members)` — the node calls it with the members of every new ring
+  it is in, for transports without probes of their own (udpu, udp): a ring member is reachable.
 """
 
 from __future__ import annotations

@@ -48,8 +48,10 @@ SOCKET_RCVBUF_BYTES = 4 << 20
 """Kernel receive buffer asked for (SO_RCVBUFFORCE as root): bursts of MCASTs during recovery."""
 SOCKET_SNDBUF_BYTES = 1 << 20
 REACHABLE_WINDOW_NS = 10_000_000_000
-"""A peer counts as reachable in `links()` if a datagram came from it within this span (udpu has
-no probes; this is for status output only)."""
+"""A peer counts as reachable in `links()` if it is a member of the current ring (the node tells
+us, `set_ring_members`) or a datagram came from it within this span (udpu has no probes; this is
+for status output only). On an idle ring a node hears only its token predecessor, so "heard
+recently" alone would show the other members as disconnected."""
 DROP_LOG_INTERVAL_S = 10.0
 """At most one log line per drop reason per interval (a hostile sender costs a counter)."""
 
@@ -164,6 +166,7 @@ class UdpuTransport:
         self._buffer = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._last_heard: dict[NodeId, int] = {}
+        self._ring_members: frozenset[NodeId] = frozenset()
         self._src_cache: dict[str, NodeId] = {}  # source IP text → node id, listed nodes only
         self._drop_logged: dict[str, float] = {}
         self._closed = False
@@ -204,15 +207,21 @@ class UdpuTransport:
                 continue
             self._sendto(sock, data, peer)
 
+    def set_ring_members(self, members: tuple[NodeId, ...]) -> None:
+        """The members of the ring this node is in now (the node calls this on every new ring)."""
+        self._ring_members = frozenset(members)
+
     def links(self) -> list[LinkStatus]:
-        """Return link 0's status; a peer is `reachable` if heard from in the last 10 s."""
+        """Return link 0's status; a peer is `reachable` if it is in our ring or was heard from
+        in the last 10 s."""
         now = time.monotonic_ns()
         peers = tuple(
             PeerReachability(
                 node,
                 ep.text,
-                now - self._last_heard.get(node, -REACHABLE_WINDOW_NS - now) < REACHABLE_WINDOW_NS,
-                "" if node in self._last_heard else "never heard from",
+                node in self._ring_members
+                or now - self._last_heard.get(node, -REACHABLE_WINDOW_NS - now) < REACHABLE_WINDOW_NS,
+                "" if node in self._last_heard or node in self._ring_members else "never heard from",
             )
             for node, ep in sorted(self._peers.items())
         )
