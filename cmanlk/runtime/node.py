@@ -44,7 +44,7 @@ from cmanlk.runtime.transport import Transport, build_transport
 from cmanlk.services.base import Notification
 from cmanlk.services.cfg.service import CfgService, KilledByNode, KillRequested, NodeShutDown
 from cmanlk.services.cmap.service import ConfigVersionMismatch
-from cmanlk.services.cpg.service import CpgService
+from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
 from cmanlk.services.votequorum.policy import QuorumState
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import Event as StackEvent
@@ -54,6 +54,9 @@ from cmanlk.totem.events import DeadlineReached, LeaveRequested, NodelistChanged
 from cmanlk.types import NO_RING, Instant, NodeId, RingId
 
 log = logging.getLogger("cmanlk.node")
+
+_PASSED_ON = frozenset({CpgDeliver, CpgConfchg, CpgTotemConfchg})
+"""Notifications the node does nothing with but hand to its listeners (one per cpg message)."""
 
 STATUS_REFRESH_S = 2.0
 """status.json is also rewritten this often, so its counters stay fresh for admins and tests."""
@@ -115,6 +118,10 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: Instant | None = None
         self._listeners: list[Listener] = []
+        self._listeners_now: tuple[Listener, ...] = ()  # what _publish calls (a copy: listeners may
+        # add or remove listeners while being called)
+        self._arm_pending = False  # a timer re-arm is scheduled for the end of this loop iteration
+        self._stopped = False
         self._control: asyncio.Queue[tuple[str, object]] = asyncio.Queue(maxsize=16)
         self._fatal: BaseException | None = None
         self._ready_sent = False
@@ -169,6 +176,7 @@ class Node:
                 self._try_leave()
                 self._fatal = self._fatal or failure
         finally:
+            self._stopped = True
             self._cancel_timer()
             await self.transport.close()
             self.notifier.close()
@@ -222,11 +230,13 @@ class Node:
         if len(self._listeners) >= MAX_LISTENERS:
             raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LISTENERS} listeners")
         self._listeners.append(listener)
+        self._listeners_now = tuple(self._listeners)
 
     def remove_listener(self, listener: Listener) -> None:
         """Unregister a callback (no error if absent)."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+            self._listeners_now = tuple(self._listeners)
 
     def snapshot(self) -> Snapshot:
         """The node now: the same object until something changes (module docstring).
@@ -304,10 +314,23 @@ class Node:
                 self._fatal.__cause__ = exc
             self._post("fatal", None)
             return
-        self._arm_timer()
+        self._arm_soon()
 
     def _carry_out(self, actions: list[Any]) -> None:
+        transport = self.transport
         for action in actions:
+            # The hot path first, by exact type: frames out, and cpg traffic, which the node only
+            # passes on (the match below tests up to eight classes per action).
+            kind = type(action)
+            if kind is Multicast:
+                transport.multicast(action.to, action.data)
+                continue
+            if kind is Unicast:
+                transport.unicast(action.to, action.data)
+                continue
+            if kind in _PASSED_ON:
+                self._publish(action)
+                continue
             match action:
                 case Unicast(to=to, data=data):
                     self.transport.unicast(to, data)
@@ -330,6 +353,18 @@ class Node:
                     self._publish(action)
                 case _:
                     raise InternalError(f"the core returned an action the runtime does not know: {action!r}")
+
+    def _arm_soon(self) -> None:
+        """Re-arm the timer once at the end of this loop iteration, not after every event fed:
+        a wake-up that feeds many datagrams or requests computes the next deadline once."""
+        if not self._arm_pending:
+            self._arm_pending = True
+            asyncio.get_running_loop().call_soon(self._arm_now)
+
+    def _arm_now(self) -> None:
+        self._arm_pending = False
+        if not self._stopped:
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         core = self.core
@@ -406,7 +441,7 @@ class Node:
                 log.debug("notification %s", note)
 
     def _publish(self, item: object) -> None:
-        for listener in list(self._listeners):
+        for listener in self._listeners_now:
             try:
                 listener(item)
             except Exception:  # a listener's bug must not stop the node; it is logged
