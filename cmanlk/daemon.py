@@ -161,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the `fast` extra) and CMANLK_UVLOOP is not 0:
-    its wake-ups, readers and timers cost a fraction of the standard loop's (docs/bench.md)."""
-    if os.environ.get("CMANLK_UVLOOP", "1") == "0":
+    """uvloop's event loop when CMANLK_UVLOOP=1 and it is installed (the `fast` extra); else
+    asyncio's own. Not the default: uvloop cannot open pyroute2's AF_NETLINK datagram endpoint
+    (the native transport's and the DLM runtime's rtnetlink watches fail with "invalid family
+    16"), and on udpu it gained about 5 % (docs/bench.md)."""
+    if os.environ.get("CMANLK_UVLOOP", "0") != "1":
         return None
     try:
         import uvloop

@@ -38,6 +38,7 @@ from cmanlk.config import ClusterConfig
 from cmanlk.errors import ErrorCode, InternalError, UsageError
 from cmanlk.runtime import statedir
 from cmanlk.runtime.clock import now
+from cmanlk.runtime.datagrams import Datagram
 from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.status import Counters, GroupView, NodeView, PathChanged, PathView, Snapshot, status_json
 from cmanlk.runtime.transport import Transport, build_transport
@@ -78,6 +79,22 @@ RequestBuilder = Callable[[Instant, int], StackEvent]
 Listener = Callable[[object], None]
 """Called with each notification the core publishes (MembershipChanged, QuorumChanged, cpg
 deliveries, RequestResult) and the node's own PathChanged, on the loop thread."""
+
+
+class _Receiver:
+    """The node's callback for its transport (cmanlk.runtime.datagrams): one datagram, or a
+    wake-up's datagrams as one batch."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __call__(self, data: bytes, src: NodeId | None, link: int) -> None:
+        self._node._on_datagram(data, src, link)
+
+    def batch(self, items: list[Datagram]) -> None:
+        self._node._on_datagrams(items)
 
 
 class Node:
@@ -155,7 +172,7 @@ class Node:
         statedir.ensure_dir(self.run_dir)
         ring_seq = statedir.read_ring_seq(self.state_dir, self.me)
         self._persisted_seq = ring_seq
-        await self.transport.start(self._on_datagram)
+        await self.transport.start(_Receiver(self))
         try:
             self.core = self._build_core(ring_seq)
             t = self.config.totem
@@ -288,6 +305,28 @@ class Node:
             return
         self._feed(PacketReceived(now(), data, src, link))
 
+    def _on_datagrams(self, items: list[Datagram]) -> None:
+        """A wake-up's datagrams: fed to the core in order, their actions carried out together."""
+        core = self.core
+        if core is None or self._left or self._fatal is not None:
+            return
+        t = now()
+        actions: list[Any] = []
+        for data, src, link in items:
+            event = PacketReceived(t, data, src, link)
+            try:
+                actions += core.handle(event)
+            except Exception as exc:  # as in _feed: what came before still goes out, then we stop
+                self._carry_out(actions)
+                self._core_failed(exc, event)
+                return
+        try:
+            self._carry_out(actions)
+        except Exception as exc:
+            self._core_failed(exc, event)
+            return
+        self._arm_soon()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
@@ -305,16 +344,19 @@ class Node:
         except UsageError:
             raise
         except Exception as exc:  # a bug in the core, or a failed fsync: we must not go on
-            where = f"{type(event).__name__} (state {self._state.value}, ring {self._ring_id})"
-            log.critical("stopping: %r while handling %s", exc, where, exc_info=True)
-            if isinstance(exc, OSError | InternalError):
-                self._fatal = exc  # OSError: the host failed us (ring seq not durable), exit 3
-            else:
-                self._fatal = InternalError(f"the core failed: {exc!r} while handling {where}")
-                self._fatal.__cause__ = exc
-            self._post("fatal", None)
+            self._core_failed(exc, event)
             return
         self._arm_soon()
+
+    def _core_failed(self, exc: Exception, event: object) -> None:
+        where = f"{type(event).__name__} (state {self._state.value}, ring {self._ring_id})"
+        log.critical("stopping: %r while handling %s", exc, where, exc_info=exc)
+        if isinstance(exc, OSError | InternalError):
+            self._fatal = exc  # OSError: the host failed us (ring seq not durable), exit 3
+        else:
+            self._fatal = InternalError(f"the core failed: {exc!r} while handling {where}")
+            self._fatal.__cause__ = exc
+        self._post("fatal", None)
 
     def _carry_out(self, actions: list[Any]) -> None:
         transport = self.transport

@@ -12,7 +12,8 @@
   that device (SO_BINDTODEVICE), so traffic cannot leave through another route.
 
 Receiving runs on the loop's reader callback and drains up to RECV_BATCH datagrams per wake-up
-with `recvfrom_into` into one buffer: no task and no large allocation per datagram. The source
+with `recvfrom_into` into one buffer: no task and no large allocation per datagram; the
+wake-up's datagrams reach the node as one batch (`cmanlk.runtime.datagrams.Inbox`). The source
 address text of a listed node is mapped to its node id once (`_src_cache`), the clock is read and
 the counters are updated once per wake-up, not per datagram.
 
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmanlk.config import ADDRESS_FAMILIES, LinkConfig, NodeAddresses
-from cmanlk.runtime.transport import Deliver, LinkStatus, PeerReachability
+from cmanlk.runtime.datagrams import Deliver, Inbox, LinkStatus, PeerReachability
 from cmanlk.types import NodeId
 
 log = logging.getLogger("cmanlk.udpu")
@@ -162,6 +163,7 @@ class UdpuTransport:
         self._send_socks: dict[NodeId, socket.socket] = {}
         self._recv: socket.socket | None = None
         self._deliver: Deliver | None = None
+        self._inbox: Inbox | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
@@ -177,6 +179,7 @@ class UdpuTransport:
         """Bind the receive socket and the per-member sockets. Raises OSError if the bind fails."""
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
+        self._inbox = Inbox(deliver)
         self._recv = self._socket(self.local.sockaddr)
         for node in self._peers:
             self._open_send_socket(node)
@@ -268,9 +271,10 @@ class UdpuTransport:
 
     # -- receive --------------------------------------------------------------------------------
     def _readable(self) -> None:
-        sock, deliver = self._recv, self._deliver
-        if sock is None or deliver is None:
+        sock, inbox = self._recv, self._inbox
+        if sock is None or inbox is None:
             return
+        add = inbox.add
         received = 0
         heard: set[NodeId] = set()
         cache, buffer, view = self._src_cache, self._buffer, self._view
@@ -292,9 +296,10 @@ class UdpuTransport:
                         continue
                 if src is not None:
                     heard.add(src)
-                deliver(bytes(view[:n]), src, 0)
+                add(bytes(view[:n]), src, 0)
         finally:
             self.counters["received"] += received
+            inbox.flush()  # the whole wake-up at once (datagrams.Inbox)
             if heard:
                 now = time.monotonic_ns()
                 for node in heard:
