@@ -75,10 +75,18 @@ class BenchCluster:
     """
 
     def __init__(
-        self, lab: Lab, system: System, nodes: list[int], workdir: Path, token_ms: int, extra_totem: str = "",
+        self,
+        lab: Lab,
+        system: System,
+        nodes: list[int],
+        workdir: Path,
+        token_ms: int,
+        extra_totem: str = "",
+        cbin: Path | None = None,
         per_node: dict[int, System] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.lab = lab
+        self.cbin = cbin  # the C client (bench/cpgbench.c) when system.client is "c"
         self.system = system
         self.nodes = list(nodes)
         self.workdir = workdir
@@ -123,6 +131,10 @@ class BenchCluster:
         cmd = [sys.executable, "-m", "bench.driver", "--backend", daemon]
         if daemon == "cmanlk":
             cmd += ["--socket", str(systems.run_dir(self.workdir, node) / "cmanlk.sock")]
+        if self.system_of(node).client == "c":
+            if self.cbin is None:
+                raise DriverError(f"{self.system_of(node).name} needs the C client (bench/cbuild.py)")
+            cmd += ["--cbin", str(self.cbin)]
         proc = self.lab.popen(
             node, cmd, self.workdir / f"driver{node}.log", env=systems.python_env(), pipes=True
         )

@@ -82,6 +82,7 @@ MAX_FRAME_BYTES = 0xFFFF
 FRAGMENT_COUNTER_MODULUS = 256  # the counter is a u8 on the wire
 
 _HEADER_LE = struct.Struct("<hhBBH")
+_U16_LE = struct.Struct("<H")
 _HEADER_BE = struct.Struct(">hhBBH")
 
 
@@ -399,4 +400,11 @@ class _FrameBuilder:
         self.used += len(piece)
 
     def encode(self) -> bytes:
-        return encode_frame(Frame(self.fragmented, self.continuation, tuple(self.pieces)))
+        # encode_frame's bytes without its checks and its Frame: the packer only builds frames of
+        # 1..max pieces within max_frame_bytes (<= MAX_FRAME_BYTES), and flags of one byte.
+        pieces = self.pieces
+        count = len(pieces)
+        head = _HEADER_LE.pack(PG_VERSION, PG_TYPE, self.fragmented, self.continuation, count)
+        if count == 1:
+            return head + _U16_LE.pack(len(pieces[0])) + pieces[0]
+        return head + struct.pack(f"<{count}H", *map(len, pieces)) + b"".join(pieces)
