@@ -559,7 +559,9 @@ def _timeline(r: Rolling) -> str:
         if p.quorum is not None and seen.get(p.node) != (text := p.quorum.text()):
             seen[p.node] = text
             events.append((p.t0, f"        quorum on n{p.node}: {text}"))
-    lines = ["timeline (s from the first poll; pacemaker's log times for resource operations):"]
+    events += _state_changes(r)
+    lines = ["timeline (s from the first poll; pacemaker's log times for resource operations;"
+             " 'crm_mon (nN)': a change of a resource's state first seen by crm_mon on nN):"]  # fmt: skip
     lines += [f"{t - rel:8.2f}  {what}" for t, what in sorted(events)]
     placed: dict[str, str] = {}
     for p in r.polls:
@@ -567,6 +569,35 @@ def _timeline(r: Rolling) -> str:
             placed.update({rsc: on[0] for rsc, on in p.mon.where.items() if on})
     lines.append("resources at the end: " + ", ".join(f"{k}@{v}" for k, v in sorted(placed.items())))
     return "\n".join(lines)
+
+
+def _state_changes(r: Rolling) -> list[tuple[float, str]]:
+    """Every change of a resource's state (Started on nX, or its role) in crm_mon's polls, each
+    once: a change another node's crm_mon showed in the last 3 s is the same change, seen later;
+    a node's first polls after its own switch only catch up."""
+    state: dict[tuple[int, str], str] = {}
+    recent: dict[tuple[str, str, str], float] = {}
+    last: dict[int, float] = {}
+    out: list[tuple[float, str]] = []
+    for p in r.polls:
+        if p.mon is None:
+            continue
+        if r.window_at(p.node, last.get(p.node, p.t0), p.t0) is not None:  # back after its own switch
+            for rsc in RESOURCES:
+                state.pop((p.node, rsc), None)
+        last[p.node] = p.t0
+        for rsc in RESOURCES:
+            on = p.mon.where.get(rsc, ())
+            now = f"@{','.join(on)}" if on else p.mon.roles.get(rsc, "absent")
+            was = state.get((p.node, rsc))
+            state[(p.node, rsc)] = now
+            if was is None or was == now:
+                continue
+            key = (rsc, was, now)
+            if p.t0 - recent.get(key, -1e9) > 3.0:
+                out.append((p.t0, f"      crm_mon (n{p.node}): {rsc} {was} → {now}"))
+            recent[key] = p.t0
+    return out
 
 
 NOTABLE = {
