@@ -275,15 +275,16 @@ class TotemTap:
         else:
             actions = self.totem.handle(event)
         out: list[Any] = []
+        record = host.out.append
         for a in actions:
-            if isinstance(a, Deliver):
-                host.out.append(a)
-                cut = a.payload.find(TAG_END, 0, 40)
-                out.append(replace(a, payload=a.payload[cut + 1:]))
-            elif isinstance(a, DeliverConfiguration):
-                host.out.append(a)
-                out.append(a)
+            kind = type(a)
+            if kind is Deliver:
+                record(a)
+                p = a.payload
+                out.append(Deliver(a.ring_id, a.sender, p[p.find(TAG_END, 0, 40) + 1:], a.guarantee))
             else:
+                if kind is DeliverConfiguration:
+                    record(a)
                 out.append(a)
         return out
 
@@ -344,13 +345,12 @@ class StackHost:
 
     @property
     def next_deadline(self) -> Instant | None:
-        ds = [self.stack.next_deadline, self.companion.next_deadline]
-        if self._outbox:
-            ds.append(self._retry_at)
-        if self._timers:
-            ds.append(Instant(self._timers[0][0]))
-        present = [d for d in ds if d is not None]
-        return min(present) if present else None
+        d = self.stack.next_deadline
+        for other in (self.companion.next_deadline, self._retry_at if self._outbox else None,
+                      self._timers[0][0] if self._timers else None):
+            if other is not None and (d is None or other < d):
+                d = Instant(other)
+        return d
 
     def handle(self, event: TotemEvent) -> list[Any]:
         self.now = event.now
