@@ -134,6 +134,8 @@ class StackWorld:
     quorum: QuorumConfig
     fencing: FencingPolicy = SIM_FENCING
     cpg_factory: ServiceFactory | None = None  # None: the product's CpgService (tests plant broken ones)
+    votequorum_factory: ServiceFactory | None = None  # None: the product's VotequorumService
+    companion_factory: Callable[[DlmSettings], DlmCompanion] | None = None  # None: the product's
     agent_mode: dict[NodeId, str] = field(default_factory=dict)  # ok, fail, hang (default ok)
     chatter_per_s: float = 0.0
     chatter_until: int = 0
@@ -155,7 +157,15 @@ class StackWorld:
 
     def services(self) -> tuple[ServiceFactory, ...]:
         cpg: ServiceFactory = self.cpg_factory or CpgService
-        return default_services(self.quorum, None, (CfgService, cpg))
+        services = default_services(self.quorum, None, (CfgService, cpg))
+        if self.votequorum_factory is not None:
+            services = (services[0], self.votequorum_factory, *services[2:])
+        return services
+
+    def companion(self, settings: DlmSettings) -> DlmCompanion:
+        if self.companion_factory is not None:
+            return self.companion_factory(settings)
+        return DlmCompanion(settings, {}, pid=90000 + settings.me)
 
     def host(self, n: NodeId) -> StackHost | None:
         if self.cluster is None:
@@ -322,7 +332,7 @@ class StackHost:
         self.stack.totem = self.tap  # type: ignore[assignment]
         self._probe()
         settings = DlmSettings(cluster_name="sim", me=me, fencing=world.fencing)
-        self.companion = DlmCompanion(settings, {}, pid=90000 + me)
+        self.companion = world.companion(settings)
         self.kernel: dict[str, KernelLs] = {}
         self.out: list[Any] = []
         self.now = Instant(0)

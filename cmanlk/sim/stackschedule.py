@@ -31,10 +31,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cmanlk.dlm.fencing import FencingPolicy
 from cmanlk.errors import ConfigError
-from cmanlk.services.base import ServiceFactory
 from cmanlk.services.votequorum.policy import QuorumConfig
 from cmanlk.sim.cluster import Cluster
 from cmanlk.sim.history import Histories, Installed
@@ -262,14 +262,17 @@ def run_stack_schedule(
     nodes: tuple[int, int] = (2, 7),
     faults: tuple[str, ...] = STACK_FAULT_KINDS,
     duration_s: float = 1.5,
-    cpg_factory: ServiceFactory | None = None,
+    **plants: Any,
 ) -> RunResult:
-    """Run the stack schedule of `seed` and check it; return the verdict and statistics."""
+    """Run the stack schedule of `seed` and check it; return the verdict and statistics.
+
+    `plants`: StackWorld's cpg_factory, votequorum_factory, companion_factory (broken services
+    the tests plant to show the checker catches them)."""
     wall = time.perf_counter()
     sch = make_stack_schedule(seed, nodes, faults, duration_s)
     base = sch.base
-    world = StackWorld(seed, sch.quorum, sch.fencing, cpg_factory, dict(sch.agent_mode), sch.chatter_per_s,
-                       chatter_until=base.traffic.until)
+    world = StackWorld(seed, sch.quorum, sch.fencing, agent_mode=dict(sch.agent_mode),
+                       chatter_per_s=sch.chatter_per_s, chatter_until=base.traffic.until, **plants)
     cluster = StackCluster(base.config, seed=seed, world=world, record_states=False)
     for step in sorted(base.steps + sch.steps, key=lambda s: s.t):
         cluster.at(step.t, _bind(step.fn, cluster))
