@@ -107,6 +107,7 @@ AGENT_EXIT_TIMEOUT = -1  # cmanlk.runtime.fence.EXIT_TIMEOUT
 SIM_FENCING = FencingPolicy(retry_initial=ms(100), retry_max=ms(400))
 CLIENT_HANDLE_BASE = 1000  # a client handle is incarnation * CLIENT_HANDLE_BASE + k
 TAG_END = b"|"
+DLM_PID_BASE = 1_000_000  # a DLM companion's pid: base + incarnation * 1000 + node id
 LocalRequest = SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
 
 
@@ -135,7 +136,7 @@ class StackWorld:
     fencing: FencingPolicy = SIM_FENCING
     cpg_factory: ServiceFactory | None = None  # None: the product's CpgService (tests plant broken ones)
     votequorum_factory: ServiceFactory | None = None  # None: the product's VotequorumService
-    companion_factory: Callable[[DlmSettings], DlmCompanion] | None = None  # None: the product's
+    companion_factory: Callable[[DlmSettings, int], DlmCompanion] | None = None  # None: the product's
     agent_mode: dict[NodeId, str] = field(default_factory=dict)  # ok, fail, hang (default ok)
     chatter_per_s: float = 0.0
     chatter_until: int = 0
@@ -162,10 +163,12 @@ class StackWorld:
             services = (services[0], self.votequorum_factory, *services[2:])
         return services
 
-    def companion(self, settings: DlmSettings) -> DlmCompanion:
+    def companion(self, settings: DlmSettings, inc: int) -> DlmCompanion:
+        """The DLM companion of node `settings.me`'s incarnation `inc` (its pid names both)."""
+        pid = DLM_PID_BASE + inc * 1000 + settings.me
         if self.companion_factory is not None:
-            return self.companion_factory(settings)
-        return DlmCompanion(settings, {}, pid=90000 + settings.me)
+            return self.companion_factory(settings, pid)
+        return DlmCompanion(settings, {}, pid=pid)
 
     def host(self, n: NodeId) -> StackHost | None:
         if self.cluster is None:
@@ -187,12 +190,12 @@ class StackWorld:
             self.last_power_off = now
             self.cluster.crash(victim)
 
-    def off_since_boot(self, victim: NodeId, failed_at: Instant) -> bool:
-        """Has the incarnation of `victim` that was alive at `failed_at` ended (switched off, crashed,
-        left)? Only then can it no longer write to shared storage: the ground truth of fenced."""
-        boots = [b for b in self.boots.get(victim, []) if b <= failed_at]
-        since = boots[-1] if boots else Instant(0)
-        return any(e >= since for e in self.ends.get(victim, []))
+    def dlm_process_ended(self, victim: NodeId, pid: int) -> bool:
+        """Has the incarnation of `victim` whose DLM companion was process `pid` ended (switched
+        off, crashed, left)? Only then can it no longer write to shared storage: the ground truth
+        of fenced."""
+        inc = (pid - DLM_PID_BASE) // 1000
+        return len(self.ends.get(victim, [])) > inc
 
     def quorate_partitions_with(self, victim: NodeId) -> tuple[NodeId, ...]:
         """Live nodes in a real quorate ring that contains `victim` (ground truth, now)."""
@@ -332,7 +335,7 @@ class StackHost:
         self.stack.totem = self.tap  # type: ignore[assignment]
         self._probe()
         settings = DlmSettings(cluster_name="sim", me=me, fencing=world.fencing)
-        self.companion = world.companion(settings)
+        self.companion = world.companion(settings, inc)
         self.kernel: dict[str, KernelLs] = {}
         self.out: list[Any] = []
         self.now = Instant(0)
@@ -347,7 +350,7 @@ class StackHost:
         self.clients: list[Client] = []
         self._next_client = 0
         self._pid = 0
-        self.ls_failed: dict[tuple[str, NodeId], Instant] = {}  # (lockspace, node) -> when it failed
+        self.ls_failed: dict[tuple[str, NodeId], int] = {}  # (lockspace, node) -> pid of the failed process
         self.dropped_requests = 0
         self._started = False
 
@@ -514,7 +517,7 @@ class StackHost:
                     name = a.group[7:].decode()
                     for m in a.left:
                         if m.reason in (CPG_REASON_NODEDOWN, CPG_REASON_PROCDOWN):
-                            self.ls_failed[(name, m.nodeid)] = now
+                            self.ls_failed[(name, m.nodeid)] = m.pid
             case CpgDeliver():
                 self._emit(CpgMsg(now, a.handles, a.group, (a.nodeid, a.pid), a.payload))
             case CpgTotemConfchg():
@@ -634,7 +637,7 @@ class StackHost:
                 if k.control == 1:
                     q = self.stack.quorum
                     removed = [n for n in k.started_with if n not in k.nodes]
-                    failed, off = self.ls_failed, self.world.off_since_boot
+                    failed, off = self.ls_failed, self.world.dlm_process_ended
                     unfenced = tuple(n for n in removed if (ls, n) in failed and not off(n, failed[(ls, n)]))
                     self._emit(KernelControl(self.now, ls, 1, nodes, q is not None and q.quorate, unfenced))
                     k.started_with = nodes

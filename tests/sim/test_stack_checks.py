@@ -275,9 +275,9 @@ class _FencingAnyone(Fencing):
 
 def _companion(
     ctl: type[DlmCtl] = DlmCtl, fencing: type[Fencing] = Fencing
-) -> Callable[[DlmSettings], DlmCompanion]:
-    def make(settings: DlmSettings) -> DlmCompanion:
-        c = DlmCompanion(settings, {}, pid=90000 + settings.me)
+) -> Callable[[DlmSettings, int], DlmCompanion]:
+    def make(settings: DlmSettings, pid: int) -> DlmCompanion:
+        c = DlmCompanion(settings, {}, pid=pid)
         c.ctl.__class__ = ctl
         c.ctl.fencing.__class__ = fencing
         return c
