@@ -30,6 +30,7 @@ Commands (durations take ms or s suffixes; node lists are ids separated by space
     run D                       let D of virtual time pass
     run-until N STATE [D]       run until node N enters STATE (OPERATIONAL, GATHER, COMMIT, RECOVERY)
     wait-stable [D]             run until every up node is OPERATIONAL in the ring of its group
+                                (stack mode: and has completed that ring's sync)
     show members                each node's state, ring and members
     expect members [N...] (a,b)  nodes N (default: all up nodes) have exactly these members
     verbose on|off              also print state changes (with reasons)
@@ -407,7 +408,12 @@ class Runner:
 
     def _wait_stable(self, limit: Duration) -> list[str]:
         cluster = self._need_cluster()
-        if cluster.run_for(limit, cluster.is_stable):
+        world = self.world
+
+        def stable() -> bool:  # the stack mode also waits for every node's sync to complete
+            return cluster.is_stable() and (world is None or world.synced())
+
+        if cluster.run_for(limit, stable):
             return ["stable: " + " ".join(_members(g) for g in cluster.groups())]
         return [f"NOT STABLE within {limit / 1e6:.0f} ms", *self._members_lines()]
 

@@ -48,7 +48,7 @@ from cmanlk.dlm.control import (
 )
 from cmanlk.dlm.fencing import FencingPolicy, RunFenceAgent
 from cmanlk.errors import ErrorCode
-from cmanlk.services.base import CPG_SERVICE, Notification, ServiceFactory
+from cmanlk.services.base import CPG_SERVICE, VOTEQUORUM_SERVICE, Notification, ServiceFactory
 from cmanlk.services.cfg.service import CfgService
 from cmanlk.services.cpg.service import (
     ClientGone,
@@ -92,11 +92,11 @@ from cmanlk.stack import (
     default_services,
 )
 from cmanlk.stack import Event as StackEvent
-from cmanlk.totem.actions import Deliver, DeliverConfiguration
+from cmanlk.totem.actions import ConfigKind, Deliver, DeliverConfiguration
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import McastRequested, Started
-from cmanlk.types import Duration, Instant, NodeId, ms
+from cmanlk.types import Duration, Instant, NodeId, RingId, ms
 
 RETRY_FIRST = ms(5)  # dlmd's GROUP_RETRY: 5 ms doubling to 250 ms, given up after 60 s
 RETRY_LONGEST = ms(250)
@@ -197,6 +197,14 @@ class StackWorld:
         inc = (pid - DLM_PID_BASE) // 1000
         return len(self.ends.get(victim, [])) > inc
 
+    def fresh_quorum(self, h: StackHost) -> bool:
+        """Is node h's votequorum decision the one of the ring Totem installed last (not an older
+        ring's, kept while the new ring's sync has not reached votequorum)?"""
+        assert self.cluster is not None
+        vq = h.stack.services.get(VOTEQUORUM_SERVICE)
+        q = getattr(vq, "quorum", None)
+        return q is not None and not q.in_sync and q.ring_id == h.totem_ring
+
     def quorate_partitions_with(self, victim: NodeId) -> tuple[NodeId, ...]:
         """Live nodes in a real quorate ring that contains `victim` (ground truth, now)."""
         assert self.cluster is not None
@@ -215,6 +223,12 @@ class StackWorld:
             if real:
                 out.append(h.me)
         return tuple(out)
+
+    def synced(self) -> bool:
+        """Has every live node completed the sync of the ring it is in?"""
+        assert self.cluster is not None
+        return all(not h.stack.is_synchronising and h.stack.ring_id == self.cluster.nodes[h.me].ring_id
+                   for h in self.hosts())
 
     def dlm_settled(self) -> bool:
         """Is every live node's DLM side idle (nothing queued, held, stopped or unfenced)?"""
@@ -298,6 +312,8 @@ class TotemTap:
             else:
                 if kind is DeliverConfiguration:
                     record(a)
+                    if a.kind is ConfigKind.REGULAR:
+                        host.totem_ring = a.ring_id
                 out.append(a)
         return out
 
@@ -353,6 +369,7 @@ class StackHost:
         self.ls_failed: dict[tuple[str, NodeId], int] = {}  # (lockspace, node) -> pid of the failed process
         self.dropped_requests = 0
         self._started = False
+        self.totem_ring: RingId | None = None  # the last regular configuration Totem delivered
 
     # --- Core -----------------------------------------------------------------------------------
 
@@ -639,7 +656,8 @@ class StackHost:
                     removed = [n for n in k.started_with if n not in k.nodes]
                     failed, off = self.ls_failed, self.world.dlm_process_ended
                     unfenced = tuple(n for n in removed if (ls, n) in failed and not off(n, failed[(ls, n)]))
-                    self._emit(KernelControl(self.now, ls, 1, nodes, q is not None and q.quorate, unfenced))
+                    quorate = q is not None and q.quorate and self.world.fresh_quorum(self)
+                    self._emit(KernelControl(self.now, ls, 1, nodes, quorate, unfenced))
                     k.started_with = nodes
                 else:
                     self._emit(KernelControl(self.now, ls, 0, nodes))
@@ -664,7 +682,8 @@ class StackHost:
     def _run_agent(self, run: RunFenceAgent) -> None:
         victim = run.nodeid
         q = self.stack.quorum
-        self._emit(FenceRun(self.now, victim, run.attempt, q is not None and q.quorate, self.stack.members,
+        quorate = q is not None and q.quorate and self.world.fresh_quorum(self)
+        self._emit(FenceRun(self.now, victim, run.attempt, quorate, self.stack.members,
                             self.world.quorate_partitions_with(victim)))
         mode = "ok" if self.world.quiet else self.world.agent_mode.get(victim, "ok")
         if mode == "hang":
