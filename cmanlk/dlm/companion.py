@@ -20,6 +20,8 @@ quorum: a partition that just lost quorum would still shoot the majority, or res
 old ring's quorum), and stop the lockspaces before comms/N goes (dlm_controld's order is the
 reverse). So a sync's group change, every group event after it, and every group event while
 cpg's ring (its totem confchg) is not the ring of the last quorum notification wait, in order,
+those of the daemons' own FENCE_GROUP included (a daemon that left makes a new fencer, stack
+scenario stack_dlm_fencer: it ran the agent on its old ring's quorum),
 until the cluster view has caught up with cpg's ring; at most HOLD_LIMIT (then they are fed
 anyway rather than never).
 
@@ -240,18 +242,23 @@ class DlmCompanion:
         return out
 
     def _on_confchg(self, now: Instant, note: CpgConfchg) -> list[CompanionOutput]:
+        by_sync = any(a.reason in SYNC_REASONS for a in (*note.left, *note.joined))
         if note.group == FENCE_GROUP:
-            # fencing's witnesses and restarts (cmanlk/dlm/fencing.py, "Roles", "Never a member")
+            # fencing's witnesses and restarts (cmanlk/dlm/fencing.py, "Roles", "Never a member"),
+            # held like the lockspaces' events: a fencer chosen anew must decide with its ring's quorum
             gone = tuple(sorted({a.nodeid for a in note.left}))
             fresh = tuple(sorted({a.nodeid for a in note.joined if a.reason == CPG_REASON_JOIN}))
             if not gone and not fresh:
                 return []
-            return self._feed_if_ready(DaemonsChanged(now, gone, fresh))
+
+            def daemons(t: Instant) -> DlmEvent:
+                return DaemonsChanged(t, gone, fresh)
+
+            return self._group_event(now, daemons, hold=by_sync or self._stale())
         group = note.group.decode("utf-8", "replace")
         members = tuple(sorted({a.nodeid for a in note.members}))
         joined = tuple(sorted({a.nodeid for a in note.joined}))
         left = tuple(sorted({(a.nodeid, a.reason) for a in note.left}))
-        by_sync = any(a.reason in SYNC_REASONS for a in (*note.left, *note.joined))
 
         def build(t: Instant) -> DlmEvent:
             return GroupConfchg(t, group, members, joined, left)
@@ -261,10 +268,14 @@ class DlmCompanion:
     def _on_deliver(self, now: Instant, note: CpgDeliver) -> list[CompanionOutput]:
         if note.group == FENCE_GROUP:
             parsed = decode_fenced(note.payload)
-            if parsed is not None and note.nodeid != self.me:
-                nodeid, how = parsed
-                return self._feed_if_ready(FencedElsewhere(now, nodeid, how))
-            return []
+            if parsed is None or note.nodeid == self.me:
+                return []
+            nodeid, how = parsed
+
+            def fenced(t: Instant) -> DlmEvent:
+                return FencedElsewhere(t, nodeid, how)
+
+            return self._group_event(now, fenced, hold=self._stale())
         group = note.group.decode("utf-8", "replace")
         sender, payload = note.nodeid, note.payload
 

@@ -7,6 +7,8 @@
 - `schedule`: random fault schedules per seed, with the liveness bound.
 - `scenario`: the data-driven scenario files of tests/scenarios.
 - `cli`: the `cmanlk-sim` console script.
+- the stack mode: `stackhost` (the whole node per simulated machine), `stackrecords`,
+  `service_checks` and `vqmodel` (the service invariants), `stackschedule`, `stackscenario`.
 """
 
 from cmanlk.sim.cluster import Cluster, Core, CoreFactory, Traffic, sim_config, totem_factory

@@ -1,9 +1,9 @@
 """N simulated nodes, each running the real protocol core, over the seeded network.
 
 A node's core is anything with `handle(event) -> list[Action]` and a
-`next_deadline` property (the Totem core today, the full Stack later); it is
-built by a `CoreFactory(config, me, rng, ring_seq)`. The cluster plays the part
-of the runtime (STYLE.md, "How the runtime reads"): it feeds `Started`,
+`next_deadline` property (the Totem core, or a StackHost running the whole node:
+cmanlk/sim/stackhost.py); it is built by a `CoreFactory(config, me, rng, ring_seq)`.
+The cluster plays the part of the runtime (STYLE.md, "How the runtime reads"): it feeds `Started`,
 `PacketReceived(src=...)`, `DeadlineReached` and `McastRequested` events, carries
 out the returned actions in order, and keeps one timer per node at the core's
 `next_deadline`. `PersistRingSeq` is remembered per node and survives crashes: a

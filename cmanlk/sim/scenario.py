@@ -30,10 +30,28 @@ Commands (durations take ms or s suffixes; node lists are ids separated by space
     run D                       let D of virtual time pass
     run-until N STATE [D]       run until node N enters STATE (OPERATIONAL, GATHER, COMMIT, RECOVERY)
     wait-stable [D]             run until every up node is OPERATIONAL in the ring of its group
+                                (stack mode: and has completed that ring's sync)
     show members                each node's state, ring and members
     expect members [N...] (a,b)  nodes N (default: all up nodes) have exactly these members
     verbose on|off              also print state changes (with reasons)
     check [settled]             run the checker now; `settled` adds end-of-run properties
+
+The stack mode (`stack [key=value ...]` before the first start) runs the whole node on each
+simulated machine (cmanlk/sim/stackhost.py) and adds the service checker to every check. Its
+options: votes=N:V,... two_node=1 wfa=0|1 lms=WINDOW_MS atb=lowest|highest|N,N,... downscale=1
+agents=N,N,... (nodes with a fence device; default all). Its commands:
+
+    cpg join N G | cpg leave N G | cpg send N G COUNT | cpg gone N    a client on node N
+    lockspace join N NAME | lockspace leave N NAME                   the kernel's uevents on N
+    agent N ok|fail|hang          how the fence agent against node N behaves from now on
+    fence-ack N VICTIM            an administrator switches VICTIM off and acknowledges it on N
+    votes N NODE V | expected N E | cancel-wfa N                     corosync-quorumtool on N
+    show quorum | show cpg G | show dlm                              each node's view
+    check-seed S                  run the random stack schedule of seed S (a found bug's replay)
+
+In the stack mode a command's output shows, per node, the ring changes, quorum gained or lost,
+the clients' group views, how many group messages they were delivered, lockspace starts and
+stops, and fence agent runs (the Stack's own Totem messages are not listed).
 """
 
 from __future__ import annotations
@@ -153,6 +171,9 @@ class Runner:
         self.violations: list[Violation] = []
         self._stop_on: tuple[NodeId, str] | None = None
         self._stopped = False
+        self.stack_options: dict[str, str] | None = None
+        self.world: Any = None
+        self._quorate: dict[NodeId, bool] = {}
 
     # --- driving -------------------------------------------------------------------------------------
 
@@ -184,7 +205,12 @@ class Runner:
         if self.cluster is None:
             nodelist = self.nodelist or tuple(sorted(nodes))
             config = sim_config(nodelist, **self.overrides)
-            self.cluster = Cluster(config, seed=self.seed, factory=self.factory)
+            if self.stack_options is not None:
+                from cmanlk.sim.stackscenario import make_stack_cluster
+
+                self.cluster, self.world = make_stack_cluster(config, self.seed, self.stack_options)
+            else:
+                self.cluster = Cluster(config, seed=self.seed, factory=self.factory)
             self.cluster.listeners.append(self._listen)
         return self.cluster
 
@@ -199,15 +225,27 @@ class Runner:
     def _changes(self) -> list[str]:
         per_node: dict[NodeId, list[str]] = {}
         delivered: dict[NodeId, list[str]] = {}
+        stack = self.stack_options is not None
         for node, rec in self.seen:
-            text = self._describe(rec)
+            text = self._describe_stack(node, rec) if stack else None
+            text = text or self._describe(rec)
             if text is not None:
                 per_node.setdefault(node, []).append(text)
-            if isinstance(rec, Delivered):
+            if stack:
+                key = _stack_delivery(rec)
+                if key is not None:
+                    delivered.setdefault(node, []).append(key)
+            elif isinstance(rec, Delivered):
                 delivered.setdefault(node, []).append(label(rec.payload))
         lines = _grouped({n: " · ".join(v) for n, v in per_node.items()})
         shown: dict[NodeId, str] = {}
         for n, labels in delivered.items():
+            if stack:
+                counts: dict[str, int] = {}
+                for g in labels:
+                    counts[g] = counts.get(g, 0) + 1
+                shown[n] = "cpg delivered " + " ".join(f"{g}:{k}" for g, k in sorted(counts.items()))
+                continue
             extra = f" (+{len(labels) - MAX_LABELS} more)" if len(labels) > MAX_LABELS else ""
             shown[n] = f"delivered {len(labels)}: " + " ".join(labels[:MAX_LABELS]) + extra
         return lines + _grouped(shown)
@@ -228,9 +266,19 @@ class Runner:
                 return f"{rec.state} ({rec.reason})" if self.verbose else None
         return None
 
+    def _describe_stack(self, node: NodeId, rec: Record) -> str | None:
+        from cmanlk.sim.stackscenario import describe_for_scenario
+
+        return describe_for_scenario(node, rec, self._quorate)
+
     def _new_violations(self, settled: bool) -> list[str]:
         cluster = self._need_cluster()
         found = check(cluster.histories(), settled=settled)
+        if self.world is not None:
+            from cmanlk.sim.service_checks import check_services
+
+            done = settled and cluster.is_stable() and self.world.dlm_settled()
+            found += check_services(cluster.histories(), self.world, done, final=settled)
         lines = []
         for v in found:
             key = f"{v.prop}|{v.node}|{v.detail}"
@@ -360,11 +408,22 @@ class Runner:
 
     def _wait_stable(self, limit: Duration) -> list[str]:
         cluster = self._need_cluster()
-        if cluster.run_for(limit, cluster.is_stable):
+        world = self.world
+
+        def stable() -> bool:  # the stack mode also waits for every node's sync to complete
+            return cluster.is_stable() and (world is None or world.synced())
+
+        if cluster.run_for(limit, stable):
             return ["stable: " + " ".join(_members(g) for g in cluster.groups())]
         return [f"NOT STABLE within {limit / 1e6:.0f} ms", *self._members_lines()]
 
     def _cmd_show(self, args: list[str]) -> list[str]:
+        if self.stack_options is not None:
+            from cmanlk.sim.stackscenario import show
+
+            lines = show(self, args)
+            if lines is not None:
+                return lines
         if args != ["members"]:
             raise ScenarioError("usage: show members")
         return self._members_lines()
@@ -399,6 +458,21 @@ class Runner:
         self.verbose = args == ["on"]
         return ["ok"]
 
+    def _cmd_stack(self, args: list[str]) -> list[str]:
+        self._before_start("stack")
+        self.stack_options = dict(a.partition("=")[::2] for a in args)
+        return ["ok"]
+
+    def __getattr__(self, name: str) -> Any:
+        # the stack mode's commands live in cmanlk/sim/stackscenario.py
+        if name.startswith("_cmd_"):
+            from cmanlk.sim import stackscenario
+
+            fn = getattr(stackscenario, "cmd_" + name[5:], None)
+            if fn is not None:
+                return lambda args: fn(self, args)
+        raise AttributeError(name)
+
     def _cmd_check(self, args: list[str]) -> list[str]:
         lines = self._new_violations(settled=args == ["settled"])
         return lines or ["invariants ok"]
@@ -415,6 +489,12 @@ def run_text(text: str, factory: CoreFactory = totem_factory) -> ScenarioResult:
             raise ScenarioError(f"line {block.line}: {' / '.join(block.commands)}: {exc}") from exc
     errors = list(runner.cluster.errors) if runner.cluster is not None else []
     return ScenarioResult(blocks, trailer, runner.violations, errors)
+
+
+def _stack_delivery(rec: Record) -> str | None:
+    from cmanlk.sim.stackscenario import client_delivery
+
+    return client_delivery(rec)
 
 
 def _grouped(per_node: dict[NodeId, str]) -> list[str]:

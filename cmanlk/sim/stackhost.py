@@ -48,7 +48,7 @@ from cmanlk.dlm.control import (
 )
 from cmanlk.dlm.fencing import FencingPolicy, RunFenceAgent
 from cmanlk.errors import ErrorCode
-from cmanlk.services.base import CPG_SERVICE, Notification, ServiceFactory
+from cmanlk.services.base import CPG_SERVICE, VOTEQUORUM_SERVICE, Notification, ServiceFactory
 from cmanlk.services.cfg.service import CfgService
 from cmanlk.services.cpg.service import (
     ClientGone,
@@ -92,11 +92,11 @@ from cmanlk.stack import (
     default_services,
 )
 from cmanlk.stack import Event as StackEvent
-from cmanlk.totem.actions import Deliver, DeliverConfiguration
+from cmanlk.totem.actions import ConfigKind, Deliver, DeliverConfiguration
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import McastRequested, Started
-from cmanlk.types import Duration, Instant, NodeId, ms
+from cmanlk.types import Duration, Instant, NodeId, RingId, ms
 
 RETRY_FIRST = ms(5)  # dlmd's GROUP_RETRY: 5 ms doubling to 250 ms, given up after 60 s
 RETRY_LONGEST = ms(250)
@@ -107,6 +107,7 @@ AGENT_EXIT_TIMEOUT = -1  # cmanlk.runtime.fence.EXIT_TIMEOUT
 SIM_FENCING = FencingPolicy(retry_initial=ms(100), retry_max=ms(400))
 CLIENT_HANDLE_BASE = 1000  # a client handle is incarnation * CLIENT_HANDLE_BASE + k
 TAG_END = b"|"
+DLM_PID_BASE = 1_000_000  # a DLM companion's pid: base + incarnation * 1000 + node id
 LocalRequest = SetExpectedVotes | SetVotes | CancelWaitForAll | ServiceRequest
 
 
@@ -134,6 +135,8 @@ class StackWorld:
     quorum: QuorumConfig
     fencing: FencingPolicy = SIM_FENCING
     cpg_factory: ServiceFactory | None = None  # None: the product's CpgService (tests plant broken ones)
+    votequorum_factory: ServiceFactory | None = None  # None: the product's VotequorumService
+    companion_factory: Callable[[DlmSettings, int], DlmCompanion] | None = None  # None: the product's
     agent_mode: dict[NodeId, str] = field(default_factory=dict)  # ok, fail, hang (default ok)
     chatter_per_s: float = 0.0
     chatter_until: int = 0
@@ -155,7 +158,17 @@ class StackWorld:
 
     def services(self) -> tuple[ServiceFactory, ...]:
         cpg: ServiceFactory = self.cpg_factory or CpgService
-        return default_services(self.quorum, None, (CfgService, cpg))
+        services = default_services(self.quorum, None, (CfgService, cpg))
+        if self.votequorum_factory is not None:
+            services = (services[0], self.votequorum_factory, *services[2:])
+        return services
+
+    def companion(self, settings: DlmSettings, inc: int) -> DlmCompanion:
+        """The DLM companion of node `settings.me`'s incarnation `inc` (its pid names both)."""
+        pid = DLM_PID_BASE + inc * 1000 + settings.me
+        if self.companion_factory is not None:
+            return self.companion_factory(settings, pid)
+        return DlmCompanion(settings, {}, pid=pid)
 
     def host(self, n: NodeId) -> StackHost | None:
         if self.cluster is None:
@@ -177,12 +190,20 @@ class StackWorld:
             self.last_power_off = now
             self.cluster.crash(victim)
 
-    def off_since_boot(self, victim: NodeId, failed_at: Instant) -> bool:
-        """Has the incarnation of `victim` that was alive at `failed_at` ended (switched off, crashed,
-        left)? Only then can it no longer write to shared storage: the ground truth of fenced."""
-        boots = [b for b in self.boots.get(victim, []) if b <= failed_at]
-        since = boots[-1] if boots else Instant(0)
-        return any(e >= since for e in self.ends.get(victim, []))
+    def dlm_process_ended(self, victim: NodeId, pid: int) -> bool:
+        """Has the incarnation of `victim` whose DLM companion was process `pid` ended (switched
+        off, crashed, left)? Only then can it no longer write to shared storage: the ground truth
+        of fenced."""
+        inc = (pid - DLM_PID_BASE) // 1000
+        return len(self.ends.get(victim, [])) > inc
+
+    def fresh_quorum(self, h: StackHost) -> bool:
+        """Is node h's votequorum decision the one of the ring Totem installed last (not an older
+        ring's, kept while the new ring's sync has not reached votequorum)?"""
+        assert self.cluster is not None
+        vq = h.stack.services.get(VOTEQUORUM_SERVICE)
+        q = getattr(vq, "quorum", None)
+        return q is not None and not q.in_sync and q.ring_id == h.totem_ring
 
     def quorate_partitions_with(self, victim: NodeId) -> tuple[NodeId, ...]:
         """Live nodes in a real quorate ring that contains `victim` (ground truth, now)."""
@@ -202,6 +223,12 @@ class StackWorld:
             if real:
                 out.append(h.me)
         return tuple(out)
+
+    def synced(self) -> bool:
+        """Has every live node completed the sync of the ring it is in?"""
+        assert self.cluster is not None
+        return all(not h.stack.is_synchronising and h.stack.ring_id == self.cluster.nodes[h.me].ring_id
+                   for h in self.hosts())
 
     def dlm_settled(self) -> bool:
         """Is every live node's DLM side idle (nothing queued, held, stopped or unfenced)?"""
@@ -275,15 +302,18 @@ class TotemTap:
         else:
             actions = self.totem.handle(event)
         out: list[Any] = []
+        record = host.out.append
         for a in actions:
-            if isinstance(a, Deliver):
-                host.out.append(a)
-                cut = a.payload.find(TAG_END, 0, 40)
-                out.append(replace(a, payload=a.payload[cut + 1:]))
-            elif isinstance(a, DeliverConfiguration):
-                host.out.append(a)
-                out.append(a)
+            kind = type(a)
+            if kind is Deliver:
+                record(a)
+                p = a.payload
+                out.append(Deliver(a.ring_id, a.sender, p[p.find(TAG_END, 0, 40) + 1:], a.guarantee))
             else:
+                if kind is DeliverConfiguration:
+                    record(a)
+                    if a.kind is ConfigKind.REGULAR:
+                        host.totem_ring = a.ring_id
                 out.append(a)
         return out
 
@@ -321,7 +351,7 @@ class StackHost:
         self.stack.totem = self.tap  # type: ignore[assignment]
         self._probe()
         settings = DlmSettings(cluster_name="sim", me=me, fencing=world.fencing)
-        self.companion = DlmCompanion(settings, {}, pid=90000 + me)
+        self.companion = world.companion(settings, inc)
         self.kernel: dict[str, KernelLs] = {}
         self.out: list[Any] = []
         self.now = Instant(0)
@@ -336,21 +366,21 @@ class StackHost:
         self.clients: list[Client] = []
         self._next_client = 0
         self._pid = 0
-        self.ls_failed: dict[tuple[str, NodeId], Instant] = {}  # (lockspace, node) -> when it failed
+        self.ls_failed: dict[tuple[str, NodeId], int] = {}  # (lockspace, node) -> pid of the failed process
         self.dropped_requests = 0
         self._started = False
+        self.totem_ring: RingId | None = None  # the last regular configuration Totem delivered
 
     # --- Core -----------------------------------------------------------------------------------
 
     @property
     def next_deadline(self) -> Instant | None:
-        ds = [self.stack.next_deadline, self.companion.next_deadline]
-        if self._outbox:
-            ds.append(self._retry_at)
-        if self._timers:
-            ds.append(Instant(self._timers[0][0]))
-        present = [d for d in ds if d is not None]
-        return min(present) if present else None
+        d = self.stack.next_deadline
+        for other in (self.companion.next_deadline, self._retry_at if self._outbox else None,
+                      self._timers[0][0] if self._timers else None):
+            if other is not None and (d is None or other < d):
+                d = Instant(other)
+        return d
 
     def handle(self, event: TotemEvent) -> list[Any]:
         self.now = event.now
@@ -504,7 +534,7 @@ class StackHost:
                     name = a.group[7:].decode()
                     for m in a.left:
                         if m.reason in (CPG_REASON_NODEDOWN, CPG_REASON_PROCDOWN):
-                            self.ls_failed[(name, m.nodeid)] = now
+                            self.ls_failed[(name, m.nodeid)] = m.pid
             case CpgDeliver():
                 self._emit(CpgMsg(now, a.handles, a.group, (a.nodeid, a.pid), a.payload))
             case CpgTotemConfchg():
@@ -624,9 +654,10 @@ class StackHost:
                 if k.control == 1:
                     q = self.stack.quorum
                     removed = [n for n in k.started_with if n not in k.nodes]
-                    failed, off = self.ls_failed, self.world.off_since_boot
+                    failed, off = self.ls_failed, self.world.dlm_process_ended
                     unfenced = tuple(n for n in removed if (ls, n) in failed and not off(n, failed[(ls, n)]))
-                    self._emit(KernelControl(self.now, ls, 1, nodes, q is not None and q.quorate, unfenced))
+                    quorate = q is not None and q.quorate and self.world.fresh_quorum(self)
+                    self._emit(KernelControl(self.now, ls, 1, nodes, quorate, unfenced))
                     k.started_with = nodes
                 else:
                     self._emit(KernelControl(self.now, ls, 0, nodes))
@@ -651,7 +682,8 @@ class StackHost:
     def _run_agent(self, run: RunFenceAgent) -> None:
         victim = run.nodeid
         q = self.stack.quorum
-        self._emit(FenceRun(self.now, victim, run.attempt, q is not None and q.quorate, self.stack.members,
+        quorate = q is not None and q.quorate and self.world.fresh_quorum(self)
+        self._emit(FenceRun(self.now, victim, run.attempt, quorate, self.stack.members,
                             self.world.quorate_partitions_with(victim)))
         mode = "ok" if self.world.quiet else self.world.agent_mode.get(victim, "ok")
         if mode == "hang":

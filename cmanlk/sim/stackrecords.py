@@ -113,7 +113,8 @@ class ClientOp:
 class KernelControl:
     """The DLM wrote control `value` for `lockspace` with these kernel nodes.
 
-    For a start (1): `quorate` is the node's votequorum decision at that instant, `unfenced` the
+    For a start (1): `quorate` is the node's votequorum decision at that instant, for the ring
+    Totem installed last (an older ring's decision, kept while a sync runs, counts as not), `unfenced` the
     members removed since the last start that failed (cpg NODEDOWN/PROCDOWN) and were not
     powered off since (the simulator's ground truth).
     """
@@ -130,7 +131,8 @@ class KernelControl:
 class FenceRun:
     """This node ran the fence agent against `victim`.
 
-    `quorate`/`members`: the node's own votequorum decision and membership then;
+    `quorate`/`members`: the node's own votequorum decision (for its current ring, as in
+    KernelControl) and membership then;
     `in_quorate_partition`: live nodes whose quorate ring (real: every member up, connected and in
     that ring) contains the victim at that instant (ground truth).
     """

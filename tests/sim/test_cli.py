@@ -33,3 +33,27 @@ def test_live_demo_runs_fast_when_sped_up(capsys: pytest.CaptureFixture[str]) ->
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--faults", "meteor", "--core", NAIVE]) == 2
     assert "unknown fault kinds" in capsys.readouterr().err
+
+
+def test_stack_check_runs_the_whole_node_and_replays_a_failing_seed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["check", "--stack", "--seeds", "2", "--seed-start", "7", "--jobs", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "schedules=2 violations=0"
+    from cmanlk.sim import cli
+    from cmanlk.sim.invariants import Violation
+
+    real = cli.run_stack_schedule
+
+    def broken(seed: int, *args: object) -> object:
+        res = real(seed, *args)  # type: ignore[arg-type]
+        res.violations.append(Violation("dlm-fence", None, "planted"))
+        return res
+
+    monkeypatch.setattr(cli, "run_stack_schedule", broken)
+    args = ["check", "--stack", "--seed", "7", "--nodes", "3", "--faults", "cpg,crash", "--jobs", "1"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "replay: cmanlk-sim check --seed 7 --stack --nodes 3 --faults cpg,crash --duration 1.5 -v" in out
+    assert out.splitlines()[-1] == "schedules=1 violations=1"
+    assert main(["check", "--stack", "--faults", "meteor"]) == 2
