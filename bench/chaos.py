@@ -144,6 +144,19 @@ def split_rings(histories: dict[NodeId, list[Record]]) -> set[str]:
     return {ring for ring, after in nexts.items() if len(after) > 1}
 
 
+def view_splits(histories: dict[NodeId, list[Record]]) -> dict[bytes, set[RingId]]:
+    """Messages that clients delivered in different configurations: payload → the rings (views) it
+    was delivered in, for every payload delivered in more than one. Virtual synchrony allows none;
+    the checker reports them too, this is the figure (issue 16: a mixed ring split hundreds per
+    ring change, libcpg clients before the change and cmanlk clients after it)."""
+    seen: dict[bytes, set[RingId]] = {}
+    for recs in histories.values():
+        for rec in recs:
+            if isinstance(rec, Delivered):
+                seen.setdefault(rec.payload, set()).add(rec.ring_id)
+    return {p: rings for p, rings in seen.items() if len(rings) > 1}
+
+
 JOIN_REP_BASE = 0xF000_0000
 """Representatives of the private rings given to joining epochs (far above any node id of a run)."""
 
@@ -706,7 +719,11 @@ def report(saved: dict[str, Any], show_all: bool) -> int:
         f"{mixed} duration={saved.get('duration_s', '?')} s wall={saved.get('wall_s', '?')} s"
     )
     print(f"fault_events={sum(kinds.values())} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})")
-    print(f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside}")
+    splits = view_splits(histories)
+    print(
+        f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside} "
+        f"view_splits={len(splits)}"
+    )
     if violations:
         by_prop: dict[str, int] = {}
         for v in violations:

@@ -50,7 +50,13 @@ from cmanlk.types import Instant, NodeId, RingId, after, seq_le, seq_max
 log = logging.getLogger("cmanlk.totem")
 
 RING_SEQ_STEP = 4  # corosync adds 4 to the highest ring seq seen for each new ring.
-FRESH_RECEIVED = 1  # commit entry: this member has every message it knows of in its old ring.
+MAY_LACK_MESSAGES = 0
+"""Our commit entry's received_flg, always: "I may lack old-ring messages". corosync's members
+re-send their old ring's messages in RECOVERY only when some member's flag is 0, and a member's
+flag (its aru equals the highest seq it saw) cannot know of a message that an originator killed
+mid-multicast reached only some members with. Saying 1 then, a corosync survivor holding such a
+message delivers it while we never get it (kill -9 interop test: one message, libcpg's client
+before the change, ours never). We re-send our own old-ring messages in every RECOVERY anyway."""
 
 
 class Membership(TotemBase):
@@ -227,8 +233,7 @@ class Membership(TotemBase):
         self._out.append(PersistRingSeq(token.ring_id.seq))
         idx = token.addr.index(self.me)
         old = self.ring
-        entry = wire.CommitMemb(old.ring_id, old.aru, old.high_delivered,
-                                FRESH_RECEIVED if old.aru == old.high_seq_received else 0)  # fmt: skip
+        entry = wire.CommitMemb(old.ring_id, old.aru, old.high_delivered, MAY_LACK_MESSAGES)
         memb_list = (*token.memb_list[:idx], entry, *token.memb_list[idx + 1 :])
         token = wire.CommitToken(self.me, token.token_seq, token.ring_id, token.retrans_flg, idx + 1,
                                  token.addr, memb_list)  # fmt: skip
