@@ -21,6 +21,7 @@ import pytest
 
 from tests.system import cpghelpers as h
 from tests.system.conftest import Cluster
+from tests.system.test_interop_corosync import corosync_command
 
 pytestmark = [pytest.mark.system, pytest.mark.interop]
 
@@ -61,7 +62,7 @@ def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureReques
     path = c.workdir / "corosync.conf"
     path.write_text(conf)
     log = c.workdir / "corosync.log"
-    proc = c.lab.popen(cs, ["corosync", "-f", "-c", str(path)], log)
+    proc = c.lab.popen(cs, corosync_command(path), log)
     c.procs[cs] = proc
     try:
         c.wait_until(
