@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.chaos --duration 120 [--nodes 4] [--seed N] [--transport udpu|knet]
                                           [--token 300] [--rate 50] [--keep-workdir]
-    sudo .venv/bin/python -m bench.chaos --mixed [--corosync-nodes 1,2] --nodes 4 --token 1000 ...
+    sudo .venv/bin/python -m bench.chaos --mixed [--corosync-nodes 1,2] --nodes 4 --token 1000 --size 200 ...
 
 `--mixed`: a mixed ring over udpu — Debian's corosync on `--corosync-nodes` (default: the lower
 half), cmanlkd on the others; the clients on corosync nodes are libcpg programs (bench/cpg_ctypes.py,
@@ -572,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transport", choices=("udpu", "knet"), default="udpu")
     ap.add_argument("--token", type=int, default=300)
     ap.add_argument("--rate", type=float, default=50.0, help="messages/s per client")
+    ap.add_argument("--size", type=int, default=64, help="bytes per message")
     ap.add_argument("--max-faults", type=int, default=2)
     ap.add_argument("--step", type=float, default=1.5, help="mean seconds between fault events")
     ap.add_argument("--keep-workdir", action="store_true")
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 c.start(n)
             for n in nodes:
                 c.start_driver(n)
-                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": 64})
+                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": args.size})
             chaos = Chaos(c, rng, args.max_faults, system.links)
             try:
                 wait_full_ring(c, raw, bound_s + 30)
