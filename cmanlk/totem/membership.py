@@ -331,14 +331,13 @@ class Membership(TotemBase):
         assert new is not None
         trans = self.trans_memb
         self.gap_senders = tuple(n for n in old.members if n not in trans)
-        # Messages of the old ring that some survivor delivered in the old configuration: we must too.
-        # (corosync delivers every one up to the first gap here; clients cannot tell the difference,
-        # cpg's view changes only after sync, and safe delivery needs this bound.) Then the
-        # transitional configuration, then the rest, after the gaps. (corosync passes over a departed
-        # sender's messages there, its my_deliver_memb filter; we deliver them: one that a survivor
-        # delivered as safe before the change must reach every survivor, and the simulator's
-        # checker holds us to it.)
-        self._deliver(old, self.high_ring_delivered, None, skip_gaps=True)
+        # As corosync's memb_state_operational_enter: the old ring's messages up to the first gap go to
+        # the old configuration (a safe one only up to what some survivor delivered already: safe
+        # delivery needs every member to hold it), then the transitional configuration, then the
+        # rest after the gaps, where a departed sender's agreed messages are passed over (corosync's
+        # my_deliver_memb filter: a corosync survivor never delivers them; its safe ones we deliver,
+        # one that a survivor delivered as safe before the change must reach every survivor).
+        self._deliver(old, old.high_seq_received, self.high_ring_delivered, skip_gaps=False)
         left = tuple(n for n in old.members if n not in trans)
         # A member that left takes its half-assembled messages with it (both assembly sets).
         for n in left:
@@ -346,7 +345,7 @@ class Membership(TotemBase):
         if self.installed_any:
             self._out.append(DeliverConfiguration(ConfigKind.TRANSITIONAL, old.ring_id, trans, left, ()))
             # The rest of the old ring's messages belong to the transitional configuration.
-            self._deliver(old, old.high_seq_received, None, skip_gaps=True)
+            self._deliver(old, old.high_seq_received, None, skip_gaps=True, only_from=trans)
         for n in left:  # and what the rest of the old ring's messages left half assembled
             self._forget_assembly(n)
         prev = set(old.members) if self.installed_any else set()
