@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.chaos --duration 120 [--nodes 4] [--seed N] [--transport udpu|knet]
                                           [--token 300] [--rate 50] [--keep-workdir]
-    sudo .venv/bin/python -m bench.chaos --mixed [--corosync-nodes 1,2] --nodes 4 --token 1000 ...
+    sudo .venv/bin/python -m bench.chaos --mixed [--corosync-nodes 1,2] --nodes 4 --token 1000 --size 200 ...
 
 `--mixed`: a mixed ring over udpu — Debian's corosync on `--corosync-nodes` (default: the lower
 half), cmanlkd on the others; the clients on corosync nodes are libcpg programs (bench/cpg_ctypes.py,
@@ -142,6 +142,19 @@ def split_rings(histories: dict[NodeId, list[Record]]) -> set[str]:
         if current is not None:
             nexts.setdefault(current, set()).add("<end-of-run>")
     return {ring for ring, after in nexts.items() if len(after) > 1}
+
+
+def view_splits(histories: dict[NodeId, list[Record]]) -> dict[bytes, set[RingId]]:
+    """Messages that clients delivered in different configurations: payload → the rings (views) it
+    was delivered in, for every payload delivered in more than one. Virtual synchrony allows none;
+    the checker reports them too, this is the figure (issue 16: a mixed ring split hundreds per
+    ring change, libcpg clients before the change and cmanlk clients after it)."""
+    seen: dict[bytes, set[RingId]] = {}
+    for recs in histories.values():
+        for rec in recs:
+            if isinstance(rec, Delivered):
+                seen.setdefault(rec.payload, set()).add(rec.ring_id)
+    return {p: rings for p, rings in seen.items() if len(rings) > 1}
 
 
 JOIN_REP_BASE = 0xF000_0000
@@ -559,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transport", choices=("udpu", "knet"), default="udpu")
     ap.add_argument("--token", type=int, default=300)
     ap.add_argument("--rate", type=float, default=50.0, help="messages/s per client")
+    ap.add_argument("--size", type=int, default=64, help="bytes per message")
     ap.add_argument("--max-faults", type=int, default=2)
     ap.add_argument("--step", type=float, default=1.5, help="mean seconds between fault events")
     ap.add_argument("--keep-workdir", action="store_true")
@@ -605,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 c.start(n)
             for n in nodes:
                 c.start_driver(n)
-                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": 64})
+                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": args.size})
             chaos = Chaos(c, rng, args.max_faults, system.links)
             try:
                 wait_full_ring(c, raw, bound_s + 30)
@@ -706,7 +720,11 @@ def report(saved: dict[str, Any], show_all: bool) -> int:
         f"{mixed} duration={saved.get('duration_s', '?')} s wall={saved.get('wall_s', '?')} s"
     )
     print(f"fault_events={sum(kinds.values())} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})")
-    print(f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside}")
+    splits = view_splits(histories)
+    print(
+        f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside} "
+        f"view_splits={len(splits)}"
+    )
     if violations:
         by_prop: dict[str, int] = {}
         for v in violations:

@@ -202,7 +202,7 @@ class TotemBase:
         with it (the transitional part of recovery) gaps no survivor could fill are passed
         over. A safe message stops delivery until `safe_upto` has passed it (None: no wait).
         Encapsulated messages are the new ring's carriers of old-ring messages: they
-        occupy a seq but deliver nothing themselves. With `only_from`, messages of other
+        occupy a seq but deliver nothing themselves. With `only_from`, agreed messages of other
         senders are passed over (corosync's my_deliver_memb filter after the transitional
         configuration).
         """
@@ -227,7 +227,7 @@ class TotemBase:
             ring.high_delivered = s
             if msg.encapsulated == wire.ENCAPSULATED:
                 continue
-            if only_from is not None and msg.system_from not in only_from:
+            if only_from is not None and msg.system_from not in only_from and msg.guarantee != Guarantee.SAFE:
                 continue
             self._deliver_frame(ring.ring_id, msg)
 

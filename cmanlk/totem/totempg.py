@@ -30,15 +30,24 @@ Deviations from corosync, and why:
   behind it (corosync sends a single-iovec tail alone); both are legal frames.
   Corosync restarts the counter per message because each message begins with
   its small group-header iovec; we restart it explicitly.
-- Corosync's receiver, on a continuation mismatch, throws frames away until one
-  with fragmented ∈ {0, 1} and then drops that frame's first piece (plus, by a
-  quirk, the rest of that frame). We drop exactly the pieces of the broken
-  message and deliver every complete message around them; a clean start
-  (continuation 0) while a message is half assembled discards the half.
-- Corosync does not check the frame's version/type; we refuse anything but 0/0
-  and any frame whose lengths do not add up (corosync logs and ignores those).
-- Corosync keeps a second set of assemblies while waiting for the transitional
-  ack; a core that needs that keeps two `Unpacker`s.
+- A token visit does not end inside a message it could have sent whole in a later
+  visit (`pop_frame(frames_left)`, the core's `_send_new`): a message is started
+  only when the frames the visit may still send carry it to its end (one longer
+  than a whole visit, max_messages frames, is started at a visit's start). So a
+  ring change never falls inside one of our messages below ~24 KB, and a node
+  joining then never meets the rest of a message it could not assemble. corosync
+  fragments eagerly and may end a visit anywhere; on a ring change it continues
+  a half-sent message in the new ring where it stopped, and so do we (the rest
+  waits in the first queue until the new ring's sync is over, base.py).
+
+Receiving is corosync's exactly (totempg_deliver_fn), so that a corosync node
+and a cmanlkd node in one ring drop the same messages: on a continuation that
+does not match, the whole frame is thrown away (complete messages packed with
+the tail too), then every later frame of that sender up to one with fragmented
+0 or 1, which goes too. Each node keeps two sets of assemblies, the second used
+while waiting for the transitional ack (the core selects which `Unpacker`).
+Deviation: corosync does not check the frame's version/type; we refuse anything
+but 0/0 and any frame whose lengths do not add up (corosync logs and ignores those).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import pytest
 
 from tests.system import cpghelpers as h
 from tests.system.conftest import Cluster
+from tests.system.test_interop_corosync import corosync_command
 
 pytestmark = [pytest.mark.system, pytest.mark.interop]
 
@@ -61,7 +62,7 @@ def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureReques
     path = c.workdir / "corosync.conf"
     path.write_text(conf)
     log = c.workdir / "corosync.log"
-    proc = c.lab.popen(cs, ["corosync", "-f", "-c", str(path)], log)
+    proc = c.lab.popen(cs, corosync_command(path), log)
     c.procs[cs] = proc
     try:
         c.wait_until(
@@ -127,6 +128,12 @@ def start_clients(
     return outs, pids
 
 
+def _first_difference(a: list[str], b: list[str]) -> str:
+    """Where two event sequences part, with a few events of each around it."""
+    k = next((x for x in range(min(len(a), len(b))) if a[x] != b[x]), min(len(a), len(b)))
+    return f"at #{k}: libcpg {a[max(0, k - 3) : k + 4]} / cmanlk {b[max(0, k - 3) : k + 4]}"
+
+
 def check_results(c: Cluster, results: dict[int, dict[str, Any]]) -> None:
     logs = "".join((c.workdir / f"cpg{n}.log").read_text(errors="replace") for n in (1, 2, 3))
     for n, r in results.items():
@@ -170,6 +177,7 @@ def test_kill9_of_a_cmanlkd_node_mid_stream_gives_libcpg_and_cmanlk_the_same_vie
     # for them), so waiting for a delivery count let the victim send its whole stream before the kill.
     sent = (c.workdir / f"cpg{victim}.progress").with_suffix(".sent")
     c.wait_until(lambda: h.read_progress(sent) >= KILL_AFTER_SENDS, 60.0, "the victim's sends under way")
+    at_kill = h.read_progress(sent)
     c.kill(victim)
     del outs[victim]
     results = h.wait_results(outs, CLIENT_TIMEOUT_S)
@@ -177,16 +185,19 @@ def test_kill9_of_a_cmanlkd_node_mid_stream_gives_libcpg_and_cmanlk_the_same_vie
     a, b = (h.from_barrier(results[n]["events"], 3) for n in (cs, survivor))
     down = f"left={victim}:{pids[victim]}:{REASON_NODEDOWN}"
     at = {n: [i for i, e in enumerate(seq) if down in e] for n, seq in ((cs, a), (survivor, b))}
-    assert len(at[cs]) == 1 and len(at[survivor]) == 1, (at, [e for e in a + b if e.startswith("C ")])
+    victims = [e for e in h.deliveries(a) if e.startswith(f"D {victim} ")]
+    assert len(at[cs]) == 1 and len(at[survivor]) == 1, (
+        at, [e for e in a + b if e.startswith("C ")], f"sent {at_kill} at the kill, {len(victims)} delivered"
+    )
     i, j = at[cs][0], at[survivor][0]
     print(
         f"\ncpg interop kill -9 of cmanlkd node {victim}: change after {len(h.deliveries(a[:i]))} deliveries "
         f"(libcpg) / {len(h.deliveries(b[:j]))} (cmanlk); {len(h.deliveries(a[i:]))} / "
-        f"{len(h.deliveries(b[j:]))} after"
+        f"{len(h.deliveries(b[j:]))} after; the victim had sent {at_kill} when killed"
     )
     assert a[i] == b[j]
-    assert a[:i] == b[:j], "libcpg and cmanlk clients disagree before the change"
-    assert a[i:] == b[j:], "libcpg and cmanlk clients disagree after the change"
+    assert a[:i] == b[:j], "libcpg and cmanlk disagree before the change " + _first_difference(a[:i], b[:j])
+    assert a[i:] == b[j:], "libcpg and cmanlk disagree after the change " + _first_difference(a[i:], b[j:])
     # the kill fell in the middle: the victim had sent some but not all, the stream went on after
     got = [e for e in h.deliveries(a) if e.startswith(f"D {victim} ")]
     assert 0 < len(got) < KILL_RUN_MESSAGES
