@@ -161,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _loop_factory(config: ClusterConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the `fast` extra), else asyncio's own.
+    """uvloop's event loop with CMANLK_UVLOOP=1 (and the `fast` extra installed), else asyncio's.
 
-    Not with the native transport (`transport: knet`): uvloop cannot open pyroute2's AF_NETLINK
-    datagram endpoint, which its rtnetlink watch needs ("invalid family 16"). CMANLK_UVLOOP=0
-    always keeps asyncio's loop, =1 asks for uvloop whatever the transport. On udpu it cuts the
-    daemon's CPU per message by 10-15 % (docs/bench.md)."""
-    choice = os.environ.get("CMANLK_UVLOOP", "")
-    if choice == "0" or (choice != "1" and config.transport is TransportKind.NATIVE):
+    Opt-in, not the default: with udpu it cut the daemon's CPU per cpg message by 10-15 % for
+    libqb (C) clients, but it made cmanlk's own IPC clients slower on a loaded host (the bench's
+    pipelined send call 17 -> 288 us, a restarted node 1.4 -> 10.8 s to reach every client, load
+    11-12), and it cannot open pyroute2's AF_NETLINK endpoint, which the native transport's
+    rtnetlink watch needs ("invalid family 16"). docs/bench.md has the figures."""
+    if os.environ.get("CMANLK_UVLOOP", "0") != "1" or config.transport is TransportKind.NATIVE:
         return None
     try:
         import uvloop
