@@ -52,6 +52,10 @@ class Sent:
     t: Instant
     payload: bytes
     guarantee: Guarantee = Guarantee.AGREED
+    # Which of Totem's two send queues took it (corosync's new_message_queue = 0, and 1 for
+    # new_message_queue_trans while a node waits for its sync's end): FIFO holds within a queue;
+    # what a node queued before a ring change is sent after what its sync queued meanwhile.
+    queue: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,8 +297,9 @@ class TotemTap:
         if isinstance(event, McastRequested):
             self.count += 1
             tagged = b"s%d.%d.%d|" % (host.me, host.inc, self.count) + event.payload
+            queue = 1 if self.totem.queueing_to_second_queue else 0
             actions = self.totem.handle(McastRequested(event.now, tagged, event.guarantee))
-            host.out.append(Emit(Sent(event.now, tagged, event.guarantee)))
+            host.out.append(Emit(Sent(event.now, tagged, event.guarantee, queue)))
         else:
             actions = self.totem.handle(event)
         out: list[Any] = []

@@ -147,6 +147,12 @@ class TotemBase:
 
     # --- the two send queues ------------------------------------------------------------------------
 
+    @property
+    def queueing_to_second_queue(self) -> bool:
+        """Would a message queued now go to the second queue (`_push_packer`)? For observers: the
+        simulator judges FIFO per queue, as corosync keeps it."""
+        return self._push_packer() is self.packer_trans
+
     def _push_packer(self) -> Packer:
         """The queue a new message goes to: the second one while waiting, and after that for as long
         as it still holds leftovers (so one sender's messages go out in the order they were queued)."""
