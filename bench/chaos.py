@@ -2,6 +2,13 @@
 
     sudo .venv/bin/python -m bench.chaos --duration 120 [--nodes 4] [--seed N] [--transport udpu|knet]
                                           [--token 300] [--rate 50] [--keep-workdir]
+    sudo .venv/bin/python -m bench.chaos --mixed [--corosync-nodes 1,2] --nodes 4 --token 1000 --size 200 ...
+
+`--mixed`: a mixed ring over udpu — Debian's corosync on `--corosync-nodes` (default: the lower
+half), cmanlkd on the others; the clients on corosync nodes are libcpg programs (bench/cpg_ctypes.py,
+the driver's corosync backend), the others cmanlk.client; one EVS checker judges them all, so a
+message delivered by a libcpg client in one view and by a cmanlk client in another is a
+virtual-synchrony violation like any other.
 
 One group client per node (bench/driver.py in soak mode) sends small uniquely named messages at
 `--rate` per second and records its history: (re)connections, sends, deliveries and the totem
@@ -135,6 +142,19 @@ def split_rings(histories: dict[NodeId, list[Record]]) -> set[str]:
         if current is not None:
             nexts.setdefault(current, set()).add("<end-of-run>")
     return {ring for ring, after in nexts.items() if len(after) > 1}
+
+
+def view_splits(histories: dict[NodeId, list[Record]]) -> dict[bytes, set[RingId]]:
+    """Messages that clients delivered in different configurations: payload → the rings (views) it
+    was delivered in, for every payload delivered in more than one. Virtual synchrony allows none;
+    the checker reports them too, this is the figure (issue 16: a mixed ring split hundreds per
+    ring change, libcpg clients before the change and cmanlk clients after it)."""
+    seen: dict[bytes, set[RingId]] = {}
+    for recs in histories.values():
+        for rec in recs:
+            if isinstance(rec, Delivered):
+                seen.setdefault(rec.payload, set()).add(rec.ring_id)
+    return {p: rings for p, rings in seen.items() if len(rings) > 1}
 
 
 JOIN_REP_BASE = 0xF000_0000
@@ -552,12 +572,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transport", choices=("udpu", "knet"), default="udpu")
     ap.add_argument("--token", type=int, default=300)
     ap.add_argument("--rate", type=float, default=50.0, help="messages/s per client")
+    ap.add_argument("--size", type=int, default=64, help="bytes per message")
     ap.add_argument("--max-faults", type=int, default=2)
     ap.add_argument("--step", type=float, default=1.5, help="mean seconds between fault events")
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--save", type=Path, default=None, help="write the raw histories (JSON) here")
     ap.add_argument("--recheck", type=Path, default=None, help="judge a saved run again; start nothing")
     ap.add_argument("--all", action="store_true", help="print every violation, not only the first")
+    ap.add_argument("--mixed", action="store_true", help="corosync on some nodes, cmanlkd on the rest")
+    ap.add_argument("--corosync-nodes", default=None, help="with --mixed: node ids running corosync (1,2)")
     args = ap.parse_args(argv)
     if args.recheck is not None:
         saved = json.loads(args.recheck.read_text())
@@ -566,24 +589,37 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
     system = systems.CMANLK_NATIVE if args.transport == "knet" else systems.CMANLK_UDPU
     nodes = list(range(1, args.nodes + 1))
+    per_node: dict[int, systems.System] = {}
+    if args.mixed:
+        if args.transport != "udpu":
+            ap.error("--mixed runs over udpu (corosync's knet is not cmanlkd's native transport)")
+        if shutil.which("corosync") is None:
+            print("chaos: --mixed needs Debian's corosync (scripts/setup.sh installs it)", flush=True)
+            return 2
+        picked = args.corosync_nodes or ",".join(str(n) for n in nodes[: max(1, len(nodes) // 2)])
+        cs_nodes = sorted({int(x) for x in picked.split(",") if x})
+        if not cs_nodes or not set(cs_nodes) < set(nodes):
+            ap.error("--corosync-nodes must name some but not all nodes")
+        per_node = {n: systems.COROSYNC_UDPU for n in cs_nodes}
     token_eff = args.token + max(0, len(nodes) - 2) * 650
     bound_s = 4 * token_eff / 1000 + 20  # token + consensus per round, a few rounds, start-up
     workdir = Path(tempfile.mkdtemp(prefix="cmkchaos-"))
     started = time.monotonic()
+    mix = f" corosync on {sorted(per_node)}" if per_node else ""
     print(
-        f"chaos: seed={seed} nodes={len(nodes)} transport={system.transport} token={args.token} ms "
+        f"chaos: seed={seed} nodes={len(nodes)} transport={system.transport}{mix} token={args.token} ms "
         f"duration={args.duration} s",
         flush=True,
     )
     raw: dict[int, list[list[Any]]] = {}
     try:
         with Lab(links=system.links) as lab:
-            c = BenchCluster(lab, system, nodes, workdir, args.token)
+            c = BenchCluster(lab, system, nodes, workdir, args.token, per_node=per_node)
             for n in nodes:
                 c.start(n)
             for n in nodes:
                 c.start_driver(n)
-                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": 64})
+                c.drivers[n].call({"op": "soak", "node": n, "rate": args.rate, "size": args.size})
             chaos = Chaos(c, rng, args.max_faults, system.links)
             try:
                 wait_full_ring(c, raw, bound_s + 30)
@@ -627,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": seed,
         "nodes": nodes,
         "transport": system.transport,
+        "corosync_nodes": sorted(per_node),
         "token_ms": args.token,
         "faults": chaos.f.log,
         "duration_s": args.duration,
@@ -677,12 +714,17 @@ def report(saved: dict[str, Any], show_all: bool) -> int:
         1 for h in histories.values() for r in h if isinstance(r, Installed) and r.kind is ConfigKind.REGULAR
     )
     kinds = fault_kinds(saved["faults"])
+    mixed = f" corosync_nodes={saved['corosync_nodes']}" if saved.get("corosync_nodes") else ""
     print(
-        f"seed={saved['seed']} transport={saved.get('transport', '?')} nodes={len(saved.get('nodes', ()))} "
-        f"duration={saved.get('duration_s', '?')} s wall={saved.get('wall_s', '?')} s"
+        f"seed={saved['seed']} transport={saved.get('transport', '?')} nodes={len(saved.get('nodes', ()))}"
+        f"{mixed} duration={saved.get('duration_s', '?')} s wall={saved.get('wall_s', '?')} s"
     )
     print(f"fault_events={sum(kinds.values())} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})")
-    print(f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside}")
+    splits = view_splits(histories)
+    print(
+        f"sent={sent} delivered={delivered} configurations={configs} unjudged={set_aside} "
+        f"view_splits={len(splits)}"
+    )
     if violations:
         by_prop: dict[str, int] = {}
         for v in violations:

@@ -67,28 +67,49 @@ class DriverHandle:
 
 
 class BenchCluster:
-    """Daemons and drivers of `system` on nodes 1..n of `lab` (the lab must have system.links links)."""
+    """Daemons and drivers of `system` on nodes 1..n of `lab` (the lab must have system.links links).
+
+    `per_node` runs some nodes on another system of the same transport (a mixed ring: Debian's
+    corosync on some nodes, cmanlkd on the others, each node's driver with its daemon's client
+    library); the others run `system`.
+    """
 
     def __init__(
-        self, lab: Lab, system: System, nodes: list[int], workdir: Path, token_ms: int, extra_totem: str = ""
+        self,
+        lab: Lab,
+        system: System,
+        nodes: list[int],
+        workdir: Path,
+        token_ms: int,
+        extra_totem: str = "",
+        cbin: Path | None = None,
+        per_node: dict[int, System] | None = None,
     ) -> None:
         self.lab = lab
+        self.cbin = cbin  # the C client (bench/cpgbench.c) when system.client is "c"
         self.system = system
         self.nodes = list(nodes)
         self.workdir = workdir
         self.token_ms = token_ms
+        self.per_node = dict(per_node or {})
+        if any(s.transport != system.transport for s in self.per_node.values()):
+            raise ValueError("a mixed ring needs one transport on every node")
         self.daemons: dict[int, subprocess.Popen[bytes]] = {}
         self.drivers: dict[int, DriverHandle] = {}
         workdir.mkdir(parents=True, exist_ok=True)
         for n in nodes:
             lab.add_node(n)
-            systems.write_config(system, n, nodes, workdir, token_ms, extra_totem)
+            systems.write_config(self.system_of(n), n, nodes, workdir, token_ms, extra_totem)
+
+    def system_of(self, node: int) -> System:
+        """The system `node` runs."""
+        return self.per_node.get(node, self.system)
 
     # -- daemons ---------------------------------------------------------------------------------
     def start(self, node: int) -> int:
         """Start node's daemon; return the monotonic ns just before the spawn."""
         t = time.monotonic_ns()
-        self.daemons[node] = systems.start_daemon(self.lab, self.system, node, self.workdir)
+        self.daemons[node] = systems.start_daemon(self.lab, self.system_of(node), node, self.workdir)
         return t
 
     def kill(self, node: int) -> int:
@@ -106,9 +127,14 @@ class BenchCluster:
 
     # -- drivers ---------------------------------------------------------------------------------
     def start_driver(self, node: int) -> DriverHandle:
-        cmd = [sys.executable, "-m", "bench.driver", "--backend", self.system.daemon]
-        if self.system.daemon == "cmanlk":
+        daemon = self.system_of(node).daemon
+        cmd = [sys.executable, "-m", "bench.driver", "--backend", daemon]
+        if daemon == "cmanlk":
             cmd += ["--socket", str(systems.run_dir(self.workdir, node) / "cmanlk.sock")]
+        if self.system_of(node).client == "c":
+            if self.cbin is None:
+                raise DriverError(f"{self.system_of(node).name} needs the C client (bench/cbuild.py)")
+            cmd += ["--cbin", str(self.cbin)]
         proc = self.lab.popen(
             node, cmd, self.workdir / f"driver{node}.log", env=systems.python_env(), pipes=True
         )

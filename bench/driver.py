@@ -1,6 +1,6 @@
 """The benchmark's group client: one per node, run inside the node's namespace.
 
-    python -m bench.driver --backend corosync|cmanlk [--group NAME] [--socket PATH]
+    python -m bench.driver --backend corosync|cmanlk [--group NAME] [--socket PATH] [--cbin PATH]
 
 It speaks JSON lines: one command on stdin, one answer on stdout (see `Driver.handle`). The same
 driver drives corosync (Debian's libcpg through ctypes, bench/cpg_ctypes.py) and cmanlk (its own
@@ -10,6 +10,13 @@ Every benchmark message starts with a 28-byte header (`HEADER`): magic, round, s
 kind (data / last), the sender's sequence number and CLOCK_MONOTONIC at send time. All namespaces
 share the host's monotonic clock, so a delivery time minus the send time is a latency, on any
 node. Clock times in answers are monotonic nanoseconds; the orchestrator uses the same clock.
+
+With `--cbin PATH` (bench/cpgbench.c, built by bench/cbuild.py) the measurement rounds are run by
+that C libcpg client, a child process joined to the bench group, and this driver's own connection
+joins `<group>-ctl` instead: it still sees the ring's configurations (for `wait_members` and the
+reform measurements) but no bench traffic, so the daemon delivers each message once per node.
+Every round answer carries the client's CPU seconds and wall time over the round
+(`client_cpu_s`, `client_wall_s`), so the reader can see whether the client was the bottleneck.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import select
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,9 +79,63 @@ class Round:
     calls_ns: list[int] = field(default_factory=list)
 
 
+C_READY_TIMEOUT_S = 40.0  # the C client's join (it retries CS_ERR_TRY_AGAIN for 30 s)
+
+
+def cpu_s() -> float:
+    """This process's user + system CPU seconds."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class CClient:
+    """bench/cpgbench.c as a child process: one JSON line per command."""
+
+    def __init__(self, binary: str, group: str) -> None:
+        self.proc = subprocess.Popen(
+            [binary, group], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+        )
+        self._buf = b""
+
+    @property
+    def fd(self) -> int:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.fileno()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    def poll_answer(self) -> dict[str, Any] | None:
+        """Read what the child wrote; return its answer once a whole line is there."""
+        if b"\n" not in self._buf:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                raise ConnectionError(f"C client exited ({self.proc.wait()})")
+            self._buf += chunk
+        if b"\n" not in self._buf:
+            return None
+        line, self._buf = self._buf.split(b"\n", 1)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
 class Driver:
-    def __init__(self, backend_name: str, group: str, socket_path: str | None) -> None:
+    def __init__(
+        self, backend_name: str, group: str, socket_path: str | None, cbin: str | None = None
+    ) -> None:
         self.backend_name = backend_name
+        self.cbin = cbin
+        self.cclient: CClient | None = None
         self.group = group
         self.socket_path = socket_path
         self.backend: Backend | None = None
@@ -185,7 +248,7 @@ class Driver:
         self.drop_backend()
         self.ring = (0, 0)  # deliveries before this incarnation's first configuration show as such
         backend = make_backend(self.backend_name, self, self.socket_path)
-        backend.connect(self.group)
+        backend.connect(self.group + "-ctl" if self.cbin else self.group)
         # Callbacks run only from dispatch(), so nothing of this connection was seen before here.
         self.backend = backend
         if self.soak is not None:
@@ -196,9 +259,49 @@ class Driver:
         # since the socket will not wake us for them.
         backend.dispatch()
         self.me = backend.nodeid
+        if self.cbin:
+            self.start_cclient(self.cbin)
         return {"ok": True, "nodeid": self.me, "t": time.monotonic_ns()}
 
+    def start_cclient(self, binary: str) -> None:
+        """(Re)start the C client and wait for its join; raises ConnectionError if it fails."""
+        if self.cclient is not None:
+            self.cclient.close()
+            self.cclient = None
+        cc = CClient(binary, self.group)
+        try:
+            ans = self.await_c(cc, C_READY_TIMEOUT_S)
+        except BaseException:
+            cc.close()
+            raise
+        if not ans.get("ok"):
+            cc.close()
+            raise ConnectionError(f"C client: {ans.get('error')}")
+        self.cclient = cc
+
+    def await_c(self, cc: CClient, timeout_s: float) -> dict[str, Any]:
+        """Wait for the C client's next answer, dispatching our own connection meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ans = cc.poll_answer() if b"\n" in cc._buf else None
+            if ans is not None:
+                return ans
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer from the C client")
+            fds = [cc.fd] + ([self.backend.fd] if self.backend is not None else [])
+            ready, _, _ = select.select(fds, [], [], min(left, 1.0))
+            if self.backend is not None and self.backend.fd in ready:
+                self.backend.dispatch()
+            if cc.fd in ready:
+                ans = cc.poll_answer()
+                if ans is not None:
+                    return ans
+
     def drop_backend(self) -> None:
+        if self.cclient is not None:
+            self.cclient.close()
+            self.cclient = None
         if self.backend is not None:
             self.backend.close()
             self.backend = None
@@ -275,6 +378,31 @@ class Driver:
 
     def run_round(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Send (if this node is a sender) for `duration` s, then wait for every sender's last marker."""
+        if self.cbin:
+            return self.run_c_round(cmd)
+        cpu0 = cpu_s()
+        t_wall0 = time.monotonic()
+        ans = self.run_py_round(cmd)
+        ans["client_cpu_s"] = cpu_s() - cpu0
+        ans["client_wall_s"] = time.monotonic() - t_wall0
+        return ans
+
+    def run_c_round(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The round carried out by the C client (same header, same counting)."""
+        cc = self.cclient
+        if cc is None:
+            raise ConnectionError("C client not running")
+        senders = {int(s) for s in cmd["senders"]}
+        cc.send(
+            f"round {int(cmd['round'])} {int(cmd['size'])} {1 if self.me in senders else 0}"
+            f" {float(cmd['duration'])} {float(cmd.get('rate', 0))} {int(cmd.get('start_at', 0))}"
+            f" {float(cmd.get('timeout', 30))} {len(senders)} {1 if cmd.get('keep') else 0}"
+        )
+        ans = self.await_c(cc, float(cmd["duration"]) + 2 * float(cmd.get("timeout", 30)) + 5)
+        ans.setdefault("ok", False)
+        return ans
+
+    def run_py_round(self, cmd: dict[str, Any]) -> dict[str, Any]:
         be = self._need()
         senders = {int(s) for s in cmd["senders"]}
         rnd = Round(int(cmd["round"]), senders, bool(cmd.get("keep", False)))
@@ -409,8 +537,9 @@ def main() -> None:
     ap.add_argument("--backend", choices=("corosync", "cmanlk"), required=True)
     ap.add_argument("--group", default="cmkbench")
     ap.add_argument("--socket", default=None, help="cmanlk IPC socket path")
+    ap.add_argument("--cbin", default=None, help="run the rounds with this C client (bench/cpgbench.c)")
     args = ap.parse_args()
-    Driver(args.backend, args.group, args.socket).serve()
+    Driver(args.backend, args.group, args.socket, args.cbin).serve()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """cmanlk and Debian's corosync 3 measured side by side on this machine, in one run.
 
     sudo .venv/bin/python -m bench.run [--quick] [--nodes 3] [--token 1000]
-                                        [--systems corosync-udpu,corosync-knet,cmanlk-udpu,cmanlk-native]
-                                        [--out FILE.json]
+                                        [--systems corosync-c,cmanlk-py,cmanlk-c,...] [--out FILE.json]
 
-For each system it builds an N-node cluster in network namespaces (bench/netns.py; veth + bridge,
-two links for knet / cmanlk's native transport), starts one group client per node
-(bench/driver.py: libcpg through ctypes for corosync, cmanlk.client for cmanlk), and measures:
+A system is a daemon, a transport and the client that drives it: `corosync-c` (Debian's corosync,
+udpu, driven by the C libcpg client bench/cpgbench.c), `cmanlk-py` (cmanlkd, udpu, its Python
+client), `cmanlk-c` (cmanlkd driven by the same C binary over its libqb IPC), the `-knet`/`-native`
+variants, and `corosync-py` (the old Python ctypes driver of corosync, only when asked). Ratios
+are always against corosync driven by the C client. For each system it builds an N-node cluster
+in network namespaces (bench/netns.py; veth + bridge, two links for knet / cmanlk's native
+transport), starts one group client per node (bench/driver.py), and measures:
 
 - ordered-message throughput (messages/s and MB/s delivered at each node, median over nodes) at
   64 B, 1 KiB, 16 KiB, 64 KiB, with one sender and with every node sending flat out;
@@ -15,10 +18,14 @@ two links for knet / cmanlk's native transport), starts one group client per nod
   while one node's preferred link loses carrier;
 - reformation after kill -9 (median over repeats: kill → every survivor's client sees the new
   ring) and join (spawn of the restarted daemon → every client sees it in the ring);
-- CPU (% of one core per daemon, mean over nodes, during the throughput rounds and idle) and RSS.
+- CPU (% of one core per daemon, mean over nodes, during the throughput rounds and idle) and RSS;
+  per throughput round the daemon CPU µs per delivered message (each node, mean) and the busiest
+  bench client's CPU % of one core (so a reader sees the client was not the bottleneck).
 
-It prints a table with the ratio cmanlk/corosync for every figure, and writes the JSON result
-file described in docs/bench.md. Everything created is removed at the end, also on Ctrl-C.
+It prints a table with the ratio against corosync-C for every figure, ends with
+`vs corosync-c: min_ratio=<R>x worst=<figure>` (the smallest throughput ratio or inverse p50
+latency ratio, each figure from cmanlk's fastest client), and writes the JSON result file
+described in docs/bench.md. Everything created is removed at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import stats, systems
+from bench import cbuild, stats, systems
 from bench.cluster import BenchCluster, DriverError
 from bench.netns import Lab
 from bench.systems import System
@@ -129,7 +136,9 @@ class SystemRun:
         for mode in stats.MODES:
             senders = [self.c.nodes[0]] if mode == "1sender" else list(self.c.nodes)
             for size in self.s.sizes:
+                ns0 = {n: systems.cpu_ns(p) for n, p in pids.items()}
                 answers = self.round(senders, size, self.s.round_s)
+                ns1 = {n: systems.cpu_ns(p) for n, p in pids.items()}
                 rates = [
                     stats.rate_per_s(a["received"], a["first_ns"], a["last_ns"]) for a in answers.values()
                 ]
@@ -140,6 +149,20 @@ class SystemRun:
                 self.figures[stats.throughput_key(mode, size, "mb_per_s")] = (
                     None if rate is None else rate * size / 1e6
                 )
+                # Daemon CPU per delivered message at each node: the whole round (start delay and
+                # drain included) over that node's deliveries.
+                us_per_msg: dict[int, float] = {}
+                for n, a in answers.items():
+                    before, after = ns0[n], ns1[n]
+                    if before is not None and after is not None and a.get("received"):
+                        us_per_msg[n] = (after - before) / 1000 / a["received"]
+                self.figures[stats.daemon_cpu_key(mode, size)] = (
+                    sum(us_per_msg.values()) / len(us_per_msg) if us_per_msg else None
+                )
+                client_pct = client_cpu_pct(answers)
+                self.figures[stats.client_cpu_key(mode, size)] = (
+                    max(client_pct.values()) if client_pct else None
+                )
                 details[f"{mode}.{size}"] = {
                     "per_node_msgs_per_s": rates,
                     "complete": complete,
@@ -147,9 +170,14 @@ class SystemRun:
                     "received": {n: a.get("received") for n, a in answers.items()},
                     "blocked": {n: a.get("blocked") for n, a in answers.items()},
                     "out_of_order": sum(a.get("out_of_order", 0) for a in answers.values()),
+                    "daemon_us_per_msg": us_per_msg,
+                    "client_cpu_pct": client_pct,
                 }
                 print(
-                    f"  {mode:10s} {size:6d} B: {stats.fmt(rate)} msg/s{'' if complete else ' (INCOMPLETE)'}",
+                    f"  {mode:10s} {size:6d} B: {stats.fmt(rate)} msg/s,"
+                    f" daemon {stats.fmt(self.figures[stats.daemon_cpu_key(mode, size)])} us/msg,"
+                    f" client {stats.fmt(self.figures[stats.client_cpu_key(mode, size)])} % CPU"
+                    f"{'' if complete else ' (INCOMPLETE)'}",
                     flush=True,
                 )
         elapsed = time.monotonic() - t0
@@ -192,6 +220,7 @@ class SystemRun:
             self.figures[f"latency.{q}_us"] = None if v is None else v / 1000
         call = a.get("call_p50_ns")
         self.figures["latency.send_call_p50_us"] = None if call is None else call / 1000
+        self.figures["client.latency_cpu_pct"] = client_cpu_pct({sender: a}).get(sender)
         self.details["latency"] = {
             k: a.get(k)
             for k in (
@@ -294,19 +323,31 @@ class SystemRun:
         self.details["join_s"] = joins
 
 
-def measure(system: System, settings: Settings, workroot: Path) -> dict[str, Any]:
+def client_cpu_pct(answers: dict[int, dict[str, Any]]) -> dict[int, float]:
+    """Each node's bench client CPU in % of one core over its round (from the round answers)."""
+    out: dict[int, float] = {}
+    for n, a in answers.items():
+        cpu, wall = a.get("client_cpu_s"), a.get("client_wall_s")
+        if cpu is not None and wall:
+            out[n] = 100 * float(cpu) / float(wall)
+    return out
+
+
+def measure(system: System, settings: Settings, workroot: Path, cbin: Path | None) -> dict[str, Any]:
     """Run every measurement for `system`; return its result-file entry (never raises)."""
     if system.daemon == "cmanlk":
         why = cmanlk_missing()
         if why:
             return {"status": "skipped", "error": why, "figures": {}, "details": {}}
+    if system.client == "c" and cbin is None:
+        return {"status": "skipped", "error": "the C client could not be built", "figures": {}, "details": {}}
     workdir = workroot / system.name
     run: SystemRun | None = None
     status, error = "ok", None
     print(f"== {system.name}", flush=True)
     try:
         with Lab(links=system.links) as lab:
-            cluster = BenchCluster(lab, system, settings.nodes, workdir, settings.token_ms)
+            cluster = BenchCluster(lab, system, settings.nodes, workdir, settings.token_ms, cbin=cbin)
             up_s = cluster.up()
             run = SystemRun(cluster, settings)
             run.details["startup_s"] = up_s
@@ -346,7 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", type=int, default=1000, help="totem.token in ms, the same for every system")
     ap.add_argument("--repeats", type=int, default=5, help="kill -9 / restart cycles (full run)")
     ap.add_argument("--sizes", default=",".join(str(s) for s in stats.SIZES))
-    ap.add_argument("--systems", default=",".join(s.name for s in systems.ALL_SYSTEMS))
+    ap.add_argument(
+        "--systems",
+        default=None,
+        help="comma-separated, of "
+        + ",".join(s.name for s in systems.RUN_SYSTEMS)
+        + f" (default: all but corosync-py; --quick: {','.join(s.name for s in systems.RUN_QUICK)})",
+    )
     ap.add_argument(
         "--out", type=Path, default=None, help="result file (default bench/results/run-<time>.json)"
     )
@@ -355,8 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.run needs root (network namespaces)", file=sys.stderr)
         return 2
-    by_name = {s.name: s for s in systems.ALL_SYSTEMS}
-    chosen = [by_name[n] for n in args.systems.split(",")]
+    by_name = {s.name: s for s in systems.RUN_SYSTEMS}
+    if args.systems:
+        chosen = [by_name[n] for n in args.systems.split(",")]
+    else:
+        chosen = list(systems.RUN_QUICK if args.quick else systems.RUN_DEFAULT)
+    cbin: Path | None = None
+    if any(s.client == "c" for s in chosen):
+        try:
+            cbin = cbuild.build()
+        except cbuild.BuildError as exc:
+            print(f"C client: {exc}", file=sys.stderr)
     settings = Settings(args)
     started = datetime.datetime.now(datetime.UTC)
     out = args.out or (
@@ -376,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         for system in chosen:
-            doc["systems"][system.name] = measure(system, settings, workroot)
+            doc["systems"][system.name] = measure(system, settings, workroot, cbin)
     finally:
         if not args.keep_workdir:
             shutil.rmtree(workroot, ignore_errors=True)
@@ -398,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         f"\nload average before {doc['host']['loadavg_before'][0]:.2f}, after"
         f" {doc['host']['loadavg_after'][0]:.2f}; {doc['elapsed_s']} s; result file {out}"
     )
+    # Last: each corosync-C baseline's smallest ratio (the udpu pair's line ends the output).
+    for base in sorted({b for b in systems.BASELINE.values() if b in doc["systems"]}, reverse=True):
+        rivals = [
+            n
+            for n, b in systems.BASELINE.items()
+            if b == base and n in doc["systems"] and by_name[n].daemon == "cmanlk"
+        ]
+        found = stats.min_ratio(doc["comparisons"], rivals, base)
+        if found is not None:
+            print(f"vs {base}: min_ratio={found[0]:.2f}x worst={found[1]}")
     return 0 if all(d["status"] in ("ok", "skipped") for d in doc["systems"].values()) else 1
 
 

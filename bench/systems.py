@@ -32,6 +32,7 @@ class System:
     name: str  # e.g. "corosync-udpu"
     daemon: str  # "corosync" | "cmanlk"
     transport: str  # "udpu" | "knet" (cmanlk: its native transport)
+    client: str = "py"  # the bench's group client: "py" (bench/driver.py) or "c" (bench/cpgbench.c)
 
     @property
     def links(self) -> int:
@@ -43,8 +44,27 @@ COROSYNC_KNET = System("corosync-knet", "corosync", "knet")
 CMANLK_UDPU = System("cmanlk-udpu", "cmanlk", "udpu")
 CMANLK_NATIVE = System("cmanlk-native", "cmanlk", "knet")
 ALL_SYSTEMS = (COROSYNC_UDPU, COROSYNC_KNET, CMANLK_UDPU, CMANLK_NATIVE)
-# The corosync system each cmanlk system is compared against.
-BASELINE = {CMANLK_UDPU.name: COROSYNC_UDPU.name, CMANLK_NATIVE.name: COROSYNC_KNET.name}
+# The systems of bench.run: each names the client that drives it. Corosync is driven by the C
+# libcpg client (bench/cpgbench.c), cmanlk by its Python client and by the same C binary (cmanlkd
+# serves libqb IPC). "corosync-py" is the old Python (ctypes) driver of corosync, kept labelled.
+COROSYNC_C = System("corosync-c", "corosync", "udpu", "c")
+COROSYNC_PY = System("corosync-py", "corosync", "udpu", "py")
+CMANLK_PY = System("cmanlk-py", "cmanlk", "udpu", "py")
+CMANLK_C = System("cmanlk-c", "cmanlk", "udpu", "c")
+COROSYNC_KNET_C = System("corosync-knet-c", "corosync", "knet", "c")
+CMANLK_NATIVE_PY = System("cmanlk-native-py", "cmanlk", "knet", "py")
+CMANLK_NATIVE_C = System("cmanlk-native-c", "cmanlk", "knet", "c")
+RUN_DEFAULT = (COROSYNC_C, CMANLK_PY, CMANLK_C, COROSYNC_KNET_C, CMANLK_NATIVE_PY, CMANLK_NATIVE_C)
+RUN_SYSTEMS = (*RUN_DEFAULT, COROSYNC_PY)
+RUN_QUICK = (COROSYNC_C, CMANLK_PY, CMANLK_C)
+# The corosync system (always driven by the C client) each system of bench.run is compared against.
+BASELINE = {
+    CMANLK_PY.name: COROSYNC_C.name,
+    CMANLK_C.name: COROSYNC_C.name,
+    COROSYNC_PY.name: COROSYNC_C.name,
+    CMANLK_NATIVE_PY.name: COROSYNC_KNET_C.name,
+    CMANLK_NATIVE_C.name: COROSYNC_KNET_C.name,
+}
 
 
 def config_text(
@@ -128,6 +148,20 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds on CPU of every thread of `pid` (schedstat: finer than utime+stime's ticks)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that just ended
+    except OSError:
+        return None
+    return total
 
 
 def memory_kib(pid: int) -> dict[str, int]:

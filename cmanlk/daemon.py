@@ -35,9 +35,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, load_config
+from cmanlk.config import DEFAULT_CONFIG_PATH, ClusterConfig, TransportKind, load_config
 from cmanlk.errors import ConfigError, InternalError, KernelError
 from cmanlk.runtime import sched
 from cmanlk.runtime.edges import companions
@@ -153,9 +154,28 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_RUNTIME
     try:
-        return asyncio.run(_serve(args, prepared))
+        with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
+            return runner.run(_serve(args, prepared))
     finally:
         os.close(lock)
+
+
+def _loop_factory(config: ClusterConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop with CMANLK_UVLOOP=1 (and the `fast` extra installed), else asyncio's.
+
+    Opt-in, not the default: with udpu it cut the daemon's CPU per cpg message by 10-15 % for
+    libqb (C) clients, but it made cmanlk's own IPC clients slower on a loaded host (the bench's
+    pipelined send call 17 -> 288 us, a restarted node 1.4 -> 10.8 s to reach every client, load
+    11-12), and it cannot open pyroute2's AF_NETLINK endpoint, which the native transport's
+    rtnetlink watch needs ("invalid family 16"). docs/bench.md has the figures."""
+    if os.environ.get("CMANLK_UVLOOP", "0") != "1" or config.transport is TransportKind.NATIVE:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _prepare(config: ClusterConfig, args: argparse.Namespace) -> Prepared:

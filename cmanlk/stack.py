@@ -11,7 +11,15 @@ What it does with Totem's output (corosync exec/main.c):
   running synchronisation is aborted; a transitional configuration is remembered; a regular one
   starts sync v2. Only when sync completes is `MembershipChanged` published upward (clients of
   corosync see the new membership only after "Completed service synchronization").
+- Sync completion is also told to Totem (`TransAck`, corosync's totempg_trans_ack): messages
+  queued before the ring change, a half-sent one among them, wait until then behind the sync
+  messages, as corosync's second queue holds them (`waiting_trans_ack`).
 - Network actions, `PersistRingSeq` and `StateChanged` pass through in order.
+
+Local requests: a flow-controlled cpg request (join, leave, mcast) is answered try_again from a
+configuration change until every service is synchronised, as corosync_sending_allowed does while
+sync_in_process (cpg alone would accept them once its own sync is activated, and they would go out
+during votequorum's, on the second queue).
 
 Service output: `SendMessage` is wrapped in group "a" and queued with Totem (agreed order);
 notifications pass through as actions. Local requests arrive as events (`SetExpectedVotes`,
@@ -41,6 +49,7 @@ from cmanlk.services.base import (
     takes_part_in_sync,
 )
 from cmanlk.services.cmap.service import CmapSync
+from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast
 from cmanlk.services.sync import SendSync, Sync, SyncCompleted, SyncOutput
 from cmanlk.services.votequorum.policy import QuorumConfig, QuorumState
 from cmanlk.services.votequorum.service import VotequorumService
@@ -60,7 +69,7 @@ from cmanlk.totem.actions import (
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
-from cmanlk.totem.events import LeaveRequested, McastRequested
+from cmanlk.totem.events import LeaveRequested, McastRequested, TransAck
 from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import Instant, NodeId, RingId
 
@@ -189,6 +198,7 @@ class Stack:
         self.config = config
         self.me = me
         self.totem = Totem(config.totem, me, rng, ring_seq)
+        self.totem.hold_for_sync()  # messages queued before a ring change wait for its sync (TransAck)
         factories = config.services
         if factories is None:
             factories = default_services(config.quorum, config.config_version)
@@ -208,6 +218,9 @@ class Stack:
         self.members: tuple[NodeId, ...] = ()
         self.stats: dict[str, int] = {}
         self._now = Instant(0)
+        # corosync's sync_in_process: from a configuration change until every service is synchronised
+        # (and before the first synchronisation), flow-controlled cpg requests are answered try_again.
+        self._sync_in_process = True
 
     # --- the only way in -----------------------------------------------------------------------
 
@@ -294,7 +307,10 @@ class Stack:
             elif isinstance(o, SendSync):
                 self._mcast(svcwire.encode_group_message(svcwire.GROUP_SYNC, o.message), pending)
             elif isinstance(o, SyncCompleted):
+                self._sync_in_process = False
                 out.append(self._publish(o))
+                # corosync_sync_completed → totempg_trans_ack: what waited may be sent now.
+                pending.extend(self.totem.handle(TransAck(self._now)))
             else:
                 out.append(o)
 
@@ -329,6 +345,7 @@ class Stack:
         outputs: list[SyncOutput] = []
         for svc in self.services.values():
             outputs += svc.on_configuration(change)
+        self._sync_in_process = True
         self.sync.abort()
         if change.kind is ConfigKind.TRANSITIONAL:
             self.sync.save_transitional(change.members)
@@ -367,6 +384,10 @@ class Stack:
     ) -> None:
         if isinstance(event, ServiceRequest) and not event.flow_control:
             return
+        if (self._sync_in_process and isinstance(event, ServiceRequest)
+                and isinstance(event.request, CpgJoin | CpgLeave | CpgMcast)):  # fmt: skip
+            self._count("request_during_sync")
+            raise UsageError(ErrorCode.TRY_AGAIN, "cluster membership is being synchronised; retry")
         free = self.totem.send_queue_free_bytes
         if free < LOCAL_REQUEST_ROOM_BYTES:
             self._count("request_totem_queue_full")

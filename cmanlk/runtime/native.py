@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cmanlk.errors import ConfigError, ConfigProblem, MalformedPacket
+from cmanlk.runtime.datagrams import Deliver, Inbox
 from cmanlk.runtime.linkstate import (
     INNER_HEADER_BYTES,
     MAX_LINKS,
@@ -103,7 +104,6 @@ IDLE_WAKE_S = 1.0
 
 DEFAULT_REBIND_TRIGGER = "/run/cmanlk/rebind"
 
-Deliver = Callable[[bytes, NodeId | None, int], None]
 """deliver(data, source node id or None, link number) — called for each datagram received."""
 
 
@@ -248,6 +248,7 @@ class NativeTransport:
         self._ping_seq = 0
         self._seal_overhead = 0
         self._deliver: Deliver | None = None
+        self._inbox: Inbox | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._log_at: dict[str, float] = {}
@@ -263,6 +264,7 @@ class NativeTransport:
         Raises KernelError when rtnetlink cannot be watched, ConfigError when crypto cannot be set up.
         """
         self._deliver = deliver
+        self._inbox = Inbox(deliver)
         self._setup_crypto()
         if self._netlink is None:
             from kernel_glue.netlink import RtnlWatch
@@ -443,6 +445,13 @@ class NativeTransport:
 
     # -- receiving ------------------------------------------------------------------------------
     def _readable(self, link: int) -> None:
+        try:
+            self._drain(link)
+        finally:
+            if self._inbox is not None:
+                self._inbox.flush()  # the wake-up's messages reach the node as one batch
+
+    def _drain(self, link: int) -> None:
         bound = self._bound.get(link)
         for _ in range(RECV_BATCH):
             if bound is None or self._bound.get(link) is not bound:
@@ -514,8 +523,8 @@ class NativeTransport:
             return
         self.stats.delivered += 1
         self.stats.count(link, "delivered")
-        if self._deliver is not None:
-            self._deliver(payload, frame.src, link)
+        if self._inbox is not None:
+            self._inbox.add(payload, frame.src, link)  # flushed at the end of the wake-up
 
     def _on_notice(self, frame: InnerFrame, now: Instant, via: int) -> None:
         try:

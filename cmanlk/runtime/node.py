@@ -38,13 +38,14 @@ from cmanlk.config import ClusterConfig
 from cmanlk.errors import ErrorCode, InternalError, UsageError
 from cmanlk.runtime import statedir
 from cmanlk.runtime.clock import now
+from cmanlk.runtime.datagrams import Datagram
 from cmanlk.runtime.notify import Notifier
 from cmanlk.runtime.status import Counters, GroupView, NodeView, PathChanged, PathView, Snapshot, status_json
 from cmanlk.runtime.transport import Transport, build_transport
 from cmanlk.services.base import Notification
 from cmanlk.services.cfg.service import CfgService, KilledByNode, KillRequested, NodeShutDown
 from cmanlk.services.cmap.service import ConfigVersionMismatch
-from cmanlk.services.cpg.service import CpgService
+from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
 from cmanlk.services.votequorum.policy import QuorumState
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import Event as StackEvent
@@ -54,6 +55,9 @@ from cmanlk.totem.events import DeadlineReached, LeaveRequested, NodelistChanged
 from cmanlk.types import NO_RING, Instant, NodeId, RingId
 
 log = logging.getLogger("cmanlk.node")
+
+_PASSED_ON = frozenset({CpgDeliver, CpgConfchg, CpgTotemConfchg})
+"""Notifications the node does nothing with but hand to its listeners (one per cpg message)."""
 
 STATUS_REFRESH_S = 2.0
 """status.json is also rewritten this often, so its counters stay fresh for admins and tests."""
@@ -75,6 +79,22 @@ RequestBuilder = Callable[[Instant, int], StackEvent]
 Listener = Callable[[object], None]
 """Called with each notification the core publishes (MembershipChanged, QuorumChanged, cpg
 deliveries, RequestResult) and the node's own PathChanged, on the loop thread."""
+
+
+class _Receiver:
+    """The node's callback for its transport (cmanlk.runtime.datagrams): one datagram, or a
+    wake-up's datagrams as one batch."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __call__(self, data: bytes, src: NodeId | None, link: int) -> None:
+        self._node._on_datagram(data, src, link)
+
+    def batch(self, items: list[Datagram]) -> None:
+        self._node._on_datagrams(items)
 
 
 class Node:
@@ -115,6 +135,10 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: Instant | None = None
         self._listeners: list[Listener] = []
+        self._listeners_now: tuple[Listener, ...] = ()  # what _publish calls (a copy: listeners may
+        # add or remove listeners while being called)
+        self._arm_pending = False  # a timer re-arm is scheduled for the end of this loop iteration
+        self._stopped = False
         self._control: asyncio.Queue[tuple[str, object]] = asyncio.Queue(maxsize=16)
         self._fatal: BaseException | None = None
         self._ready_sent = False
@@ -148,7 +172,7 @@ class Node:
         statedir.ensure_dir(self.run_dir)
         ring_seq = statedir.read_ring_seq(self.state_dir, self.me)
         self._persisted_seq = ring_seq
-        await self.transport.start(self._on_datagram)
+        await self.transport.start(_Receiver(self))
         try:
             self.core = self._build_core(ring_seq)
             t = self.config.totem
@@ -169,6 +193,7 @@ class Node:
                 self._try_leave()
                 self._fatal = self._fatal or failure
         finally:
+            self._stopped = True
             self._cancel_timer()
             await self.transport.close()
             self.notifier.close()
@@ -222,11 +247,13 @@ class Node:
         if len(self._listeners) >= MAX_LISTENERS:
             raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LISTENERS} listeners")
         self._listeners.append(listener)
+        self._listeners_now = tuple(self._listeners)
 
     def remove_listener(self, listener: Listener) -> None:
         """Unregister a callback (no error if absent)."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+            self._listeners_now = tuple(self._listeners)
 
     def snapshot(self) -> Snapshot:
         """The node now: the same object until something changes (module docstring).
@@ -278,6 +305,28 @@ class Node:
             return
         self._feed(PacketReceived(now(), data, src, link))
 
+    def _on_datagrams(self, items: list[Datagram]) -> None:
+        """A wake-up's datagrams: fed to the core in order, their actions carried out together."""
+        core = self.core
+        if core is None or self._left or self._fatal is not None:
+            return
+        t = now()
+        actions: list[Any] = []
+        for data, src, link in items:
+            event = PacketReceived(t, data, src, link)
+            try:
+                actions += core.handle(event)
+            except Exception as exc:  # as in _feed: what came before still goes out, then we stop
+                self._carry_out(actions)
+                self._core_failed(exc, event)
+                return
+        try:
+            self._carry_out(actions)
+        except Exception as exc:
+            self._core_failed(exc, event)
+            return
+        self._arm_soon()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
@@ -295,19 +344,35 @@ class Node:
         except UsageError:
             raise
         except Exception as exc:  # a bug in the core, or a failed fsync: we must not go on
-            where = f"{type(event).__name__} (state {self._state.value}, ring {self._ring_id})"
-            log.critical("stopping: %r while handling %s", exc, where, exc_info=True)
-            if isinstance(exc, OSError | InternalError):
-                self._fatal = exc  # OSError: the host failed us (ring seq not durable), exit 3
-            else:
-                self._fatal = InternalError(f"the core failed: {exc!r} while handling {where}")
-                self._fatal.__cause__ = exc
-            self._post("fatal", None)
+            self._core_failed(exc, event)
             return
-        self._arm_timer()
+        self._arm_soon()
+
+    def _core_failed(self, exc: Exception, event: object) -> None:
+        where = f"{type(event).__name__} (state {self._state.value}, ring {self._ring_id})"
+        log.critical("stopping: %r while handling %s", exc, where, exc_info=exc)
+        if isinstance(exc, OSError | InternalError):
+            self._fatal = exc  # OSError: the host failed us (ring seq not durable), exit 3
+        else:
+            self._fatal = InternalError(f"the core failed: {exc!r} while handling {where}")
+            self._fatal.__cause__ = exc
+        self._post("fatal", None)
 
     def _carry_out(self, actions: list[Any]) -> None:
+        transport = self.transport
         for action in actions:
+            # The hot path first, by exact type: frames out, and cpg traffic, which the node only
+            # passes on (the match below tests up to eight classes per action).
+            kind = type(action)
+            if kind is Multicast:
+                transport.multicast(action.to, action.data)
+                continue
+            if kind is Unicast:
+                transport.unicast(action.to, action.data)
+                continue
+            if kind in _PASSED_ON:
+                self._publish(action)
+                continue
             match action:
                 case Unicast(to=to, data=data):
                     self.transport.unicast(to, data)
@@ -330,6 +395,18 @@ class Node:
                     self._publish(action)
                 case _:
                     raise InternalError(f"the core returned an action the runtime does not know: {action!r}")
+
+    def _arm_soon(self) -> None:
+        """Re-arm the timer once at the end of this loop iteration, not after every event fed:
+        a wake-up that feeds many datagrams or requests computes the next deadline once."""
+        if not self._arm_pending:
+            self._arm_pending = True
+            asyncio.get_running_loop().call_soon(self._arm_now)
+
+    def _arm_now(self) -> None:
+        self._arm_pending = False
+        if not self._stopped:
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         core = self.core
@@ -360,6 +437,9 @@ class Node:
 
     def _on_membership(self, change: MembershipChanged) -> None:
         self._ring_id, self._members = change.ring_id, change.members
+        tell = getattr(self.transport, "set_ring_members", None)  # optional (transport.py)
+        if tell is not None:
+            tell(change.members)
         self._changes += 1
         log.info("new membership (%s) members %s joined %s left %s; reason: %s", change.ring_id,
                  _ids(change.members), _ids(change.joined), _ids(change.left), self._reason)  # fmt: skip
@@ -403,7 +483,7 @@ class Node:
                 log.debug("notification %s", note)
 
     def _publish(self, item: object) -> None:
-        for listener in list(self._listeners):
+        for listener in self._listeners_now:
             try:
                 listener(item)
             except Exception:  # a listener's bug must not stop the node; it is logged

@@ -213,7 +213,7 @@ def _probe_ports(out: Prepared, me: NodeId) -> None:
             key = f"nodelist.node.ring{link}_addr"
             if why.errno == errno.EADDRINUSE:
                 out.error(key, f"{text} port {bind_port} is in use by another program (a corosync still "
-                          "running? stop it first: docs/migrating.md)", EXIT_RUNTIME, mine.line)
+                          "running? stop it first: docs/migration.md)", EXIT_RUNTIME, mine.line)
             elif config.transport is TransportKind.NATIVE and link != 0:
                 out.warn(key, f"link {link}: {text} is not an address of this host yet "
                          f"({why.strerror}); the link is bound when it appears", mine.line)

@@ -7,78 +7,38 @@ transport is chosen once from the configuration (`build_transport(config, me)`) 
 changes. NativeTransport reports per-(peer, link) paths; `_NativeAdapter` folds them into the
 per-link `LinkStatus` of this protocol.
 
-Contract shared by every transport:
+Contract shared by every transport (the shared layer is `cmanlk.runtime.datagrams`):
 - `start(deliver)` binds what can be bound and then calls `deliver(data, src, link)` for each
   datagram that passed the transport's own filters, on the event loop thread, without creating
-  a task per datagram. `src` is the node id the source address (or the authenticated sender)
-  maps to, None when the transport cannot tell. Datagrams from unlisted sources are dropped and
-  counted by the transport, not delivered.
+  a task per datagram — or, when `deliver` has a `batch` method, `deliver.batch(items)` once per
+  wake-up with every datagram it drained (`datagrams.Inbox`). `src` is the node id the source
+  address (or the authenticated sender) maps to, None when the transport cannot tell.
+  Datagrams from unlisted sources are dropped and counted by the transport, not delivered.
 - `unicast`/`multicast` never block and never raise for network errors (a send error is a lost
   datagram, which totem recovers from); they are silently ignored before `start` and after `close`.
   `multicast(to, data)` sends to each node in `to`; `to` never contains the local node.
 - `links()` is a snapshot for status output; `set_nodes()` replaces the nodelist at run time
   (SIGHUP) and takes effect for the next datagram sent or received.
 - `close()` is idempotent; it releases every socket and task.
+- Optional: `set_ring_members(members)` — the node calls it with the members of every new ring
+  it is in, for transports without probes of their own (udpu, udp): a ring member is reachable.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cmanlk.config import ClusterConfig, NodeAddresses, TransportKind
 from cmanlk.errors import ConfigError, ConfigProblem
+from cmanlk.runtime.datagrams import Deliver, LinkStatus, PeerReachability
+from cmanlk.runtime.udpmcast import UdpMcastTransport
+from cmanlk.runtime.udpu import UdpuTransport
 from cmanlk.types import NodeId
 
-Deliver = Callable[[bytes, NodeId | None, int], None]
-"""deliver(data, source node id or None, link index): called once per accepted datagram."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerReachability:
-    """Whether one peer is reachable over one link, and at which address."""
-
-    node: NodeId
-    address: str
-    reachable: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkStatus:
-    """Status of one local link for `cmanlk-tool status`, D-Bus and status.json.
-
-    `up` is the local end (socket bound). `peers` lists each configured peer on this link; a
-    transport without liveness probes (udpu) reports `reachable` as "heard from recently".
-    `counters` holds named counts (sent, received, dropped reasons) of this link.
-    """
-
-    index: int
-    interface: str | None
-    local_address: str | None
-    up: bool
-    peers: tuple[PeerReachability, ...] = ()
-    reason: str = ""
-    counters: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
-
-    def as_dict(self) -> dict[str, object]:
-        """Return a JSON-serialisable dict of this status."""
-        return {
-            "index": self.index,
-            "interface": self.interface,
-            "local_address": self.local_address,
-            "up": self.up,
-            "reason": self.reason,
-            "peers": [
-                {"node": p.node, "address": p.address, "reachable": p.reachable, "reason": p.reason}
-                for p in self.peers
-            ],
-            "counters": dict(self.counters),
-        }
-
+__all__ = ["Deliver", "LinkStatus", "PeerReachability", "Transport", "build_transport"]
 
 @runtime_checkable
 class Transport(Protocol):
@@ -116,8 +76,6 @@ def build_transport(config: ClusterConfig, me: NodeId) -> Transport:
     own address cannot be resolved.
     """
     if config.transport is TransportKind.UDPU:
-        from cmanlk.runtime.udpu import UdpuTransport  # imported here: udpu imports this module
-
         return UdpuTransport(
             me,
             config.node_addresses(),
@@ -126,8 +84,6 @@ def build_transport(config: ClusterConfig, me: NodeId) -> Transport:
             ip_version=config.ip_version,
         )
     if config.transport is TransportKind.UDP:
-        from cmanlk.runtime.udpmcast import UdpMcastTransport
-
         return UdpMcastTransport(
             me,
             config.node_addresses(),

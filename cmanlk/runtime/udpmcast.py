@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Mapping
 
 from cmanlk.config import LinkConfig
-from cmanlk.runtime.transport import Deliver, LinkStatus
+from cmanlk.runtime.datagrams import Deliver, Inbox, LinkStatus
 from cmanlk.runtime.udpu import Endpoint, UdpuTransport, resolve
 from cmanlk.types import NodeId
 
@@ -71,6 +71,7 @@ class UdpMcastTransport(UdpuTransport):
 
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
+        self._inbox = Inbox(deliver)
         wildcard = ("::", self.link.port, 0, self._scope()) if self._ipv6 else ("0.0.0.0", self.link.port)
         self._recv = self._socket(wildcard)
         self._join_group(self._recv)

@@ -12,7 +12,8 @@
   that device (SO_BINDTODEVICE), so traffic cannot leave through another route.
 
 Receiving runs on the loop's reader callback and drains up to RECV_BATCH datagrams per wake-up
-with `recvfrom_into` into one buffer: no task and no large allocation per datagram. The source
+with `recvfrom_into` into one buffer: no task and no large allocation per datagram; the
+wake-up's datagrams reach the node as one batch (`cmanlk.runtime.datagrams.Inbox`). The source
 address text of a listed node is mapped to its node id once (`_src_cache`), the clock is read and
 the counters are updated once per wake-up, not per datagram.
 
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmanlk.config import ADDRESS_FAMILIES, LinkConfig, NodeAddresses
-from cmanlk.runtime.transport import Deliver, LinkStatus, PeerReachability
+from cmanlk.runtime.datagrams import Deliver, Inbox, LinkStatus, PeerReachability
 from cmanlk.types import NodeId
 
 log = logging.getLogger("cmanlk.udpu")
@@ -48,8 +49,10 @@ SOCKET_RCVBUF_BYTES = 4 << 20
 """Kernel receive buffer asked for (SO_RCVBUFFORCE as root): bursts of MCASTs during recovery."""
 SOCKET_SNDBUF_BYTES = 1 << 20
 REACHABLE_WINDOW_NS = 10_000_000_000
-"""A peer counts as reachable in `links()` if a datagram came from it within this span (udpu has
-no probes; this is for status output only)."""
+"""A peer counts as reachable in `links()` if it is a member of the current ring (the node tells
+us, `set_ring_members`) or a datagram came from it within this span (udpu has no probes; this is
+for status output only). On an idle ring a node hears only its token predecessor, so "heard
+recently" alone would show the other members as disconnected."""
 DROP_LOG_INTERVAL_S = 10.0
 """At most one log line per drop reason per interval (a hostile sender costs a counter)."""
 
@@ -160,10 +163,12 @@ class UdpuTransport:
         self._send_socks: dict[NodeId, socket.socket] = {}
         self._recv: socket.socket | None = None
         self._deliver: Deliver | None = None
+        self._inbox: Inbox | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         self._last_heard: dict[NodeId, int] = {}
+        self._ring_members: frozenset[NodeId] = frozenset()
         self._src_cache: dict[str, NodeId] = {}  # source IP text → node id, listed nodes only
         self._drop_logged: dict[str, float] = {}
         self._closed = False
@@ -174,6 +179,7 @@ class UdpuTransport:
         """Bind the receive socket and the per-member sockets. Raises OSError if the bind fails."""
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
+        self._inbox = Inbox(deliver)
         self._recv = self._socket(self.local.sockaddr)
         for node in self._peers:
             self._open_send_socket(node)
@@ -204,15 +210,21 @@ class UdpuTransport:
                 continue
             self._sendto(sock, data, peer)
 
+    def set_ring_members(self, members: tuple[NodeId, ...]) -> None:
+        """The members of the ring this node is in now (the node calls this on every new ring)."""
+        self._ring_members = frozenset(members)
+
     def links(self) -> list[LinkStatus]:
-        """Return link 0's status; a peer is `reachable` if heard from in the last 10 s."""
+        """Return link 0's status; a peer is `reachable` if it is in our ring or was heard from
+        in the last 10 s."""
         now = time.monotonic_ns()
         peers = tuple(
             PeerReachability(
                 node,
                 ep.text,
-                now - self._last_heard.get(node, -REACHABLE_WINDOW_NS - now) < REACHABLE_WINDOW_NS,
-                "" if node in self._last_heard else "never heard from",
+                node in self._ring_members
+                or now - self._last_heard.get(node, -REACHABLE_WINDOW_NS - now) < REACHABLE_WINDOW_NS,
+                "" if node in self._last_heard or node in self._ring_members else "never heard from",
             )
             for node, ep in sorted(self._peers.items())
         )
@@ -259,9 +271,10 @@ class UdpuTransport:
 
     # -- receive --------------------------------------------------------------------------------
     def _readable(self) -> None:
-        sock, deliver = self._recv, self._deliver
-        if sock is None or deliver is None:
+        sock, inbox = self._recv, self._inbox
+        if sock is None or inbox is None:
             return
+        add = inbox.add
         received = 0
         heard: set[NodeId] = set()
         cache, buffer, view = self._src_cache, self._buffer, self._view
@@ -283,9 +296,10 @@ class UdpuTransport:
                         continue
                 if src is not None:
                     heard.add(src)
-                deliver(bytes(view[:n]), src, 0)
+                add(bytes(view[:n]), src, 0)
         finally:
             self.counters["received"] += received
+            inbox.flush()  # the whole wake-up at once (datagrams.Inbox)
             if heard:
                 now = time.monotonic_ns()
                 for node in heard:

@@ -181,6 +181,13 @@ class Sync:
         """Is a synchronisation running (started and neither complete nor aborted)?"""
         return self.state is not SyncState.IDLE
 
+    @property
+    def current_service_id(self) -> int | None:
+        """Id of the service being processed, None outside PROCESS/BARRIER."""
+        if self.state in (SyncState.PROCESS, SyncState.BARRIER):
+            return self._entries[self._index].service_id
+        return None
+
     def save_transitional(self, members: tuple[NodeId, ...]) -> None:
         """Remember the transitional configuration (corosync's sync_save_transitional)."""
         self._trans = members

@@ -89,8 +89,18 @@ class TotemBase:
         self.cur_ring_id = first  # corosync's my_ring_id: set to the new ring on entering COMMIT
         self.ring_seq_max = ring_seq  # highest ring seq seen anywhere (token_ring_id_seq)
         self.installed_any = False  # has this incarnation delivered a regular configuration yet?
+        # corosync's two new-message queues (totemsrp's new_message_queue and new_message_queue_trans)
+        # and totempg's two assembly sets: while `waiting_trans_ack` (from a new ring's operational
+        # entry until the services' sync completed, `trans_ack`), what is queued goes to, and only what
+        # was queued then is sent from, the second queue; messages queued before wait, half-sent ones
+        # too, and are continued where they stopped once sync is over. Only a node that runs sync (the
+        # Stack: `holds_for_sync`) waits; a bare Totem core acknowledges at once.
+        self.holds_for_sync = False
+        self.waiting_trans_ack = False
         self.packer = Packer(config.max_frame_bytes)
-        self.unpacker = Unpacker()
+        self.packer_trans = Packer(config.max_frame_bytes)
+        self.unpackers = (Unpacker(), Unpacker())  # (regular, while waiting for the trans ack)
+        self.unpacker = self.unpackers[0]
         # Token bookkeeping of the ring we are on (reset whenever a new ring starts).
         self.my_token_seq: int | None = None  # last token_seq accepted (duplicate filter)
         self.last_token: tuple[NodeId, wire.OrfToken] | None = None  # what TOKEN_RETRANSMIT re-sends
@@ -135,6 +145,33 @@ class TotemBase:
     def members(self) -> tuple[NodeId, ...]:
         return self.ring.members if self.installed_any else ()
 
+    # --- the two send queues ------------------------------------------------------------------------
+
+    def _push_packer(self) -> Packer:
+        """The queue a new message goes to: the second one while waiting, and after that for as long
+        as it still holds leftovers (so one sender's messages go out in the order they were queued)."""
+        if self.waiting_trans_ack or self.packer_trans.has_pending():
+            return self.packer_trans
+        return self.packer
+
+    def _send_packer(self) -> Packer | None:
+        """The queue the token sends from now (None: nothing to send)."""
+        if self.waiting_trans_ack:
+            return self.packer_trans if self.packer_trans.has_pending() else None
+        if self.packer.has_pending():
+            return self.packer
+        return self.packer_trans if self.packer_trans.has_pending() else None
+
+    def _set_waiting_trans_ack(self, waiting: bool) -> None:
+        self.waiting_trans_ack = waiting
+        self.unpacker = self.unpackers[1 if waiting else 0]
+
+    def _forget_assembly(self, node: NodeId) -> None:
+        """Drop `node`'s half-assembled messages in both assembly sets (it left, as corosync's
+        assembly_deref_from_normal_and_trans)."""
+        for u in self.unpackers:
+            u.forget(node)
+
     # --- plumbing --------------------------------------------------------------------------------------
 
     def _set_state(self, state: MembState, reason: str) -> None:
@@ -157,14 +194,17 @@ class TotemBase:
         known = set(self.config.nodes) | set(self.ring.members)
         return tuple(sorted(n for n in known if n != self.me))
 
-    def _deliver(self, ring: RingState, upto: int, safe_upto: int | None, skip_gaps: bool) -> None:
+    def _deliver(self, ring: RingState, upto: int, safe_upto: int | None, skip_gaps: bool,
+                 only_from: tuple[NodeId, ...] | None = None) -> None:  # fmt: skip
         """Deliver ring messages after high_delivered, in seq order, up to `upto`.
 
         Without `skip_gaps` delivery stops at the first missing message (agreed order);
         with it (the transitional part of recovery) gaps no survivor could fill are passed
         over. A safe message stops delivery until `safe_upto` has passed it (None: no wait).
         Encapsulated messages are the new ring's carriers of old-ring messages: they
-        occupy a seq but deliver nothing themselves.
+        occupy a seq but deliver nothing themselves. With `only_from`, agreed messages of other
+        senders are passed over (corosync's my_deliver_memb filter after the transitional
+        configuration).
         """
         s = ring.high_delivered
         while seq_lt(s, upto):
@@ -176,7 +216,7 @@ class TotemBase:
                 # Only a departed member's frame can be missing after recovery (survivors re-send all
                 # of theirs); its half-assembled message must not be continued across the hole.
                 for n in self.gap_senders:
-                    self.unpacker.forget(n)
+                    self._forget_assembly(n)
                 s = nxt
                 ring.high_delivered = s
                 continue
@@ -186,6 +226,8 @@ class TotemBase:
             s = nxt
             ring.high_delivered = s
             if msg.encapsulated == wire.ENCAPSULATED:
+                continue
+            if only_from is not None and msg.system_from not in only_from and msg.guarantee != Guarantee.SAFE:
                 continue
             self._deliver_frame(ring.ring_id, msg)
 

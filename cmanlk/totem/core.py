@@ -57,6 +57,7 @@ from cmanlk.totem.events import (
     NodelistChanged,
     PacketReceived,
     Started,
+    TransAck,
 )
 from cmanlk.totem.membership import Membership
 from cmanlk.totem.ring import SORT_QUEUE_MAX, RingState
@@ -109,7 +110,13 @@ class Totem(Membership):
     def send_queue_free_bytes(self) -> int:
         """Room left in the send queue: a McastRequested of up to this many bytes less
         totempg.QUEUE_ENTRY_COST_BYTES is queued, a larger one refused with QueueFull."""
-        return self.packer.free_bytes
+        return self._push_packer().free_bytes
+
+    def hold_for_sync(self) -> None:
+        """This node runs the services' sync: from now on a new ring's messages queued before it wait
+        until `TransAck` (corosync's waiting_trans_ack; see TotemBase). Call before `Started`."""
+        self.holds_for_sync = True
+        self._set_waiting_trans_ack(True)  # corosync starts waiting, until the first sync completes
 
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order.
@@ -136,6 +143,8 @@ class Totem(Membership):
                 self._leave(now)
             case NodelistChanged(nodes=nodes):
                 self.config = self.config.with_nodes(nodes)
+            case TransAck(now=now):
+                self._on_trans_ack(now)
         self._drain_loopback(getattr(event, "now", Instant(0)))
         out, self._out = self._out, []
         return out
@@ -207,8 +216,19 @@ class Totem(Membership):
     # --- local requests ------------------------------------------------------------------------------
 
     def _on_mcast_requested(self, now: Instant, payload: bytes, guarantee: Guarantee) -> None:
-        self.packer.push(payload, guarantee)  # QueueFull / TooLarge / UsageError: nothing queued
-        if self._state != MembState.OPERATIONAL:
+        self._push_packer().push(payload, guarantee)  # QueueFull / TooLarge / UsageError: nothing queued
+        self._wake_token(now)
+
+    def _on_trans_ack(self, now: Instant) -> None:
+        if not self.waiting_trans_ack:
+            return
+        self._set_waiting_trans_ack(False)
+        if self.packer.has_pending():
+            self._wake_token(now)
+
+    def _wake_token(self, now: Instant) -> None:
+        """Something may be sent: release a held token, or ask the representative to."""
+        if self._state != MembState.OPERATIONAL or self._send_packer() is None:
             return
         if self.held_token is not None and self.timers.is_armed(TimerName.HOLD):
             self._release_held_token(now)
@@ -298,8 +318,9 @@ class Totem(Membership):
     def _process_token(self, now: Instant, token: wire.OrfToken, ring: RingState) -> None:
         cfg = self.config
         recovery = self._state == MembState.RECOVERY
-        backlog_now = len(self.retrans_queue) if recovery else _frames_pending(self.packer.pending_bytes,
-                                                                                cfg.max_frame_bytes)
+        sendable = None if recovery else self._send_packer()
+        pending = sendable.pending_bytes if sendable is not None else 0
+        backlog_now = len(self.retrans_queue) if recovery else _frames_pending(pending, cfg.max_frame_bytes)
         allowed = self._transmits_allowed(token, backlog_now)
         rtr, retransmitted = self._retransmit_requested(token, ring, allowed)
         allowed = max(0, allowed - retransmitted)
@@ -377,7 +398,17 @@ class Totem(Membership):
                 inner = self.retrans_queue.popleft()
                 payload, encapsulated, guarantee = wire.encode(inner), wire.ENCAPSULATED, inner.guarantee
             else:
-                frame = self.packer.pop_frame()
+                packer = self._send_packer()
+                if packer is None:
+                    break
+                left = allowed - sent
+                need = packer.head_frames()
+                if not packer.has_partial() and left < need <= self.config.max_messages:
+                    # A message this visit cannot finish waits for one that can (see pop_frame): a
+                    # ring change between two visits would leave it half sent, and a node that joins
+                    # then could never assemble it (corosync's receivers neither).
+                    break
+                frame = packer.pop_frame(left)
                 if frame is None:
                     break
                 payload, encapsulated, guarantee = frame[0], wire.NOT_ENCAPSULATED, int(frame[1])
@@ -426,7 +457,7 @@ class Totem(Membership):
         """Pass the token on, or hold it on an idle ring (representative only)."""
         if (self._state == MembState.OPERATIONAL and ring.ring_id.rep == self.me
                 and self.seqno_unchanged > self.config.seqno_unchanged_const
-                and not token.rtr_list and not self.packer.has_pending()):  # fmt: skip
+                and not token.rtr_list and self._send_packer() is None):  # fmt: skip
             self.stats.holds += 1
             self.held_token = token
             self.timers.arm(TimerName.HOLD, after(now, self.config.hold))

@@ -63,4 +63,14 @@ class NodelistChanged:
     nodes: tuple[NodeId, ...]
 
 
-Event = Started | PacketReceived | DeadlineReached | McastRequested | LeaveRequested | NodelistChanged
+@dataclass(frozen=True, slots=True)
+class TransAck:
+    """The services finished synchronising the new ring (corosync's totempg_trans_ack, called from
+    corosync_sync_completed): messages queued before the ring change may go out now."""
+
+    now: Instant
+
+
+Event = (
+    Started | PacketReceived | DeadlineReached | McastRequested | LeaveRequested | NodelistChanged | TransAck
+)

@@ -50,7 +50,13 @@ from cmanlk.types import Instant, NodeId, RingId, after, seq_le, seq_max
 log = logging.getLogger("cmanlk.totem")
 
 RING_SEQ_STEP = 4  # corosync adds 4 to the highest ring seq seen for each new ring.
-FRESH_RECEIVED = 1  # commit entry: this member has every message it knows of in its old ring.
+MAY_LACK_MESSAGES = 0
+"""Our commit entry's received_flg, always: "I may lack old-ring messages". corosync's members
+re-send their old ring's messages in RECOVERY only when some member's flag is 0, and a member's
+flag (its aru equals the highest seq it saw) cannot know of a message that an originator killed
+mid-multicast reached only some members with. Saying 1 then, a corosync survivor holding such a
+message delivers it while we never get it (kill -9 interop test: one message, libcpg's client
+before the change, ours never). We re-send our own old-ring messages in every RECOVERY anyway."""
 
 
 class Membership(TotemBase):
@@ -227,8 +233,7 @@ class Membership(TotemBase):
         self._out.append(PersistRingSeq(token.ring_id.seq))
         idx = token.addr.index(self.me)
         old = self.ring
-        entry = wire.CommitMemb(old.ring_id, old.aru, old.high_delivered,
-                                FRESH_RECEIVED if old.aru == old.high_seq_received else 0)  # fmt: skip
+        entry = wire.CommitMemb(old.ring_id, old.aru, old.high_delivered, MAY_LACK_MESSAGES)
         memb_list = (*token.memb_list[:idx], entry, *token.memb_list[idx + 1 :])
         token = wire.CommitToken(self.me, token.token_seq, token.ring_id, token.retrans_flg, idx + 1,
                                  token.addr, memb_list)  # fmt: skip
@@ -326,24 +331,32 @@ class Membership(TotemBase):
         assert new is not None
         trans = self.trans_memb
         self.gap_senders = tuple(n for n in old.members if n not in trans)
-        # Messages of the old ring that some survivor delivered in the old configuration: we must too.
-        self._deliver(old, self.high_ring_delivered, None, skip_gaps=True)
+        # As corosync's memb_state_operational_enter: the old ring's messages up to the first gap go to
+        # the old configuration (a safe one only up to what some survivor delivered already: safe
+        # delivery needs every member to hold it), then the transitional configuration, then the
+        # rest after the gaps, where a departed sender's agreed messages are passed over (corosync's
+        # my_deliver_memb filter: a corosync survivor never delivers them; its safe ones we deliver,
+        # one that a survivor delivered as safe before the change must reach every survivor).
+        self._deliver(old, old.high_seq_received, self.high_ring_delivered, skip_gaps=False)
+        left = tuple(n for n in old.members if n not in trans)
+        # A member that left takes its half-assembled messages with it (both assembly sets).
+        for n in left:
+            self._forget_assembly(n)
         if self.installed_any:
-            left = tuple(n for n in old.members if n not in trans)
             self._out.append(DeliverConfiguration(ConfigKind.TRANSITIONAL, old.ring_id, trans, left, ()))
             # The rest of the old ring's messages belong to the transitional configuration.
-            self._deliver(old, old.high_seq_received, None, skip_gaps=True)
+            self._deliver(old, old.high_seq_received, None, skip_gaps=True, only_from=trans)
+        for n in left:  # and what the rest of the old ring's messages left half assembled
+            self._forget_assembly(n)
         prev = set(old.members) if self.installed_any else set()
         joined = tuple(n for n in new.members if n not in prev)
         left_all = tuple(sorted(n for n in prev if n not in new.members))
-        # Half-assembled messages of members that left are dropped; those of members that came along
-        # stay, so a sender that continues a split message on the new ring (corosync's totempg does)
-        # is still understood. Our own half-sent message is sent again whole instead: newcomers could
-        # not assemble its head, and a fresh start replaces the half every survivor holds.
-        for n in old.members:
-            if n not in trans:
-                self.unpacker.forget(n)
-        self.packer.restart_partial()
+        # Half-assembled messages of the members that came along stay: a sender continues a message
+        # split by the ring change where it stopped (corosync's totempg does), ours too — our half-sent
+        # message waits in the first queue until the new ring's sync is over. From here until then,
+        # what is queued goes to the second queue and what arrives is assembled in the second set.
+        if self.holds_for_sync:
+            self._set_waiting_trans_ack(True)
         self._out.append(DeliverConfiguration(ConfigKind.REGULAR, new.ring_id, new.members, left_all, joined))
         self.installed_any = True
         self.ring = new

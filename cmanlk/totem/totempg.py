@@ -30,15 +30,24 @@ Deviations from corosync, and why:
   behind it (corosync sends a single-iovec tail alone); both are legal frames.
   Corosync restarts the counter per message because each message begins with
   its small group-header iovec; we restart it explicitly.
-- Corosync's receiver, on a continuation mismatch, throws frames away until one
-  with fragmented ∈ {0, 1} and then drops that frame's first piece (plus, by a
-  quirk, the rest of that frame). We drop exactly the pieces of the broken
-  message and deliver every complete message around them; a clean start
-  (continuation 0) while a message is half assembled discards the half.
-- Corosync does not check the frame's version/type; we refuse anything but 0/0
-  and any frame whose lengths do not add up (corosync logs and ignores those).
-- Corosync keeps a second set of assemblies while waiting for the transitional
-  ack; a core that needs that keeps two `Unpacker`s.
+- A token visit does not end inside a message it could have sent whole in a later
+  visit (`pop_frame(frames_left)`, the core's `_send_new`): a message is started
+  only when the frames the visit may still send carry it to its end (one longer
+  than a whole visit, max_messages frames, is started at a visit's start). So a
+  ring change never falls inside one of our messages below ~24 KB, and a node
+  joining then never meets the rest of a message it could not assemble. corosync
+  fragments eagerly and may end a visit anywhere; on a ring change it continues
+  a half-sent message in the new ring where it stopped, and so do we (the rest
+  waits in the first queue until the new ring's sync is over, base.py).
+
+Receiving is corosync's exactly (totempg_deliver_fn), so that a corosync node
+and a cmanlkd node in one ring drop the same messages: on a continuation that
+does not match, the whole frame is thrown away (complete messages packed with
+the tail too), then every later frame of that sender up to one with fragmented
+0 or 1, which goes too. Each node keeps two sets of assemblies, the second used
+while waiting for the transitional ack (the core selects which `Unpacker`).
+Deviation: corosync does not check the frame's version/type; we refuse anything
+but 0/0 and any frame whose lengths do not add up (corosync logs and ignores those).
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ MAX_FRAME_BYTES = 0xFFFF
 FRAGMENT_COUNTER_MODULUS = 256  # the counter is a u8 on the wire
 
 _HEADER_LE = struct.Struct("<hhBBH")
+_U16_LE = struct.Struct("<H")
 _HEADER_BE = struct.Struct(">hhBBH")
 
 
@@ -206,37 +216,44 @@ class Packer:
         self._queue.append(_Queued(bytes(payload), Guarantee(guarantee)))
         self._queued_bytes += cost
 
-    def restart_partial(self) -> None:
-        """Send a half-sent message again from its start (its head went out on a ring that ended).
+    def has_partial(self) -> bool:
+        """Is the head message half sent (its next frame must continue it)?"""
+        return self._offset > 0
 
-        Receivers drop half-assembled messages at a configuration change (`Unpacker.reset`), so a
-        message whose fragments would straddle two rings is delivered whole, by everyone, in the new one.
+    def head_frames(self) -> int:
+        """Frames the head message still needs, each a frame of its own (0: nothing queued)."""
+        if not self._queue:
+            return 0
+        return self._frames_after(len(self._queue[0].payload) - self._offset)
+
+    def pop_frame(self, frames_left: int | None = None) -> tuple[bytes, Guarantee] | None:
+        """Return the next frame and the guarantee of every message in it, or None if nothing is queued.
+
+        `frames_left`: how many frames this token visit may still send, this one included (None: no
+        limit). A message the visit cannot send to its end is not started in it, except by a frame that
+        would otherwise be empty: so a message of up to `frames_left` frames never stays half sent when
+        the visit ends, and a ring change cannot fall inside it (module docstring).
         """
-        if self._offset:
-            self._queued_bytes += self._offset
-            self._offset = 0
-        self._continuation = 0
-        self._counter = 1
-
-    def pop_frame(self) -> tuple[bytes, Guarantee] | None:
-        """Return the next frame and the guarantee of every message in it, or None if nothing is queued."""
         if not self._queue:
             return None
         guarantee = self._queue[0].guarantee
         builder = _FrameBuilder(self._max_frame_bytes, self._continuation)
         self._continuation = 0
         while self._queue and self._queue[0].guarantee == guarantee:
-            if not self._add_head(builder):
+            if not self._add_head(builder, frames_left):
                 break
         return builder.encode(), guarantee
 
-    def _add_head(self, builder: _FrameBuilder) -> bool:
+    def _add_head(self, builder: _FrameBuilder, frames_left: int | None) -> bool:
         """Put (part of) the head message into `builder`; return whether the frame has room for more."""
         head = self._queue[0]
         if self._offset == 0:
             self._counter = 1  # a new message: corosync restarts the counter (see module docstring)
         remaining = len(head.payload) - self._offset
         room = builder.room_for_next_piece()
+        if (frames_left is not None and self._offset == 0 and builder.pieces and remaining > room
+                and 1 + self._frames_after(remaining - room) > frames_left):  # fmt: skip
+            return False  # it would stay half sent at the visit's end: it starts in a later frame
         if remaining < room - LEN_SIZE:
             # Fits with room for one more length and a byte: pack it and keep filling the frame.
             builder.add(head.payload[self._offset :] if self._offset else head.payload)
@@ -254,6 +271,10 @@ class Packer:
         self._counter = self._counter % (FRAGMENT_COUNTER_MODULUS - 1) + 1  # 1..255, skipping 0
         return False
 
+    def _frames_after(self, remaining: int) -> int:
+        per_frame = self._max_frame_bytes - FRAME_HEADER_SIZE - LEN_SIZE
+        return (remaining + per_frame - 1) // per_frame
+
     def _finish_head(self) -> None:
         head = self._queue.popleft()
         self._queued_bytes -= len(head.payload) - self._offset + QUEUE_ENTRY_COST_BYTES
@@ -270,7 +291,15 @@ class UnpackerStats:
 
 
 class Unpacker:
-    """The receive side: turns each originator's frames, in delivery order, back into messages."""
+    """The receive side: turns each originator's frames, in delivery order, back into messages.
+
+    It assembles exactly as corosync's totempg_deliver_fn does, so that a cmanlkd node and a corosync
+    node in one ring deliver the same messages even when a continuation is broken (a sender's
+    half-sent message meets a node that never saw its head, or a clean start meets a half-assembled
+    message): the frame whose continuation does not match is thrown away whole, and so is every
+    later frame of that sender up to one whose `fragmented` is 0 or 1, which is thrown away too (its
+    last piece, when `fragmented` is 1, is kept as corosync keeps it). Counted in `stats`.
+    """
 
     def __init__(self) -> None:
         self._assemblies: dict[NodeId, _Assembly] = {}
@@ -280,45 +309,61 @@ class Unpacker:
         """Take one delivered MCAST payload of `sender`; return the application messages it completes.
 
         `swapped` says the MCAST arrived with a byte-swapped magic. A frame that cannot be parsed
-        raises MalformedPacket and leaves this sender's state unchanged. A piece continuing a message
-        we do not have is discarded, and so is the rest of that message up to the next clean start;
-        a half-assembled message whose continuation never comes is discarded too; each such broken
-        message is counted once in `stats`. A reassembly growing past MESSAGE_SIZE_MAX +
-        REASSEMBLY_SLACK_BYTES, or an originator past MAX_ASSEMBLIES, raises MalformedPacket
-        ("pg-too-large", "pg-too-many-assemblies"); that sender's partial message is then gone.
+        raises MalformedPacket and leaves this sender's state unchanged. A reassembly growing past
+        MESSAGE_SIZE_MAX + REASSEMBLY_SLACK_BYTES, or an originator past MAX_ASSEMBLIES, raises
+        MalformedPacket ("pg-too-large", "pg-too-many-assemblies"); the partial message is then gone.
         """
         parsed = decode_frame(frame, swapped=swapped)
         pieces = parsed.pieces
         state = self._assemblies.get(sender)
-        out: list[bytes] = []
-        start = 0
-        if parsed.continuation:
-            start = 1
-            if state is not None and state.data is not None and state.last_frag == parsed.continuation:
-                self._grow(sender, state.data, pieces[0])
-                if len(pieces) == 1 and parsed.fragmented:
-                    state.last_frag = parsed.fragmented  # a middle piece: more to come
-                    return out
-                out.append(bytes(state.data))
-            else:
-                self._discard_orphan(state, pieces[0])
-                if len(pieces) == 1 and parsed.fragmented:
-                    # A middle piece of a message we do not have: keep discarding until a clean start
-                    # (remembered only within the bound; past it the next piece is just counted again).
-                    if state is not None or len(self._assemblies) < MAX_ASSEMBLIES:
-                        self._assemblies[sender] = _Assembly(None, parsed.fragmented)
-                    return out
+        if state is None:
+            state = _Assembly(bytearray(), 0, False)
+        kept = len(state.data)
+        if kept + sum(len(p) for p in pieces) > MESSAGE_SIZE_MAX + REASSEMBLY_SLACK_BYTES:
+            self.stats.broken_messages += 1
+            self.stats.discarded_bytes += kept
             self._assemblies.pop(sender, None)
-        elif state is not None:
-            # A clean start while a message is half assembled: the rest of it will never come.
-            del self._assemblies[sender]
-            if state.data is not None:
-                self.stats.broken_messages += 1
-                self.stats.discarded_bytes += len(state.data)
-        last = len(pieces) - 1 if parsed.fragmented else len(pieces)
-        out.extend(pieces[start:last])
-        if parsed.fragmented:
-            self._start(sender, pieces[-1], parsed.fragmented)
+            raise MalformedPacket("pg-too-large", f"reassembly from node {sender} passed {kept} bytes")
+        if parsed.fragmented and sender not in self._assemblies and len(self._assemblies) >= MAX_ASSEMBLIES:
+            self.stats.broken_messages += 1
+            raise MalformedPacket("pg-too-many-assemblies", f"{len(self._assemblies)} originators pending")
+        data = state.data
+        for p in pieces:
+            data += p
+        lens = [len(p) for p in pieces]
+        complete = len(pieces) - 1 if parsed.fragmented else len(pieces)
+        index = kept
+        out: list[bytes] = []
+        if state.throw_away:
+            self.stats.discarded_pieces += len(pieces)
+            self.stats.discarded_bytes += sum(lens)
+            if parsed.fragmented in (0, 1):
+                state.throw_away = False
+                index += lens[0]
+        elif parsed.continuation == state.last_frag:
+            state.last_frag = parsed.fragmented
+            start = 0
+            length = index + lens[0]
+            for i in range(complete):
+                out.append(bytes(data[start : start + length]))
+                index += lens[i]
+                start = index
+                if i < complete - 1:
+                    length = lens[i + 1]
+        else:
+            state.throw_away = True
+            self.stats.broken_messages += 1
+            self.stats.discarded_pieces += len(pieces)
+            self.stats.discarded_bytes += len(data)
+        if parsed.fragmented == 0:
+            self._assemblies.pop(sender, None)
+            return out
+        last = lens[complete]
+        if len(pieces) > 1:
+            state.data = bytearray(data[index : index + last])
+        else:
+            del data[index + last :]
+        self._assemblies[sender] = state
         return out
 
     def forget(self, sender: NodeId) -> None:
@@ -333,31 +378,6 @@ class Unpacker:
         """Is a message of `sender` half assembled (or being discarded) here?"""
         return sender in self._assemblies
 
-    def _start(self, sender: NodeId, piece: bytes, fragmented: int) -> None:
-        if len(self._assemblies) >= MAX_ASSEMBLIES:
-            self.stats.broken_messages += 1
-            self.stats.discarded_bytes += len(piece)
-            raise MalformedPacket("pg-too-many-assemblies", f"{len(self._assemblies)} originators pending")
-        self._assemblies[sender] = _Assembly(bytearray(piece), fragmented)
-
-    def _grow(self, sender: NodeId, data: bytearray, piece: bytes) -> None:
-        if len(data) + len(piece) > MESSAGE_SIZE_MAX + REASSEMBLY_SLACK_BYTES:
-            self.stats.broken_messages += 1
-            self.stats.discarded_bytes += len(data) + len(piece)
-            del self._assemblies[sender]
-            raise MalformedPacket("pg-too-large", f"reassembly from node {sender} passed {len(data)} bytes")
-        data += piece
-
-    def _discard_orphan(self, state: _Assembly | None, piece: bytes) -> None:
-        # One broken message per run of orphaned pieces: count it when the run starts, not again
-        # while we are already discarding (state.data is None).
-        self.stats.discarded_pieces += 1
-        self.stats.discarded_bytes += len(piece)
-        if state is None or state.data is not None:
-            self.stats.broken_messages += 1
-        if state is not None and state.data is not None:
-            self.stats.discarded_bytes += len(state.data)
-
 
 @dataclass(slots=True)
 class _Queued:
@@ -367,8 +387,9 @@ class _Queued:
 
 @dataclass(slots=True)
 class _Assembly:
-    data: bytearray | None  # None: discarding the rest of a message we do not have
-    last_frag: int
+    data: bytearray  # corosync's assembly buffer up to its index: the head of the next message
+    last_frag: int  # the `fragmented` of the frame that left the head (corosync's last_frag_num)
+    throw_away: bool  # corosync's THROW_AWAY_ACTIVE: discarding up to a frame with fragmented 0 or 1
 
 
 @dataclass(slots=True)
@@ -388,4 +409,11 @@ class _FrameBuilder:
         self.used += len(piece)
 
     def encode(self) -> bytes:
-        return encode_frame(Frame(self.fragmented, self.continuation, tuple(self.pieces)))
+        # encode_frame's bytes without its checks and its Frame: the packer only builds frames of
+        # 1..max pieces within max_frame_bytes (<= MAX_FRAME_BYTES), and flags of one byte.
+        pieces = self.pieces
+        count = len(pieces)
+        head = _HEADER_LE.pack(PG_VERSION, PG_TYPE, self.fragmented, self.continuation, count)
+        if count == 1:
+            return head + _U16_LE.pack(len(pieces[0])) + pieces[0]
+        return head + struct.pack(f"<{count}H", *map(len, pieces)) + b"".join(pieces)

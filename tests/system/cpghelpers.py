@@ -7,6 +7,9 @@ The load client is this module run as a program, inside a node's namespace (`ip 
         --members 3 --out result.json [--progress progress.txt]
     python -m tests.system.cpghelpers libcpg ...        # Debian's libcpg (bench/cpg_ctypes.py)
 
+With `--progress P` it writes its delivery count to P and, a cmanlk client, its send count to
+P with the suffix ".sent" (every PROGRESS_EVERY).
+
 It joins the group, waits until `--members` processes are in it (the start barrier, seen through
 its own confchgs), sends `--count` messages "<me>:<counter>" one after another (waiting out flow
 control) while it records every delivery and confchg, then keeps reading until it has delivered
@@ -83,9 +86,7 @@ class Recorder:
         if self.delivered % PROGRESS_EVERY == 0:
             self.marks.append(time.monotonic())
         if self.progress is not None and self.delivered % PROGRESS_EVERY == 0:
-            tmp = self.progress.with_suffix(".tmp")
-            tmp.write_text(str(self.delivered))
-            os.replace(tmp, self.progress)
+            write_progress(self.progress, self.delivered)
         self._check_done()
 
     def confchg(
@@ -143,8 +144,13 @@ def _run_cmanlk(args: argparse.Namespace, rec: Recorder, times: dict[str, float]
         if not rec.started:
             raise TimeoutError(f"only {rec.in_group} of {rec.members} members joined")
         times["first_send"] = time.monotonic()
+        pace = 1.0 / args.rate if args.rate > 0 else 0.0
         for i in range(args.count):
+            if pace:
+                time.sleep(max(0.0, times["first_send"] + i * pace - time.monotonic()))
             client.cpg_send(args.group, f"{args.me}:{i}".encode())
+            if rec.progress is not None and i % PROGRESS_EVERY == 0:
+                write_progress(rec.progress.with_suffix(".sent"), i)
             while (event := client.next_event(0)) is not None:
                 record(event)
         sent = args.count
@@ -211,6 +217,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--progress", type=Path)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="cmanlk: sends per second (0: no pacing)")
     args = parser.parse_args(argv)
     rec = Recorder(args.me, args.count, args.members, args.progress, args.extra)
     times: dict[str, float] = {}
@@ -290,6 +297,13 @@ def read_result(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def write_progress(path: Path, count: int) -> None:
+    """Replace the count in `path` at once (a reader never sees half a number)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(str(count))
+    os.replace(tmp, path)
 
 
 def read_progress(path: Path) -> int:

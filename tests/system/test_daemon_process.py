@@ -135,7 +135,9 @@ def test_without_foreground_the_daemon_detaches_and_leaves_on_sigterm(
     proc = c.lab.run(
         1, "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "cmanlk.daemon", "-c", str(c.conf_path(1))
     )
-    assert proc.returncode == 0 and time.monotonic() - started < 10  # the parent returned at once
+    # the parent returned once the child was detached (a foreground daemon never returns; the bound is
+    # generous because start-up checks take seconds on a loaded 2-core machine: 12 s seen at load 10)
+    assert proc.returncode == 0 and time.monotonic() - started < 30
     c.wait_ring([1, 2])
     pid = int((c.run_dir(1) / "cmanlkd.pid").read_text())
     assert c.status(1)["pid"] == pid  # type: ignore[index]

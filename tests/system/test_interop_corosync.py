@@ -30,6 +30,13 @@ pytestmark = [pytest.mark.system, pytest.mark.interop]
 COROSYNC_START_S = 10.0
 
 
+def corosync_command(conf: Path) -> list[str]:
+    """corosync in the foreground with a /run of its own: its pid file (/run/corosync.pid) is fixed,
+    and a corosync of another test on this machine would make ours exit at once ("already
+    running", status 18). `ip netns exec` runs it in a mount namespace of its own already."""
+    return ["sh", "-c", f'mount -t tmpfs corosync-run /run && exec corosync -f -c "{conf}"']
+
+
 @pytest.fixture(params=[1, 3], ids=["corosync-rep", "cmanlkd-rep"])
 def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if shutil.which("corosync") is None or shutil.which("corosync-cmapctl") is None:
@@ -43,7 +50,7 @@ def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureReques
     conf = c.config_text(cs, [1, 2, 3]).replace("cmanlk {", f"system {{\n  state_dir: {state}\n}}\ncmanlk {{")
     path = c.workdir / "corosync.conf"
     path.write_text(conf)
-    proc = c.lab.popen(cs, ["corosync", "-f", "-c", str(path)], c.workdir / "corosync.log")
+    proc = c.lab.popen(cs, corosync_command(path), c.workdir / "corosync.log")
     c.procs[cs] = proc
     try:
         c.wait_until(

@@ -21,6 +21,7 @@ import pytest
 
 from tests.system import cpghelpers as h
 from tests.system.conftest import Cluster
+from tests.system.test_interop_corosync import corosync_command
 
 pytestmark = [pytest.mark.system, pytest.mark.interop]
 
@@ -30,14 +31,13 @@ CLIENT_TIMEOUT_S = 90.0
 REASON_JOIN = 1
 REASON_NODEDOWN = 3
 KILL_RUN_MESSAGES = 4_000
-KILL_AFTER_DELIVERIES = 1_000
+KILL_AFTER_SENDS = 1_000
+KILL_RUN_RATE = 1_500.0
+"""Sends per second of the cmanlk clients in the kill run: unpaced, the victim's whole stream was on
+the ring within the time a poll takes, and the kill fell after it."""
 AFTER_CHANGE_MESSAGES = 300
 """Each survivor sends this many more once it has seen the node-down confchg."""
-STRADDLE_BUG = (
-    "a corosync message fragmented across a ring change is still lost on a cmanlkd survivor in about "
-    "half the runs, although the core now keeps survivors' half-assembled messages (as corosync's "
-    "totempg); and cmanlk re-sends its own half-sent message whole, which a corosync receiver drops"
-)
+
 
 
 def _missing() -> str | None:
@@ -62,7 +62,7 @@ def mixed(cluster_factory: Callable[..., Cluster], request: pytest.FixtureReques
     path = c.workdir / "corosync.conf"
     path.write_text(conf)
     log = c.workdir / "corosync.log"
-    proc = c.lab.popen(cs, ["corosync", "-f", "-c", str(path)], log)
+    proc = c.lab.popen(cs, corosync_command(path), log)
     c.procs[cs] = proc
     try:
         c.wait_until(
@@ -95,7 +95,9 @@ def _has_members(c: Cluster, node: int, count: int) -> bool:
     return len(group_members(c, node)) == count
 
 
-def start_clients(c: Cluster, count: int, extra: int = 0) -> tuple[dict[int, Path], dict[int, int]]:
+def start_clients(
+    c: Cluster, count: int, extra: int = 0, rate: float = 0.0
+) -> tuple[dict[int, Path], dict[int, int]]:
     """A libcpg client on the corosync node, cmanlk ones elsewhere, started one after another so
     that each sees the later ones join; returns result paths and pids (as the group lists them)."""
     cs: int = c.corosync  # type: ignore[attr-defined]
@@ -116,7 +118,7 @@ def start_clients(c: Cluster, count: int, extra: int = 0) -> tuple[dict[int, Pat
         if n == cs:
             cmd = h.client_command("libcpg", outs[n], **opts)
         else:
-            cmd = h.client_command("cmanlk", outs[n], socket=h.socket_path(c.run_dir(n)), **opts)
+            cmd = h.client_command("cmanlk", outs[n], socket=h.socket_path(c.run_dir(n)), rate=rate, **opts)
         proc = c.lab.popen(n, cmd, c.workdir / f"cpg{n}.log", h.child_env())
         pids[n] = proc.pid  # `ip netns exec` execs the client: the pid it joins the group with
         # The last client completes the start barrier, so the whole exchange may be over (and
@@ -124,6 +126,12 @@ def start_clients(c: Cluster, count: int, extra: int = 0) -> tuple[dict[int, Pat
         c.wait_until(lambda n=n: _has_members(c, ours[0], n) or outs[n].exists(), 15.0,
                      f"client {n} in the group")
     return outs, pids
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    """Where two event sequences part, with a few events of each around it."""
+    k = next((x for x in range(min(len(a), len(b))) if a[x] != b[x]), min(len(a), len(b)))
+    return f"at #{k}: libcpg {a[max(0, k - 3) : k + 4]} / cmanlk {b[max(0, k - 3) : k + 4]}"
 
 
 def check_results(c: Cluster, results: dict[int, dict[str, Any]]) -> None:
@@ -160,14 +168,16 @@ def test_libcpg_and_cmanlk_clients_see_each_other_and_deliver_one_order(mixed: C
     assert seqs[1] == seqs[2] == seqs[3], hashes
 
 
-@pytest.mark.xfail(reason=STRADDLE_BUG, strict=False)
 def test_kill9_of_a_cmanlkd_node_mid_stream_gives_libcpg_and_cmanlk_the_same_view(mixed: Cluster) -> None:
     c = mixed
     cs: int = c.corosync  # type: ignore[attr-defined]
     survivor, victim = [n for n in (1, 2, 3) if n != cs]
-    outs, pids = start_clients(c, KILL_RUN_MESSAGES, extra=AFTER_CHANGE_MESSAGES)
-    progress = c.workdir / f"cpg{cs}.progress"
-    c.wait_until(lambda: h.read_progress(progress) >= KILL_AFTER_DELIVERIES, 60.0, "the stream under way")
+    outs, pids = start_clients(c, KILL_RUN_MESSAGES, extra=AFTER_CHANGE_MESSAGES, rate=KILL_RUN_RATE)
+    # The victim's own sends decide: the clients deliver well behind the ring (their daemons buffer
+    # for them), so waiting for a delivery count let the victim send its whole stream before the kill.
+    sent = (c.workdir / f"cpg{victim}.progress").with_suffix(".sent")
+    c.wait_until(lambda: h.read_progress(sent) >= KILL_AFTER_SENDS, 60.0, "the victim's sends under way")
+    at_kill = h.read_progress(sent)
     c.kill(victim)
     del outs[victim]
     results = h.wait_results(outs, CLIENT_TIMEOUT_S)
@@ -175,16 +185,19 @@ def test_kill9_of_a_cmanlkd_node_mid_stream_gives_libcpg_and_cmanlk_the_same_vie
     a, b = (h.from_barrier(results[n]["events"], 3) for n in (cs, survivor))
     down = f"left={victim}:{pids[victim]}:{REASON_NODEDOWN}"
     at = {n: [i for i, e in enumerate(seq) if down in e] for n, seq in ((cs, a), (survivor, b))}
-    assert len(at[cs]) == 1 and len(at[survivor]) == 1, (at, [e for e in a + b if e.startswith("C ")])
+    victims = [e for e in h.deliveries(a) if e.startswith(f"D {victim} ")]
+    assert len(at[cs]) == 1 and len(at[survivor]) == 1, (
+        at, [e for e in a + b if e.startswith("C ")], f"sent {at_kill} at the kill, {len(victims)} delivered"
+    )
     i, j = at[cs][0], at[survivor][0]
     print(
         f"\ncpg interop kill -9 of cmanlkd node {victim}: change after {len(h.deliveries(a[:i]))} deliveries "
         f"(libcpg) / {len(h.deliveries(b[:j]))} (cmanlk); {len(h.deliveries(a[i:]))} / "
-        f"{len(h.deliveries(b[j:]))} after"
+        f"{len(h.deliveries(b[j:]))} after; the victim had sent {at_kill} when killed"
     )
     assert a[i] == b[j]
-    assert a[:i] == b[:j], "libcpg and cmanlk clients disagree before the change"
-    assert a[i:] == b[j:], "libcpg and cmanlk clients disagree after the change"
+    assert a[:i] == b[:j], "libcpg and cmanlk disagree before the change " + _first_difference(a[:i], b[:j])
+    assert a[i:] == b[j:], "libcpg and cmanlk disagree after the change " + _first_difference(a[i:], b[j:])
     # the kill fell in the middle: the victim had sent some but not all, the stream went on after
     got = [e for e in h.deliveries(a) if e.startswith(f"D {victim} ")]
     assert 0 < len(got) < KILL_RUN_MESSAGES

@@ -1,9 +1,10 @@
 """Debian's pacemaker 2.1, unmodified, on a three-node cmanlkd cluster (libqb IPC; docs/libqb.md).
 
 Each node is a network namespace (tests/system/netns.py) with cmanlkd in it, and pacemakerd runs
-there in its own mount and UTS namespaces: its host name is the node's name (n1, n2, n3, as the
-nodelist says) and /var/lib/pacemaker, /var/log/pacemaker and /run/resource-agents are the node's
-own directories under the test's workdir, bound over the host's. Nothing on the host changes.
+there in its own mount and UTS namespaces (tests/system/pcmkhelpers.py): its host name is the
+node's name (n1, n2, n3, as the nodelist says) and /var/lib/pacemaker, /var/log/pacemaker and /run
+are the node's own directories under the test's workdir, bound over the host's. Nothing on the host
+changes.
 
 The CIB every node starts with (written before pacemakerd starts) turns fencing off
 (stonith-enabled=false: no fence device here), shortens dc-deadtime, and holds one
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -38,12 +38,12 @@ from pathlib import Path
 import pytest
 
 from tests.system import cpghelpers as h
+from tests.system import pcmkhelpers
 from tests.system.conftest import Cluster
 
 pytestmark = pytest.mark.system
 
 NODES = (1, 2, 3)
-PACEMAKERD = "/usr/sbin/pacemakerd"
 ONLINE_TIMEOUT_S = 150.0
 MOVE_TIMEOUT_S = 90.0
 TOOL_TIMEOUT_S = 20.0
@@ -74,19 +74,6 @@ CIB = """\
 """
 
 
-def _missing() -> str | None:
-    for tool in (PACEMAKERD, "crm_mon", "unshare", "corosync-cmapctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (scripts/setup.sh installs it)"
-    try:
-        import pwd
-
-        pwd.getpwnam("hacluster")
-    except KeyError:
-        return "no hacluster user (the pacemaker package creates it)"
-    return None
-
-
 @dataclass
 class Pacemaker:
     c: Cluster
@@ -97,18 +84,8 @@ class Pacemaker:
 
     def start(self, node: int) -> None:
         base = self.base(node)
-        for sub in ("lib/cib", "lib/pengine", "lib/blackbox", "lib/cores", "log", "rsc"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        cib = base / "lib/cib/cib.xml"
-        cib.write_text(CIB)
-        cib.chmod(0o600)
-        subprocess.run(["chown", "-R", "hacluster:haclient", str(base)], check=True, timeout=10)
-        script = (
-            f"mount --bind {base}/lib /var/lib/pacemaker && mount --bind {base}/log /var/log/pacemaker"
-            f" && mkdir -p /run/resource-agents && mount --bind {base}/rsc /run/resource-agents"
-            f" && hostname n{node} && exec {PACEMAKERD} -f"
-        )
-        cmd = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script]
+        pcmkhelpers.prepare(base, CIB)
+        cmd = pcmkhelpers.command(base, node)
         self.procs[node] = self.c.lab.popen(node, cmd, self.c.workdir / f"pacemakerd{node}.out")
 
     def log(self, node: int) -> str:
@@ -150,7 +127,7 @@ class Pacemaker:
 
 @pytest.fixture
 def pcmk(cluster_factory: Callable[..., Cluster]) -> Iterator[Pacemaker]:
-    why = _missing()
+    why = pcmkhelpers.missing()
     if why:
         pytest.skip(why)
     c = cluster_factory(list(NODES))
@@ -175,7 +152,7 @@ def pcmk(cluster_factory: Callable[..., Cluster]) -> Iterator[Pacemaker]:
         for n in NODES:
             if c.alive(n):
                 c.kill(n)
-        _clean_shm(before, ours | {str(c.pid(n)) for n in NODES})
+        pcmkhelpers.clean_shm(before, ours | {str(c.pid(n)) for n in NODES})
 
 
 def _served(c: Cluster, node: int) -> bool:
@@ -186,17 +163,6 @@ def _served(c: Cluster, node: int) -> bool:
         timeout=TOOL_TIMEOUT_S,
     )
     return proc.returncode == 0
-
-
-def _clean_shm(before: set[str], pids: set[str]) -> None:
-    """Remove the /dev/shm files libqb left for connections of our processes that were killed."""
-    for path in Path("/dev/shm").glob("qb-*"):
-        parts = path.name.split("-")
-        if path.name not in before and len(parts) > 2 and (parts[1] in pids or parts[2] in pids):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
 
 
 def _all_online(out: str) -> bool:

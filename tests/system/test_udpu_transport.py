@@ -124,3 +124,13 @@ def test_find_local_node_matches_exactly_one_local_address() -> None:
     assert find_local_node(nodes("192.0.2.77", "127.0.0.1")) == 2  # TEST-NET-1 is never local
     assert find_local_node(nodes("127.0.0.1", "127.0.0.2")) is None  # ambiguous: --nodeid needed
     assert find_local_node(nodes("192.0.2.77")) is None
+
+
+def test_a_ring_member_is_reachable_even_when_not_heard_from() -> None:
+    """On an idle ring a node hears only its token predecessor: ring membership says reachable."""
+    t = UdpuTransport(NodeId(1), nodes(A, B, C), LinkConfig(0, port=free_port()))
+    before = {p.node: (p.reachable, p.reason) for p in t.links()[0].peers}
+    assert before == {2: (False, "never heard from"), 3: (False, "never heard from")}
+    t.set_ring_members((NodeId(1), NodeId(3)))
+    after = {p.node: (p.reachable, p.reason) for p in t.links()[0].peers}
+    assert after == {2: (False, "never heard from"), 3: (True, "")}

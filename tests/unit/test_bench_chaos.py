@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.chaos import judge, split_rings, to_history
+from bench.chaos import judge, split_rings, to_history, view_splits
 from cmanlk.sim.history import Booted, Crashed, Delivered, Installed, Sent
 from cmanlk.totem.actions import ConfigKind
 from cmanlk.types import NodeId, RingId
@@ -207,3 +207,19 @@ def test_fault_log_is_counted_by_kind():
         "carrier-down": 1,
         "carrier-up": 1,
     }
+
+
+def test_a_message_delivered_in_two_views_is_a_view_split():
+    # Issue 16's measurement: a cmanlkd node's message delivered by libcpg clients before the
+    # configuration change and by cmanlk clients after it.
+    raw = {
+        1: [["boot", 1], ["config", 2, 1, 4, [1, 2]], ["deliver", 3, 1, 4, 2, _p("x")],
+            ["config", 4, 1, 8, [1, 2]], ["deliver", 5, 1, 8, 2, _p("y")]],
+        2: [["boot", 1], ["config", 2, 1, 4, [1, 2]], ["config", 3, 1, 8, [1, 2]],
+            ["deliver", 4, 1, 8, 2, _p("x")], ["deliver", 5, 1, 8, 2, _p("y")]],
+    }
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    splits = view_splits(hist)
+    assert splits == {bytes.fromhex(_p("x")): {RingId(4, NodeId(1)), RingId(8, NodeId(1))}}
+    violations, _ = judge(hist, None)
+    assert any(v.prop in ("virtual-synchrony", "agreed") for v in violations)

@@ -41,8 +41,10 @@ def test_ratio_is_none_without_both_values():
 def test_targets_follow_the_issue():
     t64 = stats.TARGETS["throughput.1sender.64.msgs_per_s"]
     assert t64.met(None, 1.0) is True and t64.met(None, 0.99) is False
-    assert stats.TARGETS["throughput.allsenders.65536.msgs_per_s"].met(None, 0.5) is True
-    assert stats.TARGETS["latency.p50_us"].met(None, 2.1) is False
+    assert stats.TARGETS["throughput.allsenders.65536.msgs_per_s"].met(None, 0.5) is False
+    assert stats.TARGETS["throughput.allsenders.16384.msgs_per_s"].met(None, 1.0) is True
+    assert stats.TARGETS["latency.p50_us"].met(None, 1.1) is False
+    assert stats.TARGETS["latency.p50_us"].met(None, 1.0) is True
     assert stats.TARGETS["reform.median_s"].met(None, 1.0) is True
     assert stats.TARGETS["failover.gap_ms"].met(99.0, None) is True
     assert stats.TARGETS["failover.gap_ms"].met(150.0, None) is False
@@ -70,7 +72,7 @@ def test_compare_gives_ratio_cmanlk_over_corosync_and_target_verdicts():
     tp = rows["throughput.1sender.64.msgs_per_s"]
     assert tp["ratio"] == 0.5 and tp["met"] is False and tp["target"] == ">= 1x"
     lat = rows["latency.p50_us"]
-    assert lat["ratio"] == pytest.approx(4 / 3) and lat["met"] is True
+    assert lat["ratio"] == pytest.approx(4 / 3) and lat["met"] is False
     assert rows["rss.max_mib"]["met"] is True
     assert rows["reform.median_s"]["ratio"] is None and rows["reform.median_s"]["met"] is None
     assert set(rows) == set(stats.figure_names())
@@ -100,6 +102,21 @@ def test_table_shows_each_system_and_the_ratio_column():
     row = next(line for line in lines if line.startswith("throughput.1sender.64.msgs_per_s"))
     assert "10.0k" in row and "5000" in row and "0.50x MISS" in row and ">= 1x" in row
     assert not any(line.startswith("join.median_s") for line in lines)  # no system has it
+
+
+def test_min_ratio_takes_each_figure_from_the_fastest_client():
+    coro = {"throughput.1sender.64.msgs_per_s": 10000.0, "throughput.1sender.1024.msgs_per_s": 8000.0,
+            "latency.p50_us": 500.0}  # fmt: skip
+    py = {"throughput.1sender.64.msgs_per_s": 5000.0, "throughput.1sender.1024.msgs_per_s": 8000.0,
+          "latency.p50_us": 1000.0}  # fmt: skip
+    c = {"throughput.1sender.64.msgs_per_s": 9000.0, "throughput.1sender.1024.msgs_per_s": 2000.0}
+    rows = stats.compare(py, coro, "cmanlk-py", "corosync-c")
+    rows += stats.compare(c, coro, "cmanlk-c", "corosync-c")
+    r, worst = stats.min_ratio(rows, ["cmanlk-py", "cmanlk-c"], "corosync-c")  # type: ignore[misc]
+    assert r == pytest.approx(0.5) and worst == "latency.p50_us (cmanlk-py)"
+    r, worst = stats.min_ratio(rows, ["cmanlk-c"], "corosync-c")  # type: ignore[misc]
+    assert r == pytest.approx(0.25) and worst == "throughput.1sender.1024.msgs_per_s (cmanlk-c)"
+    assert stats.min_ratio(rows, ["other"], "corosync-c") is None
 
 
 def test_longest_pause_is_the_one_ending_after_the_cable_pull():

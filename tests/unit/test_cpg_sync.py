@@ -2,7 +2,7 @@
 
 Found by bench.chaos (seed 7, udpu, 60 s): nodes 2 and 3, each alone in its own ring with a
 group member, merge into ring R. Messages each had queued under its old ring are delivered in R
-during R's synchronisation (our Totem has one send queue; corosync keeps them behind the sync
+during R's synchronisation (our Totem had one send queue then; corosync keeps them behind the sync
 messages until sync completes). Applied at once, node 3 dropped node 2's messages ("unknown node":
 it learns node 2's process only from node 2's JOINLIST) and node 2 dropped node 3's — each client
 delivered only its own old-ring messages in R, a virtual-synchrony and agreed-order violation.

@@ -69,7 +69,7 @@ def test_a_port_held_by_another_program_stops_the_start(
     found = check(write(tmp_path, held_port[1]))
     assert messages(found) == [
         f"127.0.0.1 port {held_port[1]} is in use by another program (a corosync still running? "
-        "stop it first: docs/migrating.md)"
+        "stop it first: docs/migration.md)"
     ]
     assert found.exit_code == EXIT_RUNTIME
 

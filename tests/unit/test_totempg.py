@@ -318,34 +318,67 @@ def test_joining_mid_message_discards_until_clean_start_and_counts_once():
     assert [m for f in frames for m in unpacker.feed(A, f)] == [big]
 
 
-def test_complete_messages_behind_an_orphaned_tail_are_delivered():
+def test_an_orphaned_tail_throws_its_whole_frame_away_as_corosync_does():
+    # corosync's totempg_deliver_fn: a continuation that does not match throws the frame away
+    # whole, complete messages packed behind the tail too; a node running corosync and one running
+    # cmanlkd must drop the same ones, or they deliver different messages in one view.
     packer = Packer(MAX_FRAME)
     packer.push(b"T" * 1573)
     packer.push(b"small-1")
     packer.push(b"small-2")
     _first, second = (f for f, _ in drain(packer))
     unpacker = Unpacker()
-    assert unpacker.feed(A, second) == [b"small-1", b"small-2"]
+    assert unpacker.feed(A, second) == []
     assert unpacker.stats.broken_messages == 1
+    assert not unpacker.has_partial(A)  # that frame was not fragmented: the assembly is freed
+    assert unpacker.feed(A, encode_frame(Frame(0, 0, (b"next",)))) == [b"next"]
 
 
-def test_continuation_counter_mismatch_discards_the_partial_message():
+def test_continuation_counter_mismatch_throws_the_frame_away():
     unpacker = Unpacker()
     start = encode_frame(Frame(1, 0, (b"head",)))
     wrong = encode_frame(Frame(0, 7, (b"tail", b"next")))
     assert unpacker.feed(A, start) == []
     assert unpacker.has_partial(A)
-    assert unpacker.feed(A, wrong) == [b"next"]
+    assert unpacker.feed(A, wrong) == []
     assert unpacker.stats.broken_messages == 1
     assert not unpacker.has_partial(A)
 
 
-def test_clean_start_while_half_assembled_discards_the_half():
+def test_throwing_away_lasts_until_a_frame_with_fragmented_0_or_1_which_goes_too():
+    unpacker = Unpacker()
+    assert unpacker.feed(A, encode_frame(Frame(3, 2, (b"mid",)))) == []  # an orphan: throw away
+    assert unpacker.feed(A, encode_frame(Frame(4, 3, (b"mid",)))) == []  # still throwing away
+    # fragmented 1 ends the throwing away; corosync delivers nothing of this frame either and keeps
+    # its last piece, with last_frag_num still 0, so the next continuation 1 is an orphan again.
+    assert unpacker.feed(A, encode_frame(Frame(1, 4, (b"end", b"ok", b"head")))) == []
+    assert unpacker.feed(A, encode_frame(Frame(0, 1, (b"tail",)))) == []
+    assert unpacker.feed(A, encode_frame(Frame(0, 0, (b"fine",)))) == [b"fine"]
+    assert unpacker.stats.broken_messages == 2
+
+
+def test_clean_start_while_half_assembled_throws_both_away():
     unpacker = Unpacker()
     assert unpacker.feed(A, encode_frame(Frame(1, 0, (b"head",)))) == []
-    assert unpacker.feed(A, encode_frame(Frame(0, 0, (b"fresh",)))) == [b"fresh"]
+    assert unpacker.feed(A, encode_frame(Frame(0, 0, (b"fresh",)))) == []
     assert unpacker.stats.broken_messages == 1
-    assert unpacker.stats.discarded_bytes == 4
+    assert unpacker.feed(A, encode_frame(Frame(0, 0, (b"fresh",)))) == [b"fresh"]
+
+
+def test_a_visit_does_not_end_inside_a_message_it_could_have_sent_whole_later():
+    packer = Packer(MAX_FRAME)
+    packer.push(b"a" * 1000)
+    packer.push(b"b" * 1000)  # does not fit behind a: corosync-style packing would split it
+    first, _ = packer.pop_frame(frames_left=1) or (b"", None)
+    assert decode_frame(first).pieces == (b"a" * 1000,)  # closed before b: b is not left half sent
+    assert decode_frame(first).fragmented == 0
+    # With room for two frames, b is split over them as before.
+    packer = Packer(MAX_FRAME)
+    packer.push(b"a" * 1000)
+    packer.push(b"b" * 1000)
+    frames = [packer.pop_frame(frames_left=2), packer.pop_frame(frames_left=1)]
+    assert [decode_frame(f).fragmented for f, _ in frames if f] == [1, 0]
+    assert not packer.has_pending()
 
 
 def test_forget_and_reset_drop_partials_silently():

@@ -256,6 +256,10 @@ class NodeLibqb:
         self.server.deliver(self.cmap.reload(config))
 
     def _on_note(self, note: object) -> None:
+        if type(note) is CpgDeliver:  # the hot path: one per message delivered to a local group
+            self.server.deliver(self.cpg.notify(note))
+            self.server.wake()
+            return
         if isinstance(note, RequestResult):  # answers reach their submitter directly (Node.submit)
             return
         if isinstance(note, _CPG_ONLY):

@@ -414,9 +414,22 @@ def _name(group: bytes) -> bytes:
     return _NAME.pack(len(group), group)
 
 
+_DELIVER_EVENT = struct.Struct("<i4xi4xi4x" + "I4x128s" + "I4xI4xI4x")
+"""A DELIVER event's 184 bytes before the message: the response header, the group's cpg_name and
+(msglen, nodeid, pid); one pack instead of three and their concatenations (the hot path)."""
+_CS_OK = ErrorCode.OK.cs_error
+
+
 def _deliver_event(note: CpgDeliver) -> bytes:
-    head = _name(note.group) + _DELIVER.pack(len(note.payload), note.nodeid, note.pid)
-    return response(RES_DELIVER, ErrorCode.OK, head + note.payload)
+    payload = note.payload
+    size = len(payload)
+    group = note.group
+    return (
+        _DELIVER_EVENT.pack(
+            RES_DELIVER, DELIVER_HEADER + size, _CS_OK, len(group), group, size, note.nodeid, note.pid
+        )
+        + payload
+    )
 
 
 def _partial_deliver_events(note: CpgDeliver, max_msg_size: int) -> list[bytes]:

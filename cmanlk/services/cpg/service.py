@@ -36,12 +36,16 @@ Deviations from corosync, with reasons:
   process that was never a member).
 - corosync's cleanup of a local process after its own LEAVE loops over the joined list (a bug:
   the handle never returns to UNJOINED); we unjoin the handle once its PROCLEAVE is delivered.
-- corosync pauses IPC during sync; we refuse join/leave/mcast with `try_again` while
-  synchronising (libcpg callers retry CS_ERR_TRY_AGAIN the same way).
+- corosync pauses IPC during sync; we refuse join/leave/mcast with `try_again` while cpg
+  synchronises, and the Stack does until every service has (libcpg callers retry
+  CS_ERR_TRY_AGAIN the same way).
 - corosync's totemsrp holds application messages behind the sync messages until sync completes
-  (two send queues, waiting_trans_ack); our Totem has one queue, so PROCJOIN/PROCLEAVE/MCAST
-  queued under the old ring can be delivered during the new ring's sync. We defer them and apply
-  them, in agreed order, after sync_activate (`on_message`): the same effect for every member.
+  (two send queues, waiting_trans_ack), and so does our Totem now (the Stack's TransAck); the
+  Stack refuses cpg requests with try_again until every service is synchronised. What can still
+  arrive during a sync is a client's PROCLEAVE queued then (a client that went away), or a
+  message of a node that did not hold its queue (cmanlkd before the two queues). We defer such
+  PROCJOIN/PROCLEAVE/MCAST and apply them, in agreed order, after sync_activate (`on_message`):
+  the same effect for every cmanlkd member (a corosync member applies them at once).
   When that sync is aborted they are applied at the next sync_init, under the last activated
   configuration (`sync_init`).
 - PARTIAL_MCAST (libcpg's fragments of messages larger than its IPC chunk) is reassembled here
@@ -394,11 +398,12 @@ class CpgService:
 
         Client-originated messages (PROCJOIN, PROCLEAVE, MCAST, PARTIAL_MCAST) delivered while a
         ring is being synchronised are deferred, in order, until its sync_activate (or, when that
-        sync is aborted, the next sync_init). corosync never delivers them during a sync:
+        sync is aborted, the next sync_init). corosync rarely delivers them during a sync:
         totemsrp puts what is queued from the transitional configuration on, and everything still
         unsent in the old queue, behind the sync messages until sync completes (waiting_trans_ack,
-        totemsrp_trans_ack from corosync_sync_completed). Our Totem has one queue, so messages
-        queued under the old ring reach the new ring during its sync. Applied then, a member that
+        totemsrp_trans_ack from corosync_sync_completed); our Totem does the same now, but a
+        message queued during the sync (a departed client's PROCLEAVE) or one of a node that does
+        not hold its queue can still arrive then (the class docstring). Applied then, a member that
         already knew the sender's process delivered them and a member that learns it only from the
         JOINLIST dropped them ("unknown node") — two members of the same ring delivering different
         messages (bench.chaos seed 7: ring 2.50 of nodes 2 and 3, each delivering only its own
