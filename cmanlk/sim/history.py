@@ -52,6 +52,7 @@ class Sent:
     t: Instant
     payload: bytes
     guarantee: Guarantee = Guarantee.AGREED
+    queue: int = 0  # Totem's send queue (1: the one used while a new ring's sync runs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,9 @@ Checked, each under the name used in reports:
                          a prefix of one sequence: no member skips a message that
                          another delivered before a later one (EVS 5.2; gaps are
                          allowed only after the transitional configuration).
-- ``fifo``               a sender's messages are delivered in the order it sent them.
+- ``fifo``               a sender's messages are delivered in the order it sent them
+                         (per send queue: what a node queues while a new ring's sync
+                         runs goes ahead of what it queued before, as in corosync).
 - ``virtual-synchrony``  two processes that install the same configuration C' right
                          after the same C delivered the same set of messages in C
                          (EVS 3.2, "failure atomicity").
@@ -406,7 +408,7 @@ def _check_deliveries(
     incs: list[_Inc], sent_by: dict[bytes, tuple[_Inc, int, Sent]], report: _Report
 ) -> None:
     for inc in incs:
-        last_from: dict[int, tuple[int, bytes]] = {}  # sender incarnation id -> (send index, payload)
+        last_from: dict[tuple[int, int], tuple[int, bytes]] = {}  # (incarnation, queue) -> (index, payload)
         for payload in inc.order:
             i, ep = inc.where[payload]
             rec = inc.records[i]
@@ -427,7 +429,7 @@ def _check_deliveries(
                 )
             if rec.t < s_rec.t:
                 report.add("spurious", inc, f"delivered {name} before it was sent", str(ep.ring), i)
-            key = id(s_inc)
+            key = (id(s_inc), s_rec.queue)  # FIFO holds per send queue (totemsrp's two)
             prev = last_from.get(key)
             if prev is not None and prev[0] > k:
                 report.add(

@@ -292,13 +292,18 @@ class TotemTap:
     def state(self) -> Any:
         return self.totem.state
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.totem, name)  # everything else the Stack asks of its Totem
+
     def handle(self, event: TotemEvent) -> list[Any]:
         host = self.host
         if isinstance(event, McastRequested):
             self.count += 1
             tagged = b"s%d.%d.%d|" % (host.me, host.inc, self.count) + event.payload
-            actions = self.totem.handle(McastRequested(event.now, tagged, event.guarantee))
-            host.out.append(Emit(Sent(event.now, tagged, event.guarantee)))
+            totem = self.totem
+            queue = 1 if totem.waiting_trans_ack or totem.packer_trans.has_pending() else 0
+            actions = totem.handle(McastRequested(event.now, tagged, event.guarantee))
+            host.out.append(Emit(Sent(event.now, tagged, event.guarantee, queue)))
         else:
             actions = self.totem.handle(event)
         out: list[Any] = []
