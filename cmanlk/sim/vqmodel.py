@@ -63,7 +63,8 @@ class VqModel:
             self.wfa_pending = False  # a peer that saw everyone, or an operator, cleared it
         quorate = total >= quorum
         tie = False
-        if p.auto_tie_breaker is not AtbMode.NONE and total == e // 2 and not quorate:
+        # votequorum compares with its own expected votes there, the quorum with the highest
+        if p.auto_tie_breaker is not AtbMode.NONE and total in (e // 2, rec.expected // 2) and not quorate:
             # which node breaks the tie comes from the last quorate membership votequorum saw,
             # which may be one its clients were never told of (a decision inside a sync): the
             # model accepts either answer here; two quorate halves are the split check's to catch
