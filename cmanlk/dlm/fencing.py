@@ -166,7 +166,11 @@ class Fencing:
         seen = set(self.members if witnesses is None else witnesses) | {self.me}
         seen.discard(nodeid)
         v = self.victims.get(nodeid)
-        if v is not None and v.state is not VictimState.FENCED:
+        if v is not None and v.state is VictimState.FENCED:
+            # fenced and not seen back since (membership() forgets a fenced node that rejoins):
+            # this is the same failure reported late (an ack or an announcement came first)
+            return []
+        if v is not None:
             v.witnesses |= seen
             return self._maybe_run(now)
         if v is None and len(self.victims) >= MAX_VICTIMS:
@@ -213,8 +217,13 @@ class Fencing:
         return []
 
     def ack(self, now: Instant, nodeid: NodeId) -> list[FenceAction]:
-        """An administrator confirmed `nodeid` is off: fenced, and every node is told."""
+        """An administrator confirmed `nodeid` is off: fenced, and every node is told.
+
+        A node in our membership that is no victim has not failed (here): nothing to confirm.
+        """
         v = self.victims.get(nodeid)
+        if v is None and nodeid in self.members:
+            return []
         if v is None:
             v = self.victims[nodeid] = Victim(nodeid, now)
         if v.state is VictimState.FENCED:
@@ -222,8 +231,11 @@ class Fencing:
         return self._fenced(now, v, "ack", announce=True)
 
     def fenced_elsewhere(self, now: Instant, nodeid: NodeId, how: str) -> list[FenceAction]:
-        """Another node announced that `nodeid` is fenced."""
+        """Another node announced that `nodeid` is fenced (before we saw it fail, too: its failure
+        reaching us later is then already fenced)."""
         v = self.victims.get(nodeid)
+        if v is None and nodeid != self.me and len(self.victims) < MAX_VICTIMS:
+            v = self.victims[nodeid] = Victim(nodeid, now)
         if v is None or v.state is VictimState.FENCED:
             return []
         return self._fenced(now, v, how, announce=False)

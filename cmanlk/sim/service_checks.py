@@ -436,14 +436,14 @@ def _check_dlm(incs: list[_Inc], report: _Report) -> None:
         for i, rec in enumerate(inc.records):
             match rec:
                 case KernelControl(value=1):
-                    if not rec.quorate:
+                    if not _quorate_then(inc, i, rec.quorate, rec.fresh):
                         report.add("dlm-restart", inc, f"lockspace {rec.lockspace} started while "
                                    "inquorate", i)
                     if rec.unfenced:
                         report.add("dlm-restart", inc, f"lockspace {rec.lockspace} started with failed "
                                    f"member(s) {_ids(rec.unfenced)} not fenced", i)
                 case FenceRun():
-                    if not rec.quorate:
+                    if not _quorate_then(inc, i, rec.quorate, rec.fresh):
                         report.add("dlm-fence", inc, f"fence agent against {rec.victim} run while "
                                    "inquorate", i)
                     if rec.victim in rec.members:
@@ -452,6 +452,15 @@ def _check_dlm(incs: list[_Inc], report: _Report) -> None:
                     if rec.in_quorate_partition:
                         report.add("dlm-fence", inc, f"fence agent against {rec.victim}, a member of the "
                                    f"live quorate partition of {_ids(rec.in_quorate_partition)}", i)
+
+
+def _quorate_then(inc: _Inc, i: int, quorate: bool, fresh: bool) -> bool:
+    """Was the node quorate at record i? A decision kept from an older ring (not `fresh`) counts
+    only when the node's next decision, for its new ring, is quorate too."""
+    if not quorate or fresh:
+        return quorate
+    nxt = next((r for r in inc.records[i + 1:] if isinstance(r, QuorumSeen)), None)
+    return nxt is None or nxt.quorate
 
 
 def _check_dlm_converge(world: Any, settled: bool, report: _Report) -> None:

@@ -292,6 +292,9 @@ class TotemTap:
     def state(self) -> Any:
         return self.totem.state
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.totem, name)  # everything else the Stack asks of its Totem
+
     def handle(self, event: TotemEvent) -> list[Any]:
         host = self.host
         if isinstance(event, McastRequested):
@@ -657,8 +660,8 @@ class StackHost:
                     removed = [n for n in k.started_with if n not in k.nodes]
                     failed, off = self.ls_failed, self.world.dlm_process_ended
                     unfenced = tuple(n for n in removed if (ls, n) in failed and not off(n, failed[(ls, n)]))
-                    quorate = q is not None and q.quorate and self.world.fresh_quorum(self)
-                    self._emit(KernelControl(self.now, ls, 1, nodes, quorate, unfenced))
+                    quorate, fresh = q is not None and q.quorate, self.world.fresh_quorum(self)
+                    self._emit(KernelControl(self.now, ls, 1, nodes, quorate, unfenced, fresh))
                     k.started_with = nodes
                 else:
                     self._emit(KernelControl(self.now, ls, 0, nodes))
@@ -683,9 +686,8 @@ class StackHost:
     def _run_agent(self, run: RunFenceAgent) -> None:
         victim = run.nodeid
         q = self.stack.quorum
-        quorate = q is not None and q.quorate and self.world.fresh_quorum(self)
-        self._emit(FenceRun(self.now, victim, run.attempt, quorate, self.stack.members,
-                            self.world.quorate_partitions_with(victim)))
+        self._emit(FenceRun(self.now, victim, run.attempt, q is not None and q.quorate, self.stack.members,
+                            self.world.quorate_partitions_with(victim), self.world.fresh_quorum(self)))
         mode = "ok" if self.world.quiet else self.world.agent_mode.get(victim, "ok")
         if mode == "hang":
             delay, code = AGENT_TIMEOUT, AGENT_EXIT_TIMEOUT

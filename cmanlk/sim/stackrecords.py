@@ -113,8 +113,10 @@ class ClientOp:
 class KernelControl:
     """The DLM wrote control `value` for `lockspace` with these kernel nodes.
 
-    For a start (1): `quorate` is the node's votequorum decision at that instant, for the ring
-    Totem installed last (an older ring's decision, kept while a sync runs, counts as not), `unfenced` the
+    For a start (1): `quorate` is the node's votequorum decision at that instant, `fresh` whether
+    that decision is for the ring Totem installed last (not an older ring's, kept while the new
+    ring's sync has not reached votequorum: then the node's next decision must be quorate too),
+    `unfenced` the
     members removed since the last start that failed (cpg NODEDOWN/PROCDOWN) and were not
     powered off since (the simulator's ground truth).
     """
@@ -125,14 +127,15 @@ class KernelControl:
     nodes: tuple[NodeId, ...]
     quorate: bool = True
     unfenced: tuple[NodeId, ...] = ()
+    fresh: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class FenceRun:
     """This node ran the fence agent against `victim`.
 
-    `quorate`/`members`: the node's own votequorum decision (for its current ring, as in
-    KernelControl) and membership then;
+    `quorate`/`members`/`fresh`: the node's own votequorum decision (and whether it is for its
+    current ring, as in KernelControl) and membership then;
     `in_quorate_partition`: live nodes whose quorate ring (real: every member up, connected and in
     that ring) contains the victim at that instant (ground truth).
     """
@@ -143,6 +146,7 @@ class FenceRun:
     quorate: bool
     members: tuple[NodeId, ...]
     in_quorate_partition: tuple[NodeId, ...]
+    fresh: bool = True
 
 
 @dataclass(frozen=True, slots=True)
