@@ -225,3 +225,26 @@ def test_leave_request_stops_the_core() -> None:
     assert core.state is MembState.LEFT
     assert core.next_deadline is None
     assert core.handle(DeadlineReached(Instant(10**9))) == []
+
+
+def test_what_the_second_queue_still_holds_at_a_ring_change_waits_behind_its_sync():
+    """bench.chaos --mixed seed 1616: client messages queued behind the last sync's leftovers in
+    the second queue went out during the next ring's sync; they were queued before that change."""
+    import random as _random
+
+    from cmanlk.totem.config import TotemConfig as _TC
+    from cmanlk.totem.core import Totem as _Totem
+    from cmanlk.totem.events import McastRequested as _M
+    from cmanlk.totem.events import TransAck as _A
+    from cmanlk.types import Instant as _I
+    from cmanlk.types import NodeId as _N
+
+    t = _Totem(_TC.derive((_N(1), _N(2)), token_ms=1000), _N(1), _random.Random(1))
+    t.hold_for_sync()
+    t.handle(_M(_I(0), b"sync-leftover"))  # queued while waiting: the second queue
+    t.handle(_A(_I(1)))  # sync done before it went out
+    t.handle(_M(_I(2), b"client"))  # behind the leftover, to keep the order
+    assert t.packer_trans.pending_messages == 2 and not t.packer.has_pending()
+    t._set_waiting_trans_ack(True)  # the next ring's operational entry
+    assert not t.packer_trans.has_pending()
+    assert t.packer.pending_messages == 2
