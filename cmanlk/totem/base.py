@@ -148,11 +148,9 @@ class TotemBase:
     # --- the two send queues ------------------------------------------------------------------------
 
     def _push_packer(self) -> Packer:
-        """The queue a new message goes to: the second one while waiting, and after that for as long
-        as it still holds leftovers (so one sender's messages go out in the order they were queued)."""
-        if self.waiting_trans_ack or self.packer_trans.has_pending():
-            return self.packer_trans
-        return self.packer
+        """The queue a new message goes to: the second one while waiting, else the first (corosync's
+        totemsrp_mcast). Leftovers of a sync in the second queue go out once the first is empty."""
+        return self.packer_trans if self.waiting_trans_ack else self.packer
 
     def _send_packer(self) -> Packer | None:
         """The queue the token sends from now (None: nothing to send)."""
@@ -163,15 +161,6 @@ class TotemBase:
         return self.packer_trans if self.packer_trans.has_pending() else None
 
     def _set_waiting_trans_ack(self, waiting: bool) -> None:
-        if waiting and not self.waiting_trans_ack and self.packer_trans.has_pending():
-            # What the second queue still holds was queued before this ring change (leftovers of the
-            # last sync, and what was queued behind them to keep their order): it waits too. Left
-            # there, clients' messages went out during the new ring's sync (bench.chaos --mixed
-            # seed 1616: 64 messages a corosync client delivered in the old view, ours in the new).
-            if self.packer.has_pending():
-                self.packer.absorb(self.packer_trans)
-            else:
-                self.packer, self.packer_trans = self.packer_trans, self.packer
         self.waiting_trans_ack = waiting
         self.unpacker = self.unpackers[1 if waiting else 0]
 

@@ -225,17 +225,6 @@ class Packer:
             return 0
         return self._frames_after(len(self._queue[0].payload) - self._offset)
 
-    def absorb(self, other: Packer) -> None:
-        """Queue every message of `other` behind ours and empty it (its half-sent one restarts whole)."""
-        while other._queue:
-            head = other._queue.popleft()
-            self._queue.append(head)
-            self._queued_bytes += len(head.payload) + QUEUE_ENTRY_COST_BYTES
-        other._queued_bytes = 0
-        other._offset = 0
-        other._continuation = 0
-        other._counter = 1
-
     def pop_frame(self, frames_left: int | None = None) -> tuple[bytes, Guarantee] | None:
         """Return the next frame and the guarantee of every message in it, or None if nothing is queued.
 
