@@ -154,11 +154,9 @@ class TotemBase:
         return self._push_packer() is self.packer_trans
 
     def _push_packer(self) -> Packer:
-        """The queue a new message goes to: the second one while waiting, and after that for as long
-        as it still holds leftovers (so one sender's messages go out in the order they were queued)."""
-        if self.waiting_trans_ack or self.packer_trans.has_pending():
-            return self.packer_trans
-        return self.packer
+        """The queue a new message goes to: the second one while waiting, else the first (corosync's
+        totemsrp_mcast). Leftovers of a sync in the second queue go out once the first is empty."""
+        return self.packer_trans if self.waiting_trans_ack else self.packer
 
     def _send_packer(self) -> Packer | None:
         """The queue the token sends from now (None: nothing to send)."""

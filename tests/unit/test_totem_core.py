@@ -225,3 +225,24 @@ def test_leave_request_stops_the_core() -> None:
     assert core.state is MembState.LEFT
     assert core.next_deadline is None
     assert core.handle(DeadlineReached(Instant(10**9))) == []
+
+
+def test_after_the_sync_new_messages_go_to_the_first_queue_not_behind_its_leftovers():
+    """bench.chaos --mixed seed 1616: client messages queued behind the last sync's leftovers in
+    the second queue went out during the next ring's sync. corosync's totemsrp_mcast queues to the
+    first queue as soon as the trans ack came."""
+    import random as _random
+
+    from cmanlk.totem.config import TotemConfig as _TC
+    from cmanlk.totem.core import Totem as _Totem
+    from cmanlk.totem.events import McastRequested as _M
+    from cmanlk.totem.events import TransAck as _A
+    from cmanlk.types import Instant as _I
+    from cmanlk.types import NodeId as _N
+
+    t = _Totem(_TC.derive((_N(1), _N(2)), token_ms=1000), _N(1), _random.Random(1))
+    t.hold_for_sync()
+    t.handle(_M(_I(0), b"sync-leftover"))  # queued while waiting: the second queue
+    t.handle(_A(_I(1)))  # sync done before it went out
+    t.handle(_M(_I(2), b"client"))
+    assert t.packer_trans.pending_messages == 1 and t.packer.pending_messages == 1
