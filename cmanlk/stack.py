@@ -60,11 +60,14 @@ from cmanlk.totem.actions import (
     ConfigKind,
     Deliver,
     DeliverConfiguration,
+    DeliverFrame,
+    ForgetAssembly,
     MembState,
     Multicast,
     PersistRingSeq,
     StateChanged,
     Unicast,
+    UseAssemblySet,
 )
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
@@ -293,6 +296,10 @@ class Stack:
                     self._take_outputs(self._on_deliver(action), pending, out)
                 case DeliverConfiguration():
                     self._take_outputs(self._on_configuration(action), pending, out)
+                case DeliverFrame() | ForgetAssembly() | UseAssemblySet():
+                    # Assembled here, in stream order: a TransAck given for the message before it
+                    # has switched the assembly set already (corosync assembles in its callback).
+                    pending.extendleft(reversed(self.totem.assemble(action)))
                 case _:
                     out.append(action)
             if not pending:
@@ -310,7 +317,7 @@ class Stack:
                 self._sync_in_process = False
                 out.append(self._publish(o))
                 # corosync_sync_completed → totempg_trans_ack: what waited may be sent now.
-                pending.extend(self.totem.handle(TransAck(self._now)))
+                pending.extend(self.totem.handle(TransAck(self._now, o.ring_id)))
             else:
                 out.append(o)
 

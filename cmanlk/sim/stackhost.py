@@ -92,7 +92,14 @@ from cmanlk.stack import (
     default_services,
 )
 from cmanlk.stack import Event as StackEvent
-from cmanlk.totem.actions import ConfigKind, Deliver, DeliverConfiguration
+from cmanlk.totem.actions import (
+    ConfigKind,
+    Deliver,
+    DeliverConfiguration,
+    DeliverFrame,
+    ForgetAssembly,
+    UseAssemblySet,
+)
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import McastRequested, Started
@@ -270,6 +277,9 @@ class StackCluster(Cluster):
         self._apply(node, actions)
 
 
+ASSEMBLY_STEPS = (DeliverFrame, ForgetAssembly, UseAssemblySet)
+
+
 class TotemTap:
     """Stands in for the Stack's Totem: tags what goes in, untags what comes out, reports both."""
 
@@ -277,6 +287,7 @@ class TotemTap:
         self.totem = totem
         self.host = host
         self.count = 0
+        self._stream: deque[Any] = deque()  # assembly steps and configuration changes, in stream order
 
     @property
     def next_deadline(self) -> Instant | None:
@@ -305,8 +316,29 @@ class TotemTap:
             host.out.append(Emit(Sent(event.now, tagged, event.guarantee, queue)))
         else:
             actions = self.totem.handle(event)
+        return self._through(actions)
+
+    def assemble(self, step: Any) -> list[Any]:
+        """The Stack assembles delivered frames in stream order (Totem.assemble): record and untag
+        what they complete there, and the configuration changes that follow them in the stream."""
+        stream = self._stream
+        while stream:  # normally `step` is first; whatever preceded it is recorded first
+            a = stream.popleft()
+            if a is step:
+                break
+            if type(a) is DeliverConfiguration:
+                self._record_configuration(a)
+        out = self._through(self.totem.assemble(step))
+        self._flush()
+        return out
+
+    def _through(self, actions: list[Any]) -> list[Any]:
+        """Untag deliveries; record them and configuration changes in the order the Stack meets them
+        (a configuration change after a frame the Stack has not assembled yet waits in `_stream`)."""
+        host = self.host
         out: list[Any] = []
         record = host.out.append
+        stream = self._stream
         for a in actions:
             kind = type(a)
             if kind is Deliver:
@@ -314,12 +346,21 @@ class TotemTap:
                 p = a.payload
                 out.append(Deliver(a.ring_id, a.sender, p[p.find(TAG_END, 0, 40) + 1:], a.guarantee))
             else:
-                if kind is DeliverConfiguration:
-                    record(a)
-                    if a.kind is ConfigKind.REGULAR:
-                        host.totem_ring = a.ring_id
+                if kind is DeliverConfiguration or kind in ASSEMBLY_STEPS:
+                    stream.append(a)
                 out.append(a)
+        self._flush()
         return out
+
+    def _flush(self) -> None:
+        stream = self._stream
+        while stream and type(stream[0]) is DeliverConfiguration:
+            self._record_configuration(stream.popleft())
+
+    def _record_configuration(self, a: DeliverConfiguration) -> None:
+        self.host.out.append(a)
+        if a.kind is ConfigKind.REGULAR:
+            self.host.totem_ring = a.ring_id
 
 
 @dataclass(slots=True)

@@ -83,4 +83,40 @@ class StateChanged:
     ring_id: RingId
 
 
-Action = Unicast | Multicast | PersistRingSeq | Deliver | DeliverConfiguration | StateChanged
+@dataclass(frozen=True, slots=True)
+class DeliverFrame:
+    """A delivered Totem frame not yet assembled (only from a Totem that holds for sync).
+
+    corosync assembles each frame inside its delivery callback, so a trans ack given by the
+    services while they handle one message (the last sync barrier) switches the assembly set for
+    the very next frame. Our core returns a batch of actions, so it leaves the assembly of frames
+    and the assembly steps below to its consumer, in the order of the action stream: the consumer
+    passes each of them to `Totem.assemble` when it reaches it and handles the `Deliver`s returned
+    before the next action.
+    """
+
+    ring_id: RingId
+    sender: NodeId
+    frame: bytes
+    guarantee: Guarantee = Guarantee.AGREED
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetAssembly:
+    """`node`'s half-assembled messages are dropped here in the stream (both assembly sets)."""
+
+    node: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class UseAssemblySet:
+    """From here in the stream frames are assembled in the second set (`trans`) or the first one."""
+
+    trans: bool
+
+
+AssemblyStep = DeliverFrame | ForgetAssembly | UseAssemblySet
+
+Action = (
+    Unicast | Multicast | PersistRingSeq | Deliver | DeliverConfiguration | StateChanged | AssemblyStep
+)

@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 
 from cmanlk.errors import MalformedPacket
 from cmanlk.totem import wire
-from cmanlk.totem.actions import Action, Deliver, MembState, Multicast, StateChanged, Unicast
+from cmanlk.totem.actions import (
+    Action,
+    AssemblyStep,
+    Deliver,
+    DeliverFrame,
+    ForgetAssembly,
+    MembState,
+    Multicast,
+    StateChanged,
+    Unicast,
+    UseAssemblySet,
+)
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.events import Guarantee
 from cmanlk.totem.ring import RingState
@@ -168,13 +179,38 @@ class TotemBase:
 
     def _set_waiting_trans_ack(self, waiting: bool) -> None:
         self.waiting_trans_ack = waiting
-        self.unpacker = self.unpackers[1 if waiting else 0]
+        self._assembly_step(UseAssemblySet(waiting))
 
     def _forget_assembly(self, node: NodeId) -> None:
         """Drop `node`'s half-assembled messages in both assembly sets (it left, as corosync's
         assembly_deref_from_normal_and_trans)."""
-        for u in self.unpackers:
-            u.forget(node)
+        self._assembly_step(ForgetAssembly(node))
+
+    def _assembly_step(self, step: AssemblyStep) -> None:
+        """Assemble now, or (a Totem that holds for sync) leave it to the consumer at this point of
+        the action stream (see DeliverFrame: the trans ack lands between two frames there)."""
+        if self.holds_for_sync:
+            self._out.append(step)
+        else:
+            self._out.extend(self.assemble(step))
+
+    def assemble(self, step: AssemblyStep) -> list[Deliver]:
+        """Carry out one assembly step of the action stream; return the messages a frame completed."""
+        match step:
+            case UseAssemblySet(trans=trans):
+                self.unpacker = self.unpackers[1 if trans else 0]
+            case ForgetAssembly(node=node):
+                for u in self.unpackers:
+                    u.forget(node)
+            case DeliverFrame(ring_id=ring_id, sender=sender, frame=frame, guarantee=guarantee):
+                try:
+                    payloads = self.unpacker.feed(sender, frame)
+                except MalformedPacket as e:
+                    self._drop(e.reason, f"frame from node {sender}: {e.detail}")
+                    return []
+                self.stats.messages_delivered += len(payloads)
+                return [Deliver(ring_id, sender, payload, guarantee) for payload in payloads]
+        return []
 
     # --- plumbing --------------------------------------------------------------------------------------
 
@@ -236,15 +272,8 @@ class TotemBase:
             self._deliver_frame(ring.ring_id, msg)
 
     def _deliver_frame(self, ring_id: RingId, msg: wire.Mcast) -> None:
-        try:
-            payloads = self.unpacker.feed(msg.system_from, msg.payload)
-        except MalformedPacket as e:
-            self._drop(e.reason, f"frame from node {msg.system_from}: {e.detail}")
-            return
         guarantee = Guarantee.SAFE if msg.guarantee == Guarantee.SAFE else Guarantee.AGREED
-        for payload in payloads:
-            self.stats.messages_delivered += 1
-            self._out.append(Deliver(ring_id, msg.system_from, payload, guarantee))
+        self._assembly_step(DeliverFrame(ring_id, msg.system_from, msg.payload, guarantee))
 
     def _drop(self, reason: str, detail: str = "") -> None:
         n = self.stats.dropped.get(reason, 0) + 1

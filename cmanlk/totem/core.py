@@ -62,7 +62,7 @@ from cmanlk.totem.events import (
 from cmanlk.totem.membership import Membership
 from cmanlk.totem.ring import SORT_QUEUE_MAX, RingState
 from cmanlk.totem.timers import TimerName
-from cmanlk.types import Instant, NodeId, after, seq_add, seq_diff, seq_le, seq_lt
+from cmanlk.types import Instant, NodeId, RingId, after, seq_add, seq_diff, seq_le, seq_lt
 
 __all__ = ["GatherReason", "Totem", "TotemStats"]
 
@@ -116,7 +116,8 @@ class Totem(Membership):
         """This node runs the services' sync: from now on a new ring's messages queued before it wait
         until `TransAck` (corosync's waiting_trans_ack; see TotemBase). Call before `Started`."""
         self.holds_for_sync = True
-        self._set_waiting_trans_ack(True)  # corosync starts waiting, until the first sync completes
+        self.waiting_trans_ack = True  # corosync starts waiting, until the first sync completes
+        self.unpacker = self.unpackers[1]
 
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order.
@@ -143,8 +144,8 @@ class Totem(Membership):
                 self._leave(now)
             case NodelistChanged(nodes=nodes):
                 self.config = self.config.with_nodes(nodes)
-            case TransAck(now=now):
-                self._on_trans_ack(now)
+            case TransAck(now=now, ring_id=ring_id):
+                self._on_trans_ack(now, ring_id)
         self._drain_loopback(getattr(event, "now", Instant(0)))
         out, self._out = self._out, []
         return out
@@ -219,10 +220,15 @@ class Totem(Membership):
         self._push_packer().push(payload, guarantee)  # QueueFull / TooLarge / UsageError: nothing queued
         self._wake_token(now)
 
-    def _on_trans_ack(self, now: Instant) -> None:
-        if not self.waiting_trans_ack:
+    def _on_trans_ack(self, now: Instant, ring_id: RingId | None) -> None:
+        # Given where sync completed in the delivered stream: the next frame is assembled in the first
+        # set. An ack for an older ring than ours (its sync completed among the old ring's messages
+        # delivered at our ring change) does not end our new ring's wait, as in corosync, where the
+        # new ring's waiting_trans_ack is set after that ack.
+        self.unpacker = self.unpackers[0]
+        if not self.waiting_trans_ack or (ring_id is not None and ring_id != self.ring.ring_id):
             return
-        self._set_waiting_trans_ack(False)
+        self.waiting_trans_ack = False
         if self.packer.has_pending():
             self._wake_token(now)
 

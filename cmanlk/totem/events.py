@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from cmanlk.types import Instant, NodeId
+from cmanlk.types import Instant, NodeId, RingId
 
 
 class Guarantee(enum.IntEnum):
@@ -66,9 +66,15 @@ class NodelistChanged:
 @dataclass(frozen=True, slots=True)
 class TransAck:
     """The services finished synchronising the new ring (corosync's totempg_trans_ack, called from
-    corosync_sync_completed): messages queued before the ring change may go out now."""
+    corosync_sync_completed): messages queued before the ring change may go out now.
+
+    Give it where sync completed in the stream of delivered messages (frames after it are assembled
+    in the first set); `ring_id` is the ring whose sync completed: an ack for an older ring (its
+    last barrier delivered among the old ring's messages at a ring change) switches the assembly
+    set only, the new ring's queue keeps waiting."""
 
     now: Instant
+    ring_id: RingId | None = None
 
 
 Event = (

@@ -243,6 +243,62 @@ def test_after_the_sync_new_messages_go_to_the_first_queue_not_behind_its_leftov
     t = _Totem(_TC.derive((_N(1), _N(2)), token_ms=1000), _N(1), _random.Random(1))
     t.hold_for_sync()
     t.handle(_M(_I(0), b"sync-leftover"))  # queued while waiting: the second queue
-    t.handle(_A(_I(1)))  # sync done before it went out
+    t.handle(_A(_I(1), t.ring.ring_id))  # sync done before it went out
     t.handle(_M(_I(2), b"client"))
     assert t.packer_trans.pending_messages == 1 and t.packer.pending_messages == 1
+
+
+def test_a_trans_ack_between_two_frames_of_one_batch_switches_assembly_for_the_next_frame():
+    """corosync assembles each frame inside its delivery callback, and the handler of the last sync
+    barrier calls totempg_trans_ack there: the very next frame goes to the regular assembly set. Our
+    core returns a batch of actions, so a Totem that holds for sync leaves assembly to its consumer
+    in stream order (DeliverFrame, Totem.assemble). Found by the stack simulator (seed 11): the
+    batch after the barrier was assembled in the second set, the sender's next frame in the first,
+    and the receiver threw five of node 1's messages away that the others delivered."""
+    from cmanlk.totem.actions import DeliverFrame
+    from cmanlk.totem.events import TransAck
+    from cmanlk.totem.totempg import Packer
+
+    config = TotemConfig.derive((NodeId(1), NodeId(2)), token_ms=1000)
+    totem = Totem(config, NodeId(1), random.Random(1))
+    totem.hold_for_sync()
+    ring = totem.ring.ring_id
+    packer = Packer(config.max_frame_bytes)
+    big = b"m" * (config.max_frame_bytes * 2)
+    packer.push(big)
+    frames = []
+    while (f := packer.pop_frame()) is not None:
+        frames.append(f[0])
+    assert len(frames) == 3
+
+    def deliver(seq: int, frame: bytes) -> list:
+        totem._deliver_frame(ring, wire.Mcast(NodeId(2), NodeId(2), seq, seq, ring, 0, frame, 0))
+        batch, totem._out = totem._out, []
+        assert all(isinstance(a, DeliverFrame) for a in batch)
+        return batch
+
+    batch = deliver(1, frames[0])  # delivered in one batch after the barrier ...
+    totem.handle(TransAck(Instant(0), ring))  # ... which the consumer handles first
+    got = [d.payload for step in batch for d in totem.assemble(step)]
+    for seq, frame in enumerate(frames[1:], 2):  # the rest in later batches, after the ack
+        got += [d.payload for step in deliver(seq, frame) for d in totem.assemble(step)]
+    assert got == [big]
+    assert not totem.waiting_trans_ack
+
+
+def test_an_ack_for_an_older_ring_does_not_end_the_new_rings_wait():
+    """A sync whose last barrier is among the old ring's messages delivered at a ring change
+    completes before the new ring's configuration in the stream; our consumer hands the ack to Totem
+    after Totem entered the new ring. corosync sets the new ring's waiting_trans_ack after that ack:
+    the new ring still waits."""
+    from cmanlk.totem.events import TransAck
+
+    config = TotemConfig.derive((NodeId(1), NodeId(2)), token_ms=1000)
+    totem = Totem(config, NodeId(1), random.Random(1))
+    totem.hold_for_sync()
+    older = RingId(totem.ring.ring_id.seq - 1 if totem.ring.ring_id.seq else 99, NodeId(2))
+    totem.handle(TransAck(Instant(0), older))
+    assert totem.waiting_trans_ack
+    assert totem.queueing_to_second_queue
+    totem.handle(TransAck(Instant(0), totem.ring.ring_id))
+    assert not totem.waiting_trans_ack
