@@ -157,6 +157,15 @@ class MembershipChanged(Notification):
 
 
 @dataclass(frozen=True, slots=True)
+class SyncStarting(Notification):
+    """A sync for the regular configuration `ring_id` begins (published before its first service's
+    init): the cluster view a listener holds is of an older ring until that ring's notifications."""
+
+    ring_id: RingId
+    members: tuple[NodeId, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestResult(Notification):
     """Answer to a local request: `error` None on success, else the refusal's code."""
 
@@ -357,6 +366,7 @@ class Stack:
         if change.kind is ConfigKind.TRANSITIONAL:
             self.sync.save_transitional(change.members)
         else:
+            outputs.append(SyncStarting(change.ring_id, change.members))
             outputs += self.sync.start(change.ring_id, change.members)
         return outputs
 

@@ -456,9 +456,21 @@ def _check_dlm(incs: list[_Inc], report: _Report) -> None:
 
 def _quorate_then(inc: _Inc, i: int, quorate: bool, fresh: bool) -> bool:
     """Was the node quorate at record i? A decision kept from an older ring (not `fresh`) counts
-    only when the node's next decision, for its new ring, is quorate too."""
+    only when the node's next decision, for its new ring, is quorate too, or when, in the node's
+    delivery order, its last quorum decision was quorate and no sync of a newer ring had started
+    (no SyncStarting): a message of the old ring delivered before the configuration change is acted
+    on with that ring's quorum, as dlm_controld does (virtual synchrony delivers it in its own ring;
+    the start it completes was sent after check_quorum_done, and start_kernel checks no quorum).
+    `quorate`/`fresh` are the Stack's at the end of its step, possibly past the configuration."""
     if not quorate or fresh:
         return quorate
+    for rec in reversed(inc.records[:i]):
+        if isinstance(rec, SyncStep) and rec.service == "stack" and rec.step == "start":
+            break
+        if isinstance(rec, QuorumSeen):
+            if rec.quorate:
+                return True
+            break
     nxt = next((r for r in inc.records[i + 1:] if isinstance(r, QuorumSeen)), None)
     return nxt is None or nxt.quorate
 

@@ -89,6 +89,7 @@ from cmanlk.stack import (
     SetVotes,
     Stack,
     StackConfig,
+    SyncStarting,
     default_services,
 )
 from cmanlk.stack import Event as StackEvent
@@ -584,6 +585,8 @@ class StackHost:
                 self._emit(CpgMsg(now, a.handles, a.group, (a.nodeid, a.pid), a.payload))
             case CpgTotemConfchg():
                 self._emit(CpgRing(now, a.handles, a.ring_id, a.members))
+            case SyncStarting():
+                self._emit(SyncStep(now, "stack", "start", a.ring_id))
             case _:
                 return
         self._companion(self.companion.notification(now, a))

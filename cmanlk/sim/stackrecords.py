@@ -45,7 +45,9 @@ class ViewPublished:
 
 @dataclass(frozen=True, slots=True)
 class SyncStep:
-    """A sync v2 callback of `service`: init, done (sync_process finished), activate or abort."""
+    """A sync v2 callback of `service`: init, done (sync_process finished), activate or abort; or
+    service "stack", step "start": the Stack's SyncStarting, recorded in delivery order (the callbacks
+    are recorded as they run, ahead of the notifications of the same Stack step)."""
 
     t: Instant
     service: str
