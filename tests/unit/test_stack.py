@@ -17,6 +17,7 @@ from cmanlk.stack import (
     SetExpectedVotes,
     Stack,
     StackConfig,
+    SyncStarting,
 )
 from cmanlk.totem.config import TotemConfig
 from cmanlk.types import NodeId, ms
@@ -92,6 +93,21 @@ def test_three_nodes_sync_publish_membership_and_are_quorate():
         idx_q = max(i for i, x in enumerate(log[n]) if isinstance(x, QuorumChanged))
         assert idx_q < idx_m
         assert not stack.stats, stack.stats
+
+
+def test_sync_starting_precedes_the_rings_quorum_and_membership():
+    cluster, nodes, log = make_cluster(3)
+    for n in nodes:
+        cluster.boot(n)
+    assert cluster.run_for(ms(5000), settled(cluster, nodes, nodes))
+    for n in nodes:
+        ring = stack_of(cluster, n).ring_id
+        starts = [i for i, x in enumerate(log[n]) if isinstance(x, SyncStarting) and x.ring_id == ring]
+        assert starts and log[n][starts[-1]].members == nodes
+        # published in delivery order, before this ring's quorum and membership notifications
+        q = min(i for i, x in enumerate(log[n]) if isinstance(x, QuorumChanged) and x.ring_id == ring)
+        m = min(i for i, x in enumerate(log[n]) if isinstance(x, MembershipChanged) and x.ring_id == ring)
+        assert starts[-1] < q < m
 
 
 def test_losing_two_of_three_nodes_loses_quorum():
