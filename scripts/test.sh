@@ -15,11 +15,11 @@ echo "== mypy --strict"; mypy
 echo "== simulator: 2000 random schedules, 2-7 nodes, all faults"
 cmanlk-sim check --seeds 2000 --nodes 2-7 --faults all --jobs 2 | tail -n 25
 echo "== simulator, whole node: 2000 random stack schedules, 2-7 nodes, all faults and clients"
-# Reported, not yet gating: 4 of these 2000 seeds (197, 1711, 1756, 1960) still fail service checks
-# (dlm-restart, cpg-converge, dlm-converge; issue 13's note has the triage). The stack scenarios in
+# Reported, not yet gating: 2 of these 2000 seeds (1711, 1756) still fail service checks
+# (cpg-converge, dlm-converge; issue 13's note has the triage). The stack scenarios in
 # tests/scenarios (stack_*.txt, run by pytest below) do gate, the fixed seeds among them.
 cmanlk-sim check --stack --seeds 2000 --nodes 2-7 --faults all --jobs 2 | tail -n 25 \
-    || echo "stack simulator: violations above (known failing seeds: 197 1711 1756 1960)"
+    || echo "stack simulator: violations above (known failing seeds: 1711 1756)"
 if [ "$(id -u)" = 0 ] && [ "${CMANLK_SKIP_VM:-0}" != 1 ]; then
     echo "== real-kernel DLM scenarios (QEMU)"; bash scripts/vm-tests.sh
 fi
