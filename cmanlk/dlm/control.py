@@ -359,6 +359,12 @@ class DlmCtl:
         self.members: tuple[NodeId, ...] = ()
         self.comms: set[NodeId] = set()
         self.lockspaces: dict[str, _Lockspace] = {}
+        self.leaving: dict[str, Instant | None] = {}
+        """Lockspaces whose group we left and whose own leave confchg has not come yet, with the
+        time of an online uevent that waits for it (None: none). cpg refuses a join of a group
+        while our leave of it is in flight (`exist`, as corosync), so a lockspace joined again at
+        once would wait for its event_done forever (stack seed 1756); dlm_controld also keeps a
+        leaving lockspace until its leave confchg."""
         self.dropped: dict[str, int] = {}
         """Inputs ignored, by reason (malformed or unexpected group messages, refused joins...)."""
 
@@ -480,6 +486,9 @@ class DlmCtl:
         if name in self.lockspaces:
             self._drop("online_twice")
             return []
+        if name in self.leaving:
+            self.leaving[name] = now  # joined once our leave's confchg comes (_on_confchg)
+            return []
         if not self.cluster_ready or len(self.lockspaces) >= MAX_LOCKSPACES \
                 or len(name.encode()) > LOCKSPACE_NAME_MAX:
             # refuse the join: dlm_new_lockspace() in the kernel returns this error. Once the
@@ -504,6 +513,7 @@ class DlmCtl:
         out += [ConfigfsRmdir(f"cluster/spaces/{name}/nodes/{n}") for n in nodes]
         out += [ConfigfsRmdir(f"cluster/spaces/{name}"), SysfsWrite(name, "event_done", _sys(0)),
                 LeaveGroup(group_name(name))]
+        self.leaving[name] = None
         return out
 
     def _on_removed(self, name: str) -> list[DlmAction]:
@@ -514,9 +524,15 @@ class DlmCtl:
         base = f"cluster/spaces/{name}"
         nodes = sorted(ls.configured, reverse=True)
         out: list[DlmAction] = [ConfigfsRmdir(f"{base}/nodes/{n}") for n in nodes]
+        self.leaving[name] = None
         return [*out, ConfigfsRmdir(base), LeaveGroup(group_name(name))]
 
     def _on_confchg(self, ev: GroupConfchg) -> list[DlmAction]:
+        name = ev.group[len(GROUP_PREFIX):] if ev.group.startswith(GROUP_PREFIX) else None
+        if name in self.leaving and self.me not in ev.members and name not in self.lockspaces:
+            assert name is not None
+            online = self.leaving.pop(name)  # our own leave completed
+            return [] if online is None else self._on_online(ev.now, name)
         ls = self._lockspace_of(ev.group)
         if ls is None or len(ev.members) > MAX_GROUP_MEMBERS:
             self._drop("confchg_unknown_group")

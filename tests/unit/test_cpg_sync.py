@@ -13,6 +13,7 @@ from __future__ import annotations
 from cmanlk.services.base import Notification, SendMessage
 from cmanlk.services.cpg import wire as cw
 from cmanlk.services.cpg.service import (
+    ClientGone,
     CpgAddress,
     CpgConfchg,
     CpgDeliver,
@@ -242,3 +243,38 @@ def test_an_aborted_rings_messages_from_outside_the_last_view_are_dropped() -> N
     # Node 2 applies its own message under its own last view.
     notes2 = svc2.sync_init(RingId(0x58, N2), (N2,), (N2,))
     assert [(d.nodeid, d.payload) for d in notes2 if isinstance(d, CpgDeliver)] == [(N2, b"from-2")]
+
+
+def test_a_client_gone_before_its_join_was_delivered_leaves_after_the_join() -> None:
+    """cmanlk-sim --stack seed 1711: node 1's client joined (PROCJOIN queued, not yet sent when the
+    ring changed) and went away during the next sync, whose PROCLEAVE (second queue, as corosync's
+    new_message_queue_trans) was delivered before the PROCJOIN (first queue, after sync). Applied in
+    that order every member kept the gone process for good. Node 1 now sends the PROCLEAVE only once
+    its own PROCJOIN is delivered, and a new join of that pid in that group waits for it."""
+    from cmanlk.errors import UsageError
+
+    h2, h3 = Handle(20), Handle(30)
+    svc2 = _alone(N2, h2, 1002)
+    svc3 = CpgService(N3)
+    svc3.sync_init(RingId(0x40, N3), (N3,), (N3,))
+    svc3.sync_process()
+    svc3.sync_activate()
+    (join,) = svc3.on_local_request(CpgJoin(h3, G, 1003))
+    assert isinstance(join, SendMessage)
+    assert svc3.on_local_request(ClientGone(h3)) == []  # the PROCJOIN is not delivered yet
+    try:
+        svc3.on_local_request(CpgJoin(Handle(31), G, 1003))
+        raise AssertionError("a join of the same pid must wait for the leave")
+    except UsageError as e:
+        assert e.code.wire == "try_again"
+    _merge({N2: svc2, N3: svc3}, [], R, (N2, N3))
+    # After the sync, node 3's PROCJOIN is delivered at last; node 3 then sends the PROCLEAVE.
+    leaves: list[SendMessage] = []
+    for svc in (svc2, svc3):
+        outs = svc.on_message(N3, join.function, join.message)
+        leaves += [o for o in outs if isinstance(o, SendMessage)]
+    (leave,) = leaves
+    assert leave.function == cw.MESSAGE_REQ_EXEC_CPG_PROCLEAVE
+    for svc in (svc2, svc3):
+        svc.on_message(N3, leave.function, leave.message)
+        assert svc.members_of(G) == ((N2, 1002),)

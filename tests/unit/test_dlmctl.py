@@ -430,3 +430,25 @@ def test_a_lockspace_removed_behind_our_back_is_cleaned_up() -> None:
                                ("rmdir", "cluster/spaces/ls/nodes/1"), ("rmdir", "cluster/spaces/ls")]
     assert LeaveGroup("dlm:ls:ls") in out and n.core.lockspaces == {}
     assert n.feed(LockspaceRemoved(n.now(), "ls")) == []  # after a normal leave: nothing to do
+
+
+def test_a_join_while_our_leave_is_in_flight_waits_for_the_leave() -> None:
+    """cmanlk-sim --stack seed 1756: node 5 left ls0 and joined it again before its cpg leave was
+    delivered. The group join then was refused (the leave still in flight: cpg's `exist`, as
+    corosync's) and the kernel waited for event_done forever. The join now waits for our own
+    leave's confchg, then goes as a fresh join."""
+    n = _joined_pair(FencingPolicy(enabled=False))
+    out = n.feed(LockspaceOffline(n.now(), "ls"))
+    assert LeaveGroup("dlm:ls:ls") in out
+    assert n.feed(LockspaceOnline(n.now(), "ls")) == []  # waits for the leave
+    g = "dlm:ls:ls"
+    out = n.feed(GroupConfchg(n.now(), g, (NodeId(2), NodeId(3)), (), ((NodeId(1), 2),)))
+    assert out[-1] == JoinGroup(g) and SysfsWrite("ls", "id", _sys_id("ls")) in out
+    n.confchg("ls", (1, 2, 3), joined=(1,))
+    assert n.core.lockspaces["ls"].state.value == "started"
+    assert ("sysfs", "ls", "event_done", b"0\0") in kernel_ops(n.actions[-6:])
+
+
+def _sys_id(name: str) -> bytes:
+    from cmanlk.dlm.control import lockspace_global_id
+    return f"{lockspace_global_id(name)}".encode() + b"\0"

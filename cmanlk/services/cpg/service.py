@@ -34,6 +34,13 @@ Deviations from corosync, with reasons:
   wording describes corosync 2.
 - A PROCLEAVE for a process we do not know produces no confchg (corosync notifies a "left"
   process that was never a member).
+- A client that goes away before its own PROCJOIN is delivered (JOIN_STARTED): corosync's
+  cpg_lib_exit_fn sends the PROCLEAVE at once. When the PROCJOIN was still in totem's first queue
+  at a ring change and the client goes during the sync, the PROCLEAVE goes out from the second
+  queue first (new_message_queue_trans, FIFO per queue only): applied before the PROCJOIN it finds
+  nothing, and every member then keeps the gone process for good (cmanlk-sim --stack seed 1711).
+  We send that PROCLEAVE when our own PROCJOIN is delivered (`_leave_after_join`), and refuse a
+  new join of that pid in that group with try_again until then.
 - corosync's cleanup of a local process after its own LEAVE loops over the joined list (a bug:
   the handle never returns to UNJOINED); we unjoin the handle once its PROCLEAVE is delivered.
 - corosync pauses IPC during sync; we refuse join/leave/mcast with `try_again` while cpg
@@ -284,6 +291,9 @@ class CpgService:
         """Grows with every change of the process list (what `groups()` shows): the runtime's
         status snapshot is rebuilt when it moves."""
         self._local: dict[tuple[Handle, bytes], LocalProcess] = {}
+        # (group, pid) of local processes whose client went away before their own PROCJOIN was
+        # delivered: the PROCLEAVE goes out once it is (module docstring).
+        self._leave_after_join: set[tuple[bytes, int]] = set()
         self._old_members: tuple[NodeId, ...] = ()
         self._active_ring_id = NO_RING  # the ring whose members are _old_members
         self._members: tuple[NodeId, ...] = ()
@@ -425,7 +435,12 @@ class CpgService:
     def _apply_message(self, sender: NodeId, function: int, message: bytes) -> list[ServiceOutput]:
         if function == MESSAGE_REQ_EXEC_CPG_PROCJOIN:
             join = decode_procjoin(message)
-            return self._proc_join(join.group, join.pid, sender, REASON_JOIN)
+            out = self._proc_join(join.group, join.pid, sender, REASON_JOIN)
+            if sender == self.me and (join.group, join.pid) in self._leave_after_join:
+                self._leave_after_join.discard((join.group, join.pid))
+                fn = MESSAGE_REQ_EXEC_CPG_PROCLEAVE
+                out.append(SendMessage(fn, encode_procjoin(fn, join.group, join.pid, REASON_PROCDOWN)))
+            return out
         if function == MESSAGE_REQ_EXEC_CPG_PROCLEAVE:
             leave = decode_procjoin(message)
             if not REASON_JOIN <= leave.reason <= REASON_PROCDOWN:
@@ -517,7 +532,8 @@ class CpgService:
         if current is not None:
             code = ErrorCode.BUSY if current.state is LocalState.LEAVE_STARTED else ErrorCode.EXIST
             raise UsageError(code, f"this connection is already in {req.group!r} ({current.state.value})")
-        if self._find(req.group, req.pid, self.me) is not None:
+        leaving = (req.group, req.pid) in self._leave_after_join
+        if leaving or self._find(req.group, req.pid, self.me) is not None:
             raise UsageError(ErrorCode.TRY_AGAIN, f"the previous leave of pid {req.pid} is not delivered yet")
         if len(self._local) >= MAX_LOCAL_PROCESSES:
             raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LOCAL_PROCESSES} local group memberships")
@@ -561,7 +577,9 @@ class CpgService:
         out: list[ServiceOutput] = []
         for key in sorted(k for k in self._local if k[0] == handle):
             proc = self._local.pop(key)
-            if proc.state is not LocalState.LEAVE_STARTED:
+            if proc.state is LocalState.JOIN_STARTED:
+                self._leave_after_join.add((proc.group, proc.pid))  # sent once its PROCJOIN is delivered
+            elif proc.state is not LocalState.LEAVE_STARTED:
                 fn = MESSAGE_REQ_EXEC_CPG_PROCLEAVE
                 out.append(SendMessage(fn, encode_procjoin(fn, proc.group, proc.pid, REASON_PROCDOWN)))
         return out
