@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine (scripts/setup.sh) and runs every check CI runs:
 #   ruff, mypy --strict, 2000 random simulator schedules under the EVS invariant checker and 2000
-#   of the whole node (Stack, DLM companion, clients) under the EVS and service checkers (reported,
-#   not gating yet: see below),
+#   of the whole node (Stack, DLM companion, clients) under the EVS and service checkers,
 #   the real-kernel DLM scenarios in QEMU VMs (root only), then the whole pytest suite
 #   (unit, scenarios, simulator, adapters, and, as root, system tests in network namespaces).
 # Set CMANLK_SKIP_VM=1 to leave out the VM scenarios on a machine without the kernel lab.
@@ -15,11 +14,7 @@ echo "== mypy --strict"; mypy
 echo "== simulator: 2000 random schedules, 2-7 nodes, all faults"
 cmanlk-sim check --seeds 2000 --nodes 2-7 --faults all --jobs 2 | tail -n 25
 echo "== simulator, whole node: 2000 random stack schedules, 2-7 nodes, all faults and clients"
-# Reported, not yet gating: 2 of these 2000 seeds (1711, 1756) still fail service checks
-# (cpg-converge, dlm-converge; issue 13's note has the triage). The stack scenarios in
-# tests/scenarios (stack_*.txt, run by pytest below) do gate, the fixed seeds among them.
-cmanlk-sim check --stack --seeds 2000 --nodes 2-7 --faults all --jobs 2 | tail -n 25 \
-    || echo "stack simulator: violations above (known failing seeds: 1711 1756)"
+cmanlk-sim check --stack --seeds 2000 --nodes 2-7 --faults all --jobs 2 | tail -n 25
 if [ "$(id -u)" = 0 ] && [ "${CMANLK_SKIP_VM:-0}" != 1 ]; then
     echo "== real-kernel DLM scenarios (QEMU)"; bash scripts/vm-tests.sh
 fi
