@@ -129,16 +129,17 @@ def parse_range(text: str) -> tuple[int, int]:
     return a, b
 
 
-def parse_faults(text: str) -> tuple[str, ...]:
-    """Parse "all", "none" or a comma list of fault kinds; raises ValueError on an unknown kind."""
+def parse_faults(text: str, known: tuple[str, ...] = FAULT_KINDS) -> tuple[str, ...]:
+    """Parse "all", "none" or a comma list of the `known` fault kinds; raises ValueError on an
+    unknown kind."""
     if text == "all":
-        return FAULT_KINDS
+        return known
     if text in ("", "none"):
         return ()
     kinds = tuple(k.strip() for k in text.split(","))
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
+        raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(known)}")
     return kinds
 
 

@@ -46,6 +46,7 @@ from cmanlk.sim.schedule import (
     Schedule,
     Step,
     make_schedule,
+    parse_faults,
 )
 from cmanlk.sim.service_checks import check_services
 from cmanlk.sim.stackhost import SIM_FENCING, StackCluster, StackHost, StackWorld
@@ -86,15 +87,7 @@ class StackSchedule:
 
 def parse_stack_faults(text: str) -> tuple[str, ...]:
     """'all', 'none' or a comma list of Totem and client kinds; raises ValueError on an unknown one."""
-    if text == "all":
-        return STACK_FAULT_KINDS
-    if text in ("", "none"):
-        return ()
-    kinds = tuple(k.strip() for k in text.split(","))
-    unknown = [k for k in kinds if k not in STACK_FAULT_KINDS]
-    if unknown:
-        raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(STACK_FAULT_KINDS)}")
-    return kinds
+    return parse_faults(text, STACK_FAULT_KINDS)
 
 
 def draw_quorum(rng: random.Random, ids: tuple[NodeId, ...]) -> tuple[QuorumConfig, str]:
