@@ -30,6 +30,49 @@ def missing() -> str | None:
     return None
 
 
+def cib(resources: tuple[str, ...], monitor: str, stickiness: int | None = None) -> str:
+    """The CIB a test's nodes start from: fencing off (no fence devices in namespaces), a short
+    dc-deadtime, one ocf:pacemaker:Dummy primitive per name in `resources` monitored every
+    `monitor`, and, with `stickiness`, that resource-stickiness as the default."""
+    primitives = "".join(
+        f"""      <primitive id="{r}" class="ocf" provider="pacemaker" type="Dummy">
+        <operations>
+          <op id="{r}-monitor" name="monitor" interval="{monitor}" timeout="20s"/>
+        </operations>
+      </primitive>
+"""
+        for r in resources
+    )
+    defaults = (
+        ""
+        if stickiness is None
+        else f"""    <rsc_defaults>
+      <meta_attributes id="rsc-options">
+        <nvpair id="rsc-options-stickiness" name="resource-stickiness" value="{stickiness}"/>
+      </meta_attributes>
+    </rsc_defaults>
+"""
+    )
+    return f"""\
+<cib crm_feature_set="3.16.1" validate-with="pacemaker-3.9" epoch="5" num_updates="0" admin_epoch="0">
+  <configuration>
+    <crm_config>
+      <cluster_property_set id="cib-bootstrap-options">
+        <nvpair id="opt-stonith-enabled" name="stonith-enabled" value="false"/>
+        <nvpair id="opt-dc-deadtime" name="dc-deadtime" value="5s"/>
+        <nvpair id="opt-cluster-recheck" name="cluster-recheck-interval" value="30s"/>
+      </cluster_property_set>
+    </crm_config>
+    <nodes/>
+    <resources>
+{primitives}    </resources>
+    <constraints/>
+{defaults}  </configuration>
+  <status/>
+</cib>
+"""
+
+
 def prepare(base: Path, cib: str | None) -> None:
     """Make the node's directories; with `cib`, write it as the CIB pacemaker starts from (a
     restart without one keeps what pacemaker saved)."""

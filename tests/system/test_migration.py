@@ -67,38 +67,7 @@ POLL_PAUSE_S = 0.3
 TEST_BOUND_S = 900.0
 """The poller stops by itself after this long, whatever the test does."""
 
-_PRIMITIVES = "".join(
-    f"""      <primitive id="{r}" class="ocf" provider="pacemaker" type="Dummy">
-        <operations>
-          <op id="{r}-monitor" name="monitor" interval="5s" timeout="20s"/>
-        </operations>
-      </primitive>
-"""
-    for r in RESOURCES
-)
-CIB = f"""\
-<cib crm_feature_set="3.16.1" validate-with="pacemaker-3.9" epoch="5" num_updates="0" admin_epoch="0">
-  <configuration>
-    <crm_config>
-      <cluster_property_set id="cib-bootstrap-options">
-        <nvpair id="opt-stonith-enabled" name="stonith-enabled" value="false"/>
-        <nvpair id="opt-dc-deadtime" name="dc-deadtime" value="5s"/>
-        <nvpair id="opt-cluster-recheck" name="cluster-recheck-interval" value="30s"/>
-      </cluster_property_set>
-    </crm_config>
-    <nodes/>
-    <resources>
-{_PRIMITIVES}    </resources>
-    <constraints/>
-    <rsc_defaults>
-      <meta_attributes id="rsc-options">
-        <nvpair id="rsc-options-stickiness" name="resource-stickiness" value="100"/>
-      </meta_attributes>
-    </rsc_defaults>
-  </configuration>
-  <status/>
-</cib>
-"""
+CIB = pcmkhelpers.cib(RESOURCES, "5s", stickiness=100)
 
 RESULT = re.compile(
     r"^(\w{3} \d\d \d\d:\d\d:\d\d\.\d{3}) \S+ pacemaker-controld .*Result of (\w+) operation for (\w+)"

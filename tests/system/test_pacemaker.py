@@ -49,29 +49,7 @@ MOVE_TIMEOUT_S = 90.0
 TOOL_TIMEOUT_S = 20.0
 STARTED = re.compile(r"dummy\s+\(ocf:pacemaker:Dummy\):\s+Started (n\d)")
 
-CIB = """\
-<cib crm_feature_set="3.16.1" validate-with="pacemaker-3.9" epoch="5" num_updates="0" admin_epoch="0">
-  <configuration>
-    <crm_config>
-      <cluster_property_set id="cib-bootstrap-options">
-        <nvpair id="opt-stonith-enabled" name="stonith-enabled" value="false"/>
-        <nvpair id="opt-dc-deadtime" name="dc-deadtime" value="5s"/>
-        <nvpair id="opt-cluster-recheck" name="cluster-recheck-interval" value="30s"/>
-      </cluster_property_set>
-    </crm_config>
-    <nodes/>
-    <resources>
-      <primitive id="dummy" class="ocf" provider="pacemaker" type="Dummy">
-        <operations>
-          <op id="dummy-monitor" name="monitor" interval="2s" timeout="20s"/>
-        </operations>
-      </primitive>
-    </resources>
-    <constraints/>
-  </configuration>
-  <status/>
-</cib>
-"""
+CIB = pcmkhelpers.cib(("dummy",), "2s")
 
 
 @dataclass
