@@ -19,8 +19,9 @@ members and their votes, and the highest expected votes among the members. What 
 
 Each check returns a list of mismatch texts (empty: the node agrees with the model). The model is
 permissive in one place: an exact half with auto_tie_breaker may be inquorate where the model
-allows quorum (votequorum also requires that fewer than `quorum` nodes left at once, which
-depends on aborted syncs the clients never see), and which half holds the tie-breaker (the last
+allows quorum (votequorum also requires that the nodes missing since its last membership carry
+fewer than `quorum` votes — cmanlkd counts votes where corosync counts nodes — which depends on
+aborted syncs the clients never see), and which half holds the tie-breaker (the last
 quorate membership votequorum saw may be one no client was told of): an exact half with
 auto_tie_breaker is accepted either way (two quorate halves are quorum-split's to report).
 """

@@ -422,6 +422,31 @@ def test_auto_tie_breaker_lowest_reference(n, labels):
             assert h.quorate(node) == want
 
 
+@pytest.mark.parametrize("atb_node", ["lowest", "highest"])
+def test_auto_tie_breaker_guards_on_the_missing_votes_not_nodes(atb_node):
+    # Stack seeds 2641/3093: two nodes, atb, then node 1 is given 2 votes (E=3, quorum 2). On a
+    # split node 1 is quorate by its votes; the 1-vote half (T=1 = E//2) must not take the tie:
+    # the missing node carries 2 votes = quorum. corosync counts the missing nodes (1 < 2) here.
+    nodes = [NodeId(1), NodeId(2)]
+    h = Harness(QuorumConfig.for_nodes(nodes, auto_tie_breaker=True, auto_tie_breaker_node=atb_node), ids(2))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    h.deliver_reconfigure(NodeId(1), PARAM_NODE_VOTES, NodeId(1), 2)
+    assert h.q[NodeId(2)].state().expected_votes == 3
+    h.form((NodeId(1),), (NodeId(2),))
+    assert h.quorate(NodeId(1))
+    assert not h.quorate(NodeId(2))
+    # With one vote each (E=2) the tie still goes to the tie-breaker's half.
+    h2 = Harness(QuorumConfig.for_nodes(nodes, auto_tie_breaker=True, auto_tie_breaker_node=atb_node), ids(2))
+    for node in nodes:
+        h2.boot(node)
+    h2.form(tuple(nodes))
+    h2.form((NodeId(1),), (NodeId(2),))
+    winner = NodeId(1) if atb_node == "lowest" else NodeId(2)
+    assert [h2.quorate(n) for n in nodes] == [n == winner for n in nodes]
+
+
 def test_auto_tie_breaker_on_odd_cluster_needs_wait_for_all():
     nodes = tuple(NodeId(x) for x in ids(3))
     policy = QuorumConfig.for_nodes(nodes, auto_tie_breaker=True).resolve(NodeId(1))

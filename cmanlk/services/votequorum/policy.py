@@ -17,6 +17,10 @@ Policies (corosync.conf `quorum {}`), with votequorum's resolution rules in `Quo
 - auto_tie_breaker (lowest / highest / list of ids): on an exact half split the half holding the
   tie-breaker node (among the last quorate membership) is quorate. On a cluster whose total
   expected votes are odd it requires wait_for_all (else disabled; fatal together with LMS).
+  Deviation (stricter, safe in a mixed ring): the tie is taken only while the *votes* of the
+  previous membership's nodes now missing are below quorum; corosync's are_we_quorate compares
+  their *number* of nodes with quorum, so after a run-time `votes` change (node A 2 votes, node B
+  1, E=3) a split leaves A quorate by votes and B quorate by the tie (both halves quorate).
 - allow_downscale: nodes leaving cleanly (LEAVING flag) lower expected votes; implies expected
   votes tracking (we keep the tracking barrier in memory only — deviation: corosync persists it in
   `ev_tracking`, a restarted node starts from its configured expected votes).
@@ -515,7 +519,7 @@ class Quorum:
         if (
             self.policy.auto_tie_breaker is not AtbMode.NONE
             and total == self._us.expected_votes // 2
-            and len(self._previous_members) - len(self._members) < self._quorum
+            and self._departed_votes() < self._quorum
             and self._check_auto_tie_breaker()
         ):
             quorate = True
@@ -528,6 +532,18 @@ class Quorum:
             self._us.flags &= ~FLAG_QUORATE
         if self.policy.wait_for_all:
             self._set_wfa_status(not quorate)
+
+    def _departed_votes(self) -> int:
+        # Deviation (safety): the votes, not the count, of the previous membership's nodes that
+        # are not here now; corosync compares the node count with quorum, so a 2-vote node can
+        # be quorate alone while a 1-vote node claims the tie (stack seeds 2641, 3093).
+        here = set(self._members)
+        total = 0
+        for node in self._previous_members:
+            if node not in here:
+                entry = self._nodes.get(node)
+                total += entry.votes if entry is not None else 1
+        return total
 
     def _check_auto_tie_breaker(self) -> bool:
         mode = self.policy.auto_tie_breaker
