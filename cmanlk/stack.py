@@ -32,6 +32,7 @@ leave JOIN, but Totem may leave before it is delivered (corosync flushes it firs
 from __future__ import annotations
 
 import random
+import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from cmanlk.errors import ErrorCode, MalformedPacket, QueueFull, UsageError
 from cmanlk.services import wire as svcwire
 from cmanlk.services.base import (
+    CPG_SERVICE,
     LocalRequestHandler,
     Notification,
     SendMessage,
@@ -49,7 +51,7 @@ from cmanlk.services.base import (
     takes_part_in_sync,
 )
 from cmanlk.services.cmap.service import CmapSync
-from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast
+from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast, CpgService
 from cmanlk.services.sync import SendSync, Sync, SyncCompleted, SyncOutput
 from cmanlk.services.votequorum.policy import QuorumConfig, QuorumState
 from cmanlk.services.votequorum.service import VotequorumService
@@ -73,8 +75,10 @@ from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import LeaveRequested, McastRequested, TransAck
-from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
+from cmanlk.totem.totempg import FRAME_HEADER_SIZE, MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
 from cmanlk.types import Instant, NodeId, RingId
+
+_PG_HEADER = struct.Struct("<hhBBH")  # a totempg frame's header (totempg.py), little-endian
 
 # One event can cascade (a delivery makes a service send, which Totem may deliver at once when
 # alone). The bound turns a feedback loop bug into a counted stop instead of a hang.
@@ -224,6 +228,8 @@ class Stack:
         # not for every datagram (handle, next_deadline).
         self._timed = tuple(s for s in self.services.values() if isinstance(s, TimedService))
         self._local_handlers = {i: s for i, s in self.services.items() if isinstance(s, LocalRequestHandler)}
+        cpg = self.services.get(CPG_SERVICE)
+        self._cpg = cpg if isinstance(cpg, CpgService) else None  # the fused receive path's (_fast_frame)
         # Services without sync callbacks (cfg) are not in the sync list, as in corosync.
         self.sync = Sync(me, [s for s in self.services.values() if takes_part_in_sync(s)])
         self.ring_id: RingId | None = None
@@ -305,9 +311,12 @@ class Stack:
                     self._take_outputs(self._on_deliver(action), pending, out)
                 case DeliverConfiguration():
                     self._take_outputs(self._on_configuration(action), pending, out)
-                case DeliverFrame() | ForgetAssembly() | UseAssemblySet():
+                case DeliverFrame():
                     # Assembled here, in stream order: a TransAck given for the message before it
                     # has switched the assembly set already (corosync assembles in its callback).
+                    if not self._fast_frame(action, out):
+                        pending.extendleft(reversed(self.totem.assemble(action)))
+                case ForgetAssembly() | UseAssemblySet():
                     pending.extendleft(reversed(self.totem.assemble(action)))
                 case _:
                     out.append(action)
@@ -337,6 +346,41 @@ class Stack:
             # The service message is lost, as when corosync's totem_mcast fails; counted. Local
             # requests do not get here (LOCAL_REQUEST_ROOM_BYTES): only what nobody can retry.
             self._count(f"send_{e.code.wire}")
+
+    def _fast_frame(self, frame_action: DeliverFrame, out: list[Action]) -> bool:
+        """The fused receive path for the common case; False: take the general one, nothing changed.
+
+        A frame that is whole (not fragmented, no continuation) from a sender with nothing half
+        assembled in the current assembly set, whose pieces are all cpg MCASTs of group "a" while
+        no sync runs, gives the same notifications as assembling it and handling each message
+        (Totem.assemble, _on_deliver, CpgService.on_message), without the Deliver, the decoded
+        group and request headers and the decoded MCAST of each message:
+        CpgService.deliver_frame reads them from the frame's bytes. Anything else (and anything
+        malformed, which the general path counts) goes the general way.
+        """
+        cpg = self._cpg
+        frame = frame_action.frame
+        if cpg is None or type(frame) is not bytes or len(frame) < FRAME_HEADER_SIZE:
+            return False
+        version, ptype, fragmented, continuation, count = _PG_HEADER.unpack_from(frame, 0)
+        if version or ptype or fragmented or continuation or not count:
+            return False
+        start = FRAME_HEADER_SIZE + 2 * count
+        if len(frame) < start:
+            return False
+        lens = struct.unpack_from(f"<{count}H", frame, FRAME_HEADER_SIZE)
+        if start + sum(lens) != len(frame):
+            return False
+        totem = self.totem
+        sender = frame_action.sender
+        if totem.unpacker.has_partial(sender):
+            return False
+        notes = cpg.deliver_frame(sender, frame, start, lens)
+        if notes is None:
+            return False
+        totem.stats.messages_delivered += count
+        out += notes
+        return True
 
     def _on_deliver(self, action: Deliver) -> list[SyncOutput]:
         try:

@@ -71,6 +71,7 @@ Deviations from corosync, with reasons:
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import NewType
@@ -235,6 +236,7 @@ class CpgTotemConfchg(Notification):
     handles: tuple[Handle, ...]
     ring_id: RingId
     members: tuple[NodeId, ...]
+
 
 # --- the service ------------------------------------------------------------------------------------
 
@@ -462,6 +464,55 @@ class CpgService:
             self._count("downlist_old_ignored")
             return []
         raise MalformedPacket("cpg_unknown_function", f"function {function}")
+
+    def deliver_frame(
+        self, sender: NodeId, frame: bytes, start: int, lens: tuple[int, ...]
+    ) -> list[CpgDeliver] | None:
+        """The fused receive path (Stack._fast_frame): a whole totempg frame of `sender` whose pieces
+        (lengths `lens`, the first at `start`) are each one group "a" cpg MCAST, applied as
+        on_message would apply them one by one, without the intermediate decodes and objects.
+
+        Returns the notifications, or None, before anything changed, when this frame is not of that
+        kind (a piece of another kind or layout, a malformed MCAST, a sync running): the caller then
+        takes the general path, which also counts what is malformed.
+        """
+        if self._syncing:
+            return None
+        fields = _FAST_MCAST_FIELDS
+        prefix = _FAST_PREFIX
+        off = start
+        for n in lens:  # first check every piece: a frame is taken whole or not at all
+            if n < _FAST_MIN or not frame.startswith(prefix, off):
+                return None
+            namelen, _name, msglen, _pid, _nodeid, _conn = fields.unpack_from(frame, off + _FAST_NAME_AT)
+            if not 0 < namelen <= CPG_MAX_NAME_LENGTH or msglen != n - _FAST_MIN:
+                return None
+            off += n
+        out: list[CpgDeliver] = []
+        mine = sender == self.me
+        last_group: bytes | None = None
+        handles: tuple[Handle, ...] = ()
+        known = False
+        off = start
+        for n in lens:
+            namelen, name, msglen, pid, _nodeid, conn = fields.unpack_from(frame, off + _FAST_NAME_AT)
+            if mine:
+                self._settle(conn)
+            group = name[:namelen]
+            if group != last_group:  # most frames carry one group: its handles and the sender check once
+                last_group = group
+                handles = self._group_handles(group)
+                processes = self._processes
+                known = bool(handles) and any(p.nodeid == sender and p.group == group for p in processes)
+            if known:
+                body = off + _FAST_MIN
+                out.append(CpgDeliver(handles, group, sender, pid, frame[body : body + msglen]))
+            elif handles:
+                self._count("mcast_unknown_node")  # cpg.c: "Unknown node -> we will not deliver message"
+            off += n
+        return out
+
+    # --- LocalRequestHandler --------------------------------------------------------------------
 
     # --- LocalRequestHandler --------------------------------------------------------------------
 
@@ -775,6 +826,16 @@ _CLIENT_FUNCTIONS = frozenset(
     }
 )
 """Functions a client's request causes (deferred during a sync); DOWNLIST/JOINLIST are sync's own."""
+
+
+_FAST_PREFIX = b"\x01\x00\x01\x00a" + struct.pack("<i", (CPG_SERVICE << 16) | MESSAGE_REQ_EXEC_CPG_MCAST)
+"""The first bytes of a delivered message that is one cpg MCAST of group "a" alone: the totempg
+group header (one name, of one byte, "a") and the libqb request header's id (service 2, MCAST)."""
+_FAST_GROUP_HEADER = 5
+_FAST_MIN = _FAST_GROUP_HEADER + MCAST_HEADER_SIZE  # the group header and the MCAST header
+_FAST_NAME_AT = _FAST_GROUP_HEADER + 16  # the cpg_name after the request header
+_FAST_MCAST_FIELDS = struct.Struct("<I4x128sI4xI4xI4xQ")
+"""An MCAST's name (length, value), msglen, pid, source nodeid and conn, read with one unpack."""
 
 
 def _validate(function: int, message: bytes) -> None:
