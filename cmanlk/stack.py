@@ -32,7 +32,6 @@ leave JOIN, but Totem may leave before it is delivered (corosync flushes it firs
 from __future__ import annotations
 
 import random
-import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -75,10 +74,8 @@ from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
 from cmanlk.totem.events import LeaveRequested, McastRequested, TransAck
-from cmanlk.totem.totempg import FRAME_HEADER_SIZE, MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES
+from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES, frame_layout
 from cmanlk.types import Instant, NodeId, RingId
-
-_PG_HEADER = struct.Struct("<hhBBH")  # a totempg frame's header (totempg.py), little-endian
 
 # One event can cascade (a delivery makes a service send, which Totem may deliver at once when
 # alone). The bound turns a feedback loop bug into a counted stop instead of a hang.
@@ -360,17 +357,15 @@ class Stack:
         """
         cpg = self._cpg
         frame = frame_action.frame
-        if cpg is None or type(frame) is not bytes or len(frame) < FRAME_HEADER_SIZE:
+        if cpg is None or type(frame) is not bytes:
             return False
-        version, ptype, fragmented, continuation, count = _PG_HEADER.unpack_from(frame, 0)
-        if version or ptype or fragmented or continuation or not count:
+        try:
+            fragmented, continuation, start, lens = frame_layout(frame)
+        except MalformedPacket:
+            return False  # the general path counts it
+        if fragmented or continuation:
             return False
-        start = FRAME_HEADER_SIZE + 2 * count
-        if len(frame) < start:
-            return False
-        lens = struct.unpack_from(f"<{count}H", frame, FRAME_HEADER_SIZE)
-        if start + sum(lens) != len(frame):
-            return False
+        count = len(lens)
         totem = self.totem
         sender = frame_action.sender
         if totem.unpacker.has_partial(sender):

@@ -118,10 +118,12 @@ def encode_frame(frame: Frame) -> bytes:
     return head + lens + b"".join(frame.pieces)
 
 
-def decode_frame(data: bytes, *, swapped: bool = False) -> Frame:
-    """Parse one totempg frame; `swapped` when the MCAST came with a byte-swapped magic (big-endian).
+def frame_layout(data: bytes, *, swapped: bool = False) -> tuple[int, int, int, tuple[int, ...]]:
+    """Check one totempg frame's header and piece lengths without copying any piece.
 
-    Raises MalformedPacket with reason pg-short, pg-version, pg-empty, pg-short-lens or pg-length.
+    Returns (fragmented, continuation, offset of the first piece, the pieces' lengths); the
+    pieces follow each other from that offset to the frame's end. Raises MalformedPacket with
+    reason pg-short, pg-version, pg-empty, pg-short-lens or pg-length.
     """
     header = _HEADER_BE if swapped else _HEADER_LE
     if len(data) < FRAME_HEADER_SIZE:
@@ -138,8 +140,16 @@ def decode_frame(data: bytes, *, swapped: bool = False) -> Frame:
     lens = struct.unpack_from(("<" if not swapped else ">") + f"{count}H", data, FRAME_HEADER_SIZE)
     if body + sum(lens) != len(data):
         raise MalformedPacket("pg-length", f"pieces sum to {sum(lens)}, frame carries {len(data) - body}")
+    return fragmented, continuation, body, lens
+
+
+def decode_frame(data: bytes, *, swapped: bool = False) -> Frame:
+    """Parse one totempg frame; `swapped` when the MCAST came with a byte-swapped magic (big-endian).
+
+    Raises MalformedPacket as frame_layout does.
+    """
+    fragmented, continuation, offset, lens = frame_layout(data, swapped=swapped)
     pieces = []
-    offset = body
     for n in lens:
         pieces.append(bytes(data[offset : offset + n]))
         offset += n

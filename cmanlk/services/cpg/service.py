@@ -493,6 +493,7 @@ class CpgService:
         last_group: bytes | None = None
         handles: tuple[Handle, ...] = ()
         known = False
+        processes = self._processes
         off = start
         for n in lens:
             namelen, name, msglen, pid, _nodeid, conn = fields.unpack_from(frame, off + _FAST_NAME_AT)
@@ -502,7 +503,6 @@ class CpgService:
             if group != last_group:  # most frames carry one group: its handles and the sender check once
                 last_group = group
                 handles = self._group_handles(group)
-                processes = self._processes
                 known = bool(handles) and any(p.nodeid == sender and p.group == group for p in processes)
             if known:
                 body = off + _FAST_MIN
@@ -511,8 +511,6 @@ class CpgService:
                 self._count("mcast_unknown_node")  # cpg.c: "Unknown node -> we will not deliver message"
             off += n
         return out
-
-    # --- LocalRequestHandler --------------------------------------------------------------------
 
     # --- LocalRequestHandler --------------------------------------------------------------------
 
