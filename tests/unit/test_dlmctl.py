@@ -314,6 +314,9 @@ class Model:
         self.groups: dict[str, set[NodeId]] = {}
         self.pending_starts: dict[str, tuple[NodeId, ...]] = {}
         self.unfenced: set[NodeId] = set()
+        # victims acknowledged while members again: the administrator switched them off, so their
+        # departure at the next membership change is that failure, already fenced (fencing.py)
+        self.switched_off: set[NodeId] = set()
         self.joins: dict[str, object] = {}
 
     def now(self) -> Instant:
@@ -363,10 +366,12 @@ def _step(m: Model, data: st.DataObject) -> None:
         lost = m.members - members
         m.members, m.quorate = members, quorate
         m.feed(cluster(m.now(), tuple(sorted(members)), quorate))
+        off, m.switched_off = m.switched_off & lost, set()
         for g, gm in list(m.groups.items()):
             for n in sorted(lost & gm):
                 gm.discard(n)
-                m.unfenced.add(n)
+                if n not in off:
+                    m.unfenced.add(n)
                 m.feed(m.confchg(g, left=((n, CPG_REASON_NODEDOWN),)))
     elif kind == "online" and not joined and m.core.cluster_ready:
         m.joins[ls] = m.kernel.request_join(ls)
@@ -387,6 +392,8 @@ def _step(m: Model, data: st.DataObject) -> None:
         for n in data.draw(st.permutations(list(starting))):
             m.feed(GroupMessage(m.now(), f"dlm:ls:{ls}", n, encode_start(starting)))
     elif kind == "ack":
+        if peer in m.unfenced and peer in m.members:
+            m.switched_off.add(peer)
         m.unfenced.discard(peer)
         m.feed(FenceAck(m.now(), peer))
 
