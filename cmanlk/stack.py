@@ -311,7 +311,7 @@ class Stack:
                 case DeliverFrame():
                     # Assembled here, in stream order: a TransAck given for the message before it
                     # has switched the assembly set already (corosync assembles in its callback).
-                    if not self._fast_frame(action, out):
+                    if not self._fast_frame(action, pending, out):
                         pending.extendleft(reversed(self.totem.assemble(action)))
                 case ForgetAssembly() | UseAssemblySet():
                     pending.extendleft(reversed(self.totem.assemble(action)))
@@ -344,16 +344,18 @@ class Stack:
             # requests do not get here (LOCAL_REQUEST_ROOM_BYTES): only what nobody can retry.
             self._count(f"send_{e.code.wire}")
 
-    def _fast_frame(self, frame_action: DeliverFrame, out: list[Action]) -> bool:
+    def _fast_frame(self, frame_action: DeliverFrame, pending: deque[TotemAction], out: list[Action]) -> bool:
         """The fused receive path for the common case; False: take the general one, nothing changed.
 
-        A frame that is whole (not fragmented, no continuation) from a sender with nothing half
-        assembled in the current assembly set, whose pieces are all cpg MCASTs of group "a" while
-        no sync runs, gives the same notifications as assembling it and handling each message
-        (Totem.assemble, _on_deliver, CpgService.on_message), without the Deliver, the decoded
-        group and request headers and the decoded MCAST of each message:
-        CpgService.deliver_frame reads them from the frame's bytes. Anything else (and anything
-        malformed, which the general path counts) goes the general way.
+        A frame whose continuation is the expected one (Unpacker.take_edges: nothing half assembled
+        and none announced, or the half-assembled head it continues) gives the same actions as
+        assembling it and handling each message in turn (Totem.assemble, then _on_deliver for each
+        Deliver): the message its first piece completes, if any, goes the general way at once; a
+        last piece that starts a message is kept in the assembly set; the whole pieces between go
+        to CpgService.deliver_frame, which reads group "a" cpg MCASTs from the frame's bytes
+        without the Deliver, the decoded headers and the decoded MCAST of each one, and which
+        declines (a sync running, another kind of piece, anything malformed) before it changes
+        anything: those pieces are then Delivers at the head of `pending`, as assembling gives.
         """
         cpg = self._cpg
         frame = frame_action.frame
@@ -363,18 +365,28 @@ class Stack:
             fragmented, continuation, start, lens = frame_layout(frame)
         except MalformedPacket:
             return False  # the general path counts it
-        if fragmented or continuation:
-            return False
-        count = len(lens)
         totem = self.totem
         sender = frame_action.sender
-        if totem.unpacker.has_partial(sender):
+        edges = totem.unpacker.take_edges(sender, frame, fragmented, continuation, start, lens)
+        if edges is None:
             return False
-        notes = cpg.deliver_frame(sender, frame, start, lens)
-        if notes is None:
-            return False
-        totem.stats.messages_delivered += count
-        out += notes
+        first, off, whole = edges
+        totem.stats.messages_delivered += len(whole) + (first is not None)
+        if first is not None:
+            head = Deliver(frame_action.ring_id, sender, first, frame_action.guarantee)
+            self._take_outputs(self._on_deliver(head), pending, out)
+        if not whole:
+            return True
+        notes = cpg.deliver_frame(sender, frame, off, whole)
+        if notes is not None:
+            out += notes
+            return True
+        ring_id, guarantee = frame_action.ring_id, frame_action.guarantee
+        delivers: list[TotemAction] = []
+        for n in whole:
+            delivers.append(Deliver(ring_id, sender, frame[off : off + n], guarantee))
+            off += n
+        pending.extendleft(reversed(delivers))
         return True
 
     def _on_deliver(self, action: Deliver) -> list[SyncOutput]:
