@@ -367,11 +367,10 @@ class Stack:
             return False  # the general path counts it
         totem = self.totem
         sender = frame_action.sender
-        edges = totem.unpacker.take_edges(sender, frame, fragmented, continuation, start, lens)
+        edges = totem.take_edges(sender, frame, fragmented, continuation, start, lens)
         if edges is None:
             return False
         first, off, whole = edges
-        totem.stats.messages_delivered += len(whole) + (first is not None)
         if first is not None:
             head = Deliver(frame_action.ring_id, sender, first, frame_action.guarantee)
             self._take_outputs(self._on_deliver(head), pending, out)

@@ -333,6 +333,12 @@ class TotemTap:
         self._flush()
         return out
 
+    def take_edges(self, *_args: Any) -> None:
+        """The Stack's fused receive path assembles without `assemble`, where deliveries are
+        recorded and untagged: declined, so every frame comes through `assemble`. (The tags in
+        front of every message would make cpg decline the frame anyway.)"""
+        return None
+
     def _through(self, actions: list[Any]) -> list[Any]:
         """Untag deliveries; record them and configuration changes in the order the Stack meets them
         (a configuration change after a frame the Stack has not assembled yet waits in `_stream`)."""
