@@ -50,7 +50,7 @@ from cmanlk.services.base import (
     takes_part_in_sync,
 )
 from cmanlk.services.cmap.service import CmapSync
-from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast, CpgService
+from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast, CpgService, Handle
 from cmanlk.services.sync import SendSync, Sync, SyncCompleted, SyncOutput
 from cmanlk.services.votequorum.policy import QuorumConfig, QuorumState
 from cmanlk.services.votequorum.service import VotequorumService
@@ -73,13 +73,14 @@ from cmanlk.totem.actions import (
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
-from cmanlk.totem.events import LeaveRequested, McastRequested, TransAck
+from cmanlk.totem.events import LeaveRequested, TransAck
 from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES, frame_layout
 from cmanlk.types import Instant, NodeId, RingId
 
 # One event can cascade (a delivery makes a service send, which Totem may deliver at once when
 # alone). The bound turns a feedback loop bug into a counted stop instead of a hang.
 MAX_ACTIONS_PER_EVENT = 100_000
+_OWN_REQUEST = -1  # the request id of local_mcast's fallback through `handle`
 
 LOCAL_REQUEST_ROOM_BYTES = MESSAGE_SIZE_MAX + QUEUE_ENTRY_COST_BYTES + MESSAGE_SIZE_MAX // 2
 """Room Totem's send queue must have for a flow-controlled local request to be taken; short of
@@ -274,6 +275,52 @@ class Stack:
         self._run(pending, outputs, out)
         return out
 
+    def local_mcast(
+        self, now: Instant, handle: Handle, group: bytes, payload: bytes
+    ) -> tuple[ErrorCode | None, list[Action]]:
+        """The fused send path: `handle(ServiceRequest(now, CPG_SERVICE, CpgMcast(handle, group,
+        payload)))` without the request objects — (the refusal's code or None, the actions).
+
+        The same steps in the same order: the timed services advance, the request is refused
+        try_again while a sync runs or Totem's queue is short of LOCAL_REQUEST_ROOM_BYTES (counted
+        as there), cpg checks it and counts it in its send window (CpgService.local_mcast_message,
+        which builds group "a"'s message in one pack), Totem queues it (Totem.queue_message) and
+        what that gives is run as `handle` runs it. The actions are `handle`'s but its
+        RequestResult, whose code is returned instead. Without a cpg service, `handle` itself.
+        """
+        cpg = self._cpg
+        if cpg is None:
+            request = ServiceRequest(now, CPG_SERVICE, CpgMcast(handle, group, payload), _OWN_REQUEST)
+            actions = self.handle(request)
+            answers = [a for a in actions if type(a) is RequestResult and a.request_id == _OWN_REQUEST]
+            return answers[0].error, [a for a in actions if a not in answers]
+        self._now = now
+        outputs: list[SyncOutput] = []
+        for svc in self._timed:
+            outputs += svc.advance(now)
+        error: ErrorCode | None = None
+        message: bytes | None = None
+        try:
+            if self._sync_in_process:
+                self._count("request_during_sync")
+                raise UsageError(ErrorCode.TRY_AGAIN, "cluster membership is being synchronised; retry")
+            if self.totem.send_queue_free_bytes < LOCAL_REQUEST_ROOM_BYTES:
+                self._count("request_totem_queue_full")
+                raise QueueFull("totem's send queue is short of room for a request; retry after the token")
+            message = cpg.local_mcast_message(handle, group, payload)
+        except UsageError as e:
+            error = e.code
+        if not outputs and message is None:
+            return error, []
+        out: list[Action] = []
+        pending: deque[TotemAction] = deque()
+        self._take_outputs(outputs, pending, out)
+        if message is not None:
+            self._mcast(message, pending)
+        if pending:
+            self._run(pending, [], out)
+        return error, out
+
     # --- status --------------------------------------------------------------------------------
 
     @property
@@ -338,7 +385,7 @@ class Stack:
 
     def _mcast(self, payload: bytes, pending: deque[TotemAction]) -> None:
         try:
-            pending.extend(self.totem.handle(McastRequested(self._now, payload)))
+            pending.extend(self.totem.queue_message(self._now, payload))
         except UsageError as e:
             # The service message is lost, as when corosync's totem_mcast fails; counted. Local
             # requests do not get here (LOCAL_REQUEST_ROOM_BYTES): only what nobody can retry.

@@ -45,7 +45,7 @@ from cmanlk.runtime.transport import Transport, build_transport
 from cmanlk.services.base import Notification
 from cmanlk.services.cfg.service import CfgService, KilledByNode, KillRequested, NodeShutDown
 from cmanlk.services.cmap.service import ConfigVersionMismatch
-from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
+from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgMcast, CpgService, CpgTotemConfchg, Handle
 from cmanlk.services.votequorum.policy import QuorumState
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import Event as StackEvent
@@ -233,6 +233,28 @@ class Node:
         self._requests[request_id] = future
         future.add_done_callback(lambda _: self._requests.pop(request_id, None))
         return future
+
+    def cpg_mcast(self, handle: Handle, group: bytes, payload: bytes) -> ErrorCode | None:
+        """A local client's cpg MCAST through the Stack's fused send path (Stack.local_mcast):
+        what submitting ServiceRequest(CpgMcast(handle, group, payload)) does, without the request
+        objects and the RequestResult; returns the refusal's code, None when it was queued.
+
+        Raises UsageError(not_running) as `submit` does.
+        """
+        core = self.core
+        if core is None or self._left:
+            raise UsageError(ErrorCode.NOT_RUNNING, "the node is not running")
+        if self._fatal is not None:
+            return ErrorCode.LIBRARY  # as submit's unanswered request: the core has failed
+        try:
+            error, actions = core.local_mcast(now(), handle, group, payload)
+            if actions:
+                self._carry_out(actions)
+        except Exception as exc:  # as in _feed
+            self._core_failed(exc, CpgMcast(handle, group, payload))
+            return ErrorCode.LIBRARY
+        self._arm_soon()
+        return error
 
     async def request(self, build: RequestBuilder, timeout_s: float = REQUEST_TIMEOUT_S) -> str:
         """`submit`, waiting for the answer: returns the result message ("" when none).

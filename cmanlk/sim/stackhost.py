@@ -333,6 +333,10 @@ class TotemTap:
         self._flush()
         return out
 
+    def queue_message(self, now: Instant, payload: bytes) -> list[Any]:
+        """The Stack's sends: tagged and reported as every McastRequested (`handle`)."""
+        return self.handle(McastRequested(now, payload))
+
     def take_edges(self, *_args: Any) -> None:
         """The Stack's fused receive path assembles without `assemble`, where deliveries are
         recorded and untagged: declined, so every frame comes through `assemble`. (The tags in

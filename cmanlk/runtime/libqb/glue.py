@@ -43,7 +43,7 @@ from cmanlk.services.cmap.lib import CmapLib
 from cmanlk.services.cmap.service import CmapSync
 from cmanlk.services.cmap.store import Value, u64
 from cmanlk.services.cpg.lib import CpgLib
-from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
+from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg, Handle
 from cmanlk.services.lib import LibFace
 from cmanlk.services.quorum.lib import QuorumLib
 from cmanlk.services.votequorum.lib import VotequorumLib
@@ -88,6 +88,12 @@ class NodeView:
             answer.cancel()
             return RequestResult(0, ErrorCode.LIBRARY, "the core gave no answer to a local request")
         return answer
+
+    def cpg_mcast(self, handle: Handle, group: bytes, payload: bytes) -> ErrorCode | None:
+        try:
+            return self.node.cpg_mcast(handle, group, payload)
+        except UsageError as exc:
+            return exc.code
 
     def _stack(self) -> Stack | None:
         core = self.node.core

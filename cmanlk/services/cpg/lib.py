@@ -250,11 +250,11 @@ class CpgLib(FaceBase[_Conn]):
         if conn.group is None:
             self._dispatch.count("mcast_not_joined")
             return []
-        result = self._submit(CpgMcast(peer.handle, conn.group, message[40 : 40 + msglen]))
-        if result.error is ErrorCode.TRY_AGAIN:
+        error = self.node.cpg_mcast(peer.handle, conn.group, message[40 : 40 + msglen])
+        if error is ErrorCode.TRY_AGAIN:
             return [Hold(peer.handle)]
-        if result.error is not None:
-            self._dispatch.count(f"mcast_refused_{result.error}")
+        if error is not None:
+            self._dispatch.count(f"mcast_refused_{error}")
         return []
 
     def _partial_mcast(self, peer: Peer, message: bytes) -> list[LibOutput]:
