@@ -207,7 +207,7 @@ class NodeLibqb:
             pid_file=Path(node.config.cmanlk.run_dir) / "libqb.pid",
         )
         self.view.libqb_counters = self.server.counters
-        node.add_listener(self._on_note)
+        node.add_listener(self._on_note, deliveries=self._on_deliveries)
 
     async def run(self) -> None:
         """Serve until cancelled. When another server holds the names, log it and serve nothing."""
@@ -260,6 +260,11 @@ class NodeLibqb:
     def config_reloaded(self, config: ClusterConfig) -> None:
         """The daemon took a new configuration (SIGHUP): cmap's key tree follows."""
         self.server.deliver(self.cmap.reload(config))
+
+    def _on_deliveries(self, notes: list[CpgDeliver]) -> None:
+        """The hot path: a run of cpg deliveries (a frame's, mostly): every event written, one wake."""
+        self.server.deliver(self.cpg.deliveries(notes))
+        self.server.wake()
 
     def _on_note(self, note: object) -> None:
         if type(note) is CpgDeliver:  # the hot path: one per message delivered to a local group

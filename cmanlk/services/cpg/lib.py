@@ -354,11 +354,20 @@ class CpgLib(FaceBase[_Conn]):
 
     # --- events ----------------------------------------------------------------------------------
 
-    def _deliver(self, note: CpgDeliver) -> list[LibOutput]:
+    def deliveries(self, notes: list[CpgDeliver]) -> list[LibOutput]:
+        """`notify` of each CpgDeliver in turn, in one list (the libqb glue's runs of deliveries)."""
         out: list[LibOutput] = []
+        for note in notes:
+            self._deliver(note, out)
+        return out
+
+    def _deliver(self, note: CpgDeliver, out: list[LibOutput] | None = None) -> list[LibOutput]:
+        if out is None:
+            out = []
         whole: bytes | None = None
+        conns = self._conns
         for handle in note.handles:
-            conn = self._conns.get(handle)
+            conn = conns.get(handle)
             if conn is None or conn.finalized:
                 continue
             if DELIVER_HEADER + len(note.payload) <= conn.max_msg_size:
