@@ -612,6 +612,13 @@ class StackHost:
     def _request_code(self, event: LocalRequest) -> ErrorCode | None:
         self._request_id += 1
         rid = self._request_id
+        request = event.request if isinstance(event, ServiceRequest) and event.flow_control else None
+        if isinstance(request, CpgMcast) and rid % 2:
+            # Every other MCAST takes the fused send path, as libcpg's do in the daemon (CpgLib):
+            # the simulator's runs judge both.
+            error, actions = self.stack.local_mcast(self.now, request.handle, request.group, request.payload)
+            self._take(actions)
+            return error
         event = replace(event, request_id=rid)
         self._take(self.stack.handle(event))
         result = self._results.pop(rid, None)
