@@ -77,6 +77,7 @@ HISTORY_DRAIN_S = 2.0  # drain driver histories this often (bounded driver memor
 SETTLE_TRAFFIC_S = 3.0  # traffic after the final ring formed, all of which must be delivered everywhere
 DRAIN_S = 3.0  # quiet time after traffic stops, so the last messages reach every client
 UNJUDGED = ("transitional",)
+RINGID_BYTES = 8  # corosync's ringid_<nodeid> file: one u64 ring seq
 
 
 # -- adapting driver records to simulator histories (pure) ----------------------------------------
@@ -454,11 +455,14 @@ def judge(
     histories: dict[NodeId, list[Record]],
     liveness: LivenessSpec | None,
     excused: set[bytes] | frozenset[bytes] = frozenset(),
+    ring_seq_resets: dict[NodeId, int] | None = None,
 ) -> tuple[list[Violation], int]:
     """Run the simulator's checker; return (violations judged, violations set aside as unobservable).
 
     `excused`: messages not judged at all (their sends and deliveries are removed first): those
     corosync's own receive rule loses at some members (`corosync_continuation_losses`).
+    `ring_seq_resets`: node → how many times its corosync restarted with an unreadable ringid file
+    (`Chaos.start`); that many ring-monotonic reports of the node are set aside.
     """
     if excused:
         histories = _without(histories, set(excused))
@@ -473,6 +477,13 @@ def judge(
     finally:
         invariants.MAX_REPORTS_PER_PROPERTY = cap
     split = split_rings(relabelled)
+    resets = dict(ring_seq_resets or {})
+    reset_aside = 0
+    for v in list(found):
+        if v.prop == "ring-monotonic" and v.node is not None and resets.get(v.node, 0) > 0:
+            resets[v.node] -= 1
+            found.remove(v)
+            reset_aside += 1
     kept = [
         v
         for v in found
@@ -494,7 +505,7 @@ def judge(
         )
     ]
     judged = len([v for v in found if v.prop != "liveness"]) + len([v for v in live if v.prop == "liveness"])
-    set_aside = judged - len(kept)
+    set_aside = judged - len(kept) + reset_aside
     return kept + join_epoch_violations(histories, epochs), set_aside
 
 
@@ -521,6 +532,25 @@ class Chaos:
         self.links = links
         self.f = Faults()
         self.t0 = time.monotonic()
+        self.ringid_lost: list[int] = []  # corosync nodes restarted with an unreadable ringid file
+
+    def start(self, n: int) -> None:
+        """Start node n's daemon; first note a corosync ringid file a kill -9 left unreadable.
+
+        corosync (exec/main.c, corosync_ring_id_store) rewrites state_dir/ringid_<nodeid> at every
+        COMMIT with creat() and then write(): a kill -9 between the two leaves it empty, and the
+        next start reads no seq and begins again from 0 (its first ring is then seq 5), behind
+        the rings it installed before — a real corosync's own lapse, not the harness's (the state
+        dir is kept across restarts). Recorded so the ring-monotonic report of that restart is set
+        aside (`judge`'s `ring_seq_resets`), and only then.
+        """
+        if self.c.system_of(n).daemon == "corosync":
+            path = self.c.workdir / f"state{n}" / f"ringid_{n}"
+            size = path.stat().st_size if path.exists() else RINGID_BYTES  # absent: never started
+            if size != RINGID_BYTES:
+                self.ringid_lost.append(n)
+                self.note(f"node {n}: corosync's ringid file holds {size} bytes: its ring seq restarts")
+        self.c.start(n)
 
     def note(self, text: str) -> None:
         line = f"{time.monotonic() - self.t0:7.2f}s {text}"
@@ -562,7 +592,7 @@ class Chaos:
 
     def _restart(self) -> None:
         n = self.rng.choice(sorted(self.f.dead))
-        self.c.start(n)
+        self.start(n)
         self.f.dead.discard(n)
         self.note(f"restart node {n}")
 
@@ -615,7 +645,7 @@ class Chaos:
         for n in self.c.nodes:
             self.c.lab.heal(n)
         for n in sorted(self.f.dead):
-            self.c.start(n)
+            self.start(n)
         self.f = Faults(log=self.f.log)
         self.note("everything healed, every daemon running")
 
@@ -763,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         "corosync_nodes": sorted(per_node),
         "token_ms": args.token,
         "faults": chaos.f.log,
+        "ringid_lost": chaos.ringid_lost,
         "duration_s": args.duration,
         "wall_s": round(time.monotonic() - started, 1),
         "quiet_from": quiet_from,
@@ -807,7 +838,10 @@ def report(saved: dict[str, Any], show_all: bool) -> int:
     lost = corosync_continuation_losses(
         histories, frozenset(NodeId(int(n)) for n in saved.get("corosync_nodes", ()))
     )
-    violations, set_aside = judge(histories, spec, lost)
+    resets: dict[NodeId, int] = {}
+    for n in saved.get("ringid_lost", ()):
+        resets[NodeId(int(n))] = resets.get(NodeId(int(n)), 0) + 1
+    violations, set_aside = judge(histories, spec, lost, resets)
     sent = sum(1 for h in histories.values() for r in h if isinstance(r, Sent))
     delivered = sum(1 for h in histories.values() for r in h if isinstance(r, Delivered))
     configs = sum(

@@ -257,3 +257,14 @@ def test_a_corosync_senders_backlog_lost_by_corosyncs_receive_rule_is_excused_an
     assert corosync_continuation_losses(_continuation_run(late_send=True), corosync) == set()
     assert corosync_continuation_losses(_continuation_run(node2_misses=True), corosync) == set()
     assert corosync_continuation_losses(_continuation_run(cut_at_3=3), corosync) == set()
+
+
+def test_a_ring_seq_restart_is_set_aside_only_where_corosync_lost_its_ringid_file():
+    raw = {
+        1: [["boot", 1], ["config", 2, 1, 0x41F, [1]], ["crash", 3], ["boot", 4], ["config", 5, 1, 5, [1]]],
+    }
+    hist = {NodeId(n): to_history(r) for n, r in raw.items()}
+    assert [v.prop for v in judge(hist, None)[0]] == ["ring-monotonic"]
+    violations, unjudged = judge(hist, None, ring_seq_resets={NodeId(1): 1})
+    assert violations == [] and unjudged == 1
+    assert [v.prop for v in judge(hist, None, ring_seq_resets={NodeId(2): 1})[0]] == ["ring-monotonic"]
