@@ -38,6 +38,11 @@ client observe is mapped, never dropped, as follows:
   original ring ids; a client that joined in the final configuration is not owed what was
   delivered before it joined (`late_join_excuses`).
 - A repeated view (same ring, same members) is one configuration (see `to_history`).
+- Two lapses of corosync itself, with `--mixed`: a corosync sender's backlog that corosync's own
+  receive rule throws away at a member new to the sender's old ring (`corosync_continuation_losses`,
+  counted and printed; those messages are not judged), and a ring seq that a restarted corosync
+  begins again after a kill -9 left its ringid file empty (`Chaos.start`, set aside once per such
+  restart, noted in the fault log).
 Everything else — config agreement, ring seqs growing across restarts, delivery in a
 configuration holding the sender, no spurious or duplicate delivery, one total order, FIFO,
 virtual synchrony, self-delivery and liveness — is checked as in the simulator.
