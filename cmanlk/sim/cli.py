@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="run the whole node (Stack, DLM companion, clients) with the service invariants")
     c.add_argument("-v", "--verbose", action="store_true", help="print schedules and full violation reports")
     c.add_argument("--digests", type=Path, metavar="FILE",
-                   help="write one line per seed (seed, history digest, counts, verdict) to FILE, in seed order")
+                   help="write each seed's history digest, counts and verdict to FILE, in seed order")
     r = sub.add_parser("run", help="run a scenario file and print its output")
     r.add_argument("file", type=Path)
     r.add_argument("--rewrite", action="store_true", help="write the actual output back into the file")
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- check ----------------------------------------------------------------------------------------------
 
 
-Job = tuple[int, tuple[int, int], tuple[str, ...], float, str, bool]
+Job = tuple[int, tuple[int, int], tuple[str, ...], float, str, bool, bool]
 
 
 def load_factory(spec: str) -> CoreFactory:
@@ -92,19 +92,20 @@ def load_factory(spec: str) -> CoreFactory:
 
 
 def _one(job: Job) -> RunResult:
-    seed, nodes, faults, duration, core, stack = job
+    seed, nodes, faults, duration, core, stack, digest = job
     if stack:
         logging.getLogger("cmanlk").setLevel(logging.ERROR)  # the DLM companion's fencing warnings
-        return run_stack_schedule(seed, nodes, faults, duration)
-    return run_schedule(seed, nodes, faults, duration, load_factory(core))
+        return run_stack_schedule(seed, nodes, faults, duration, digest)
+    return run_schedule(seed, nodes, faults, duration, load_factory(core), digest)
 
 
 def _results(
     seeds: list[int], nodes: tuple[int, int], faults: tuple[str, ...], duration: float, jobs: int, core: str,
-    stack: bool = False,
+    stack: bool = False, digest: bool = False,
 ) -> Iterator[RunResult]:
+    """Each seed's result, in seed order (`digest`: with the histories' digest, which costs time)."""
     load_factory(core)
-    work: list[Job] = [(s, nodes, faults, duration, core, stack) for s in seeds]
+    work: list[Job] = [(s, nodes, faults, duration, core, stack, digest) for s in seeds]
     if jobs <= 1 or len(work) < 4:
         yield from map(_one, work)
         return
@@ -130,7 +131,8 @@ def _check(args: argparse.Namespace) -> int:
     worst_settle = (0, -1)
     by_prop: dict[str, int] = {}
     digests = args.digests.open("w") if args.digests is not None else None
-    for res in _results(seeds, nodes, faults, args.duration, args.jobs, args.core, args.stack):
+    with_digest = digests is not None
+    for res in _results(seeds, nodes, faults, args.duration, args.jobs, args.core, args.stack, with_digest):
         if digests is not None:
             digests.write(_digest_line(res))
         delivered += res.delivered
