@@ -422,10 +422,17 @@ class StackHost:
     @property
     def next_deadline(self) -> Instant | None:
         d = self.stack.next_deadline
-        for other in (self.companion.next_deadline, self._retry_at if self._outbox else None,
-                      self._timers[0][0] if self._timers else None):
+        other = self.companion.next_deadline
+        if other is not None and (d is None or other < d):
+            d = other
+        if self._outbox:
+            other = self._retry_at
             if other is not None and (d is None or other < d):
-                d = Instant(other)
+                d = other
+        if self._timers:
+            other = self._timers[0][0]
+            if d is None or other < d:
+                d = other
         return d
 
     def handle(self, event: TotemEvent) -> list[Any]:
