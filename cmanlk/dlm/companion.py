@@ -136,8 +136,8 @@ class DlmCompanion:
         """When to call `deadline`: dlmctl's (fence retries) or the hold limit."""
         if not self.ready or self.stopped:
             return None
-        present = [d for d in (self.ctl.next_deadline, self._hold_until) if d is not None]
-        return min(present) if present else None
+        d, hold = self.ctl.next_deadline, self._hold_until
+        return d if hold is None or (d is not None and d <= hold) else hold
 
     def start(self, now: Instant, kernel_lockspaces: tuple[str, ...]) -> list[CompanionOutput]:
         """The kernel is set up: join FENCE_GROUP, feed the cluster view, join what the kernel waits for."""

@@ -533,6 +533,8 @@ class DlmCtl:
             assert name is not None
             online = self.leaving.pop(name)  # our own leave completed
             return [] if online is None else self._on_online(ev.now, name)
+        if name in self.leaving and name not in self.lockspaces:
+            return self._witness_failures(ev)
         ls = self._lockspace_of(ev.group)
         if ls is None or len(ev.members) > MAX_GROUP_MEMBERS:
             self._drop("confchg_unknown_group")
@@ -552,6 +554,20 @@ class DlmCtl:
         ls.members = members
         ls.change = _Change(members, set(), (prior | failed) - set(members), ev.now)
         out.append(SendGroupMessage(ev.group, encode_start(members)))
+        return out
+
+    def _witness_failures(self, ev: GroupConfchg) -> list[DlmAction]:
+        """A change of a group we are leaving, still with us: its failures are ours to fence too.
+
+        The other members count every member of the change among the failed node's witnesses
+        (fencing.py, "Roles") and wait for the lowest one to fence it; had we ignored the change
+        because our lockspace is gone, nobody would (cmanlk-sim --stack seed 5, --nodes 2-4)."""
+        out: list[DlmAction] = []
+        if self.me not in ev.members or len(ev.members) > MAX_GROUP_MEMBERS:
+            return out
+        failed = {n for n, reason in ev.left if reason in (CPG_REASON_NODEDOWN, CPG_REASON_PROCDOWN)}
+        for n in sorted(failed):
+            out += self.fencing.node_failed(ev.now, n, tuple(ev.members))
         return out
 
     def _on_message(self, ev: GroupMessage) -> list[DlmAction]:

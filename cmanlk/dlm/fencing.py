@@ -150,6 +150,8 @@ class Fencing:
     def next_deadline(self) -> Instant | None:
         """When a retry is due, if any."""
         # only the retries we would run: a past deadline we would not act on spins the timer
+        if not self.victims:
+            return None  # the usual case, asked after every event the simulator feeds
         due = [v.next_attempt for v in self.victims.values()
                if v.state is VictimState.RETRY and v.next_attempt is not None and self.fences(v)]
         return min(due) if due else None

@@ -459,3 +459,20 @@ def test_a_join_while_our_leave_is_in_flight_waits_for_the_leave() -> None:
 def _sys_id(name: str) -> bytes:
     from cmanlk.dlm.control import lockspace_global_id
     return f"{lockspace_global_id(name)}".encode() + b"\0"
+
+
+def test_a_failure_reported_while_our_leave_is_in_flight_is_still_ours_to_fence() -> None:
+    """cmanlk-sim --stack --seed 5 --nodes 2-4: node 1 left ls0 while partitioned; the merged ring's
+    change of the group still had node 1 in it and reported node 2 failed, so nodes 3 and 4 counted
+    node 1, the lowest witness, as the fencer, but node 1 ignored the change (its lockspace was gone)
+    and nobody fenced node 2: ls0 stayed stopped for ever."""
+    n = _joined_pair(FencingPolicy(nodes_with_agent=frozenset({NodeId(2)})))
+    n.feed(LockspaceOffline(n.now(), "ls"))
+    g = "dlm:ls:ls"
+    n.feed(cluster(n.now(), (1, 3)))
+    out = n.feed(GroupConfchg(n.now(), g, (NodeId(1), NodeId(3)), (), ((NodeId(2), CPG_REASON_NODEDOWN),)))
+    assert out == [RunFenceAgent(NodeId(2), 1)]
+    out = n.feed(FenceAgentExited(n.now(), NodeId(2), 0))
+    assert out == [AnnounceFenced(NodeId(2), "agent")]
+    out = n.feed(GroupConfchg(n.now(), g, (NodeId(3),), (), ((NodeId(1), 2),)))  # our leave completes
+    assert out == [] and "ls" not in n.core.leaving and n.core.lockspaces == {}
