@@ -50,7 +50,7 @@ from cmanlk.services.base import (
     takes_part_in_sync,
 )
 from cmanlk.services.cmap.service import CmapSync
-from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast, CpgService
+from cmanlk.services.cpg.service import CpgJoin, CpgLeave, CpgMcast, CpgService, Handle
 from cmanlk.services.sync import SendSync, Sync, SyncCompleted, SyncOutput
 from cmanlk.services.votequorum.policy import QuorumConfig, QuorumState
 from cmanlk.services.votequorum.service import VotequorumService
@@ -73,13 +73,14 @@ from cmanlk.totem.actions import (
 from cmanlk.totem.config import TotemConfig
 from cmanlk.totem.core import Totem
 from cmanlk.totem.events import Event as TotemEvent
-from cmanlk.totem.events import LeaveRequested, McastRequested, TransAck
+from cmanlk.totem.events import LeaveRequested, TransAck
 from cmanlk.totem.totempg import MESSAGE_SIZE_MAX, QUEUE_ENTRY_COST_BYTES, frame_layout
 from cmanlk.types import Instant, NodeId, RingId
 
 # One event can cascade (a delivery makes a service send, which Totem may deliver at once when
 # alone). The bound turns a feedback loop bug into a counted stop instead of a hang.
 MAX_ACTIONS_PER_EVENT = 100_000
+_OWN_REQUEST = -1  # the request id of local_mcast's fallback through `handle`
 
 LOCAL_REQUEST_ROOM_BYTES = MESSAGE_SIZE_MAX + QUEUE_ENTRY_COST_BYTES + MESSAGE_SIZE_MAX // 2
 """Room Totem's send queue must have for a flow-controlled local request to be taken; short of
@@ -276,6 +277,52 @@ class Stack:
         self._run(pending, outputs, out)
         return out
 
+    def local_mcast(
+        self, now: Instant, handle: Handle, group: bytes, payload: bytes
+    ) -> tuple[ErrorCode | None, list[Action]]:
+        """The fused send path: `handle(ServiceRequest(now, CPG_SERVICE, CpgMcast(handle, group,
+        payload)))` without the request objects — (the refusal's code or None, the actions).
+
+        The same steps in the same order: the timed services advance, the request is refused
+        try_again while a sync runs or Totem's queue is short of LOCAL_REQUEST_ROOM_BYTES (counted
+        as there), cpg checks it and counts it in its send window (CpgService.local_mcast_message,
+        which builds group "a"'s message in one pack), Totem queues it (Totem.queue_message) and
+        what that gives is run as `handle` runs it. The actions are `handle`'s but its
+        RequestResult, whose code is returned instead. Without a cpg service, `handle` itself.
+        """
+        cpg = self._cpg
+        if cpg is None:
+            request = ServiceRequest(now, CPG_SERVICE, CpgMcast(handle, group, payload), _OWN_REQUEST)
+            actions = self.handle(request)
+            answers = [a for a in actions if type(a) is RequestResult and a.request_id == _OWN_REQUEST]
+            return answers[0].error, [a for a in actions if a not in answers]
+        self._now = now
+        outputs: list[SyncOutput] = []
+        for svc in self._timed:
+            outputs += svc.advance(now)
+        error: ErrorCode | None = None
+        message: bytes | None = None
+        try:
+            if self._sync_in_process:
+                self._count("request_during_sync")
+                raise UsageError(ErrorCode.TRY_AGAIN, "cluster membership is being synchronised; retry")
+            if self.totem.send_queue_free_bytes < LOCAL_REQUEST_ROOM_BYTES:
+                self._count("request_totem_queue_full")
+                raise QueueFull("totem's send queue is short of room for a request; retry after the token")
+            message = cpg.local_mcast_message(handle, group, payload)
+        except UsageError as e:
+            error = e.code
+        if not outputs and message is None:
+            return error, []
+        out: list[Action] = []
+        pending: deque[TotemAction] = deque()
+        self._take_outputs(outputs, pending, out)
+        if message is not None:
+            self._mcast(message, pending)
+        if pending:
+            self._run(pending, [], out)
+        return error, out
+
     # --- status --------------------------------------------------------------------------------
 
     @property
@@ -313,7 +360,7 @@ class Stack:
                 case DeliverFrame():
                     # Assembled here, in stream order: a TransAck given for the message before it
                     # has switched the assembly set already (corosync assembles in its callback).
-                    if not self._fast_frame(action, out):
+                    if not self._fast_frame(action, pending, out):
                         pending.extendleft(reversed(self.totem.assemble(action)))
                 case ForgetAssembly() | UseAssemblySet():
                     pending.extendleft(reversed(self.totem.assemble(action)))
@@ -340,22 +387,24 @@ class Stack:
 
     def _mcast(self, payload: bytes, pending: deque[TotemAction]) -> None:
         try:
-            pending.extend(self.totem.handle(McastRequested(self._now, payload)))
+            pending.extend(self.totem.queue_message(self._now, payload))
         except UsageError as e:
             # The service message is lost, as when corosync's totem_mcast fails; counted. Local
             # requests do not get here (LOCAL_REQUEST_ROOM_BYTES): only what nobody can retry.
             self._count(f"send_{e.code.wire}")
 
-    def _fast_frame(self, frame_action: DeliverFrame, out: list[Action]) -> bool:
+    def _fast_frame(self, frame_action: DeliverFrame, pending: deque[TotemAction], out: list[Action]) -> bool:
         """The fused receive path for the common case; False: take the general one, nothing changed.
 
-        A frame that is whole (not fragmented, no continuation) from a sender with nothing half
-        assembled in the current assembly set, whose pieces are all cpg MCASTs of group "a" while
-        no sync runs, gives the same notifications as assembling it and handling each message
-        (Totem.assemble, _on_deliver, CpgService.on_message), without the Deliver, the decoded
-        group and request headers and the decoded MCAST of each message:
-        CpgService.deliver_frame reads them from the frame's bytes. Anything else (and anything
-        malformed, which the general path counts) goes the general way.
+        A frame whose continuation is the expected one (Unpacker.take_edges: nothing half assembled
+        and none announced, or the half-assembled head it continues) gives the same actions as
+        assembling it and handling each message in turn (Totem.assemble, then _on_deliver for each
+        Deliver): the message its first piece completes, if any, goes the general way at once; a
+        last piece that starts a message is kept in the assembly set; the whole pieces between go
+        to CpgService.deliver_frame, which reads group "a" cpg MCASTs from the frame's bytes
+        without the Deliver, the decoded headers and the decoded MCAST of each one, and which
+        declines (a sync running, another kind of piece, anything malformed) before it changes
+        anything: those pieces are then Delivers at the head of `pending`, as assembling gives.
         """
         cpg = self._cpg
         frame = frame_action.frame
@@ -365,18 +414,27 @@ class Stack:
             fragmented, continuation, start, lens = frame_layout(frame)
         except MalformedPacket:
             return False  # the general path counts it
-        if fragmented or continuation:
-            return False
-        count = len(lens)
         totem = self.totem
         sender = frame_action.sender
-        if totem.unpacker.has_partial(sender):
+        edges = totem.take_edges(sender, frame, fragmented, continuation, start, lens)
+        if edges is None:
             return False
-        notes = cpg.deliver_frame(sender, frame, start, lens)
-        if notes is None:
-            return False
-        totem.stats.messages_delivered += count
-        out += notes
+        first, off, whole = edges
+        if first is not None:
+            head = Deliver(frame_action.ring_id, sender, first, frame_action.guarantee)
+            self._take_outputs(self._on_deliver(head), pending, out)
+        if not whole:
+            return True
+        notes = cpg.deliver_frame(sender, frame, off, whole)
+        if notes is not None:
+            out += notes
+            return True
+        ring_id, guarantee = frame_action.ring_id, frame_action.guarantee
+        delivers: list[TotemAction] = []
+        for n in whole:
+            delivers.append(Deliver(ring_id, sender, frame[off : off + n], guarantee))
+            off += n
+        pending.extendleft(reversed(delivers))
         return True
 
     def _on_deliver(self, action: Deliver) -> list[SyncOutput]:

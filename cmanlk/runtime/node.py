@@ -45,7 +45,7 @@ from cmanlk.runtime.transport import Transport, build_transport
 from cmanlk.services.base import Notification
 from cmanlk.services.cfg.service import CfgService, KilledByNode, KillRequested, NodeShutDown
 from cmanlk.services.cmap.service import ConfigVersionMismatch
-from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
+from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgMcast, CpgService, CpgTotemConfchg, Handle
 from cmanlk.services.votequorum.policy import QuorumState
 from cmanlk.services.votequorum.service import QuorumChanged
 from cmanlk.stack import Event as StackEvent
@@ -76,6 +76,8 @@ REQUEST_TIMEOUT_S = 5.0
 
 RequestBuilder = Callable[[Instant, int], StackEvent]
 """Builds a local request event (SetExpectedVotes, ServiceRequest, …) from `now` and its id."""
+DeliveriesListener = Callable[[list[CpgDeliver]], None]
+"""Called with a run of cpg deliveries instead of each (add_listener's `deliveries`)."""
 Listener = Callable[[object], None]
 """Called with each notification the core publishes (MembershipChanged, QuorumChanged, cpg
 deliveries, RequestResult) and the node's own PathChanged, on the loop thread."""
@@ -135,6 +137,8 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: Instant | None = None
         self._listeners: list[Listener] = []
+        self._batch_listeners: dict[Listener, DeliveriesListener] = {}
+        self._deliveries_now: tuple[tuple[Listener, DeliveriesListener | None], ...] = ()
         self._listeners_now: tuple[Listener, ...] = ()  # what _publish calls (a copy: listeners may
         # add or remove listeners while being called)
         self._arm_pending = False  # a timer re-arm is scheduled for the end of this loop iteration
@@ -234,6 +238,28 @@ class Node:
         future.add_done_callback(lambda _: self._requests.pop(request_id, None))
         return future
 
+    def cpg_mcast(self, handle: Handle, group: bytes, payload: bytes) -> ErrorCode | None:
+        """A local client's cpg MCAST through the Stack's fused send path (Stack.local_mcast):
+        what submitting ServiceRequest(CpgMcast(handle, group, payload)) does, without the request
+        objects and the RequestResult; returns the refusal's code, None when it was queued.
+
+        Raises UsageError(not_running) as `submit` does.
+        """
+        core = self.core
+        if core is None or self._left:
+            raise UsageError(ErrorCode.NOT_RUNNING, "the node is not running")
+        if self._fatal is not None:
+            return ErrorCode.LIBRARY  # as submit's unanswered request: the core has failed
+        try:
+            error, actions = core.local_mcast(now(), handle, group, payload)
+            if actions:
+                self._carry_out(actions)
+        except Exception as exc:  # as in _feed
+            self._core_failed(exc, CpgMcast(handle, group, payload))
+            return ErrorCode.LIBRARY
+        self._arm_soon()
+        return error
+
     async def request(self, build: RequestBuilder, timeout_s: float = REQUEST_TIMEOUT_S) -> str:
         """`submit`, waiting for the answer: returns the result message ("" when none).
 
@@ -242,18 +268,29 @@ class Node:
         """
         return await answer_of(self.submit(build), timeout_s)
 
-    def add_listener(self, listener: Listener) -> None:
-        """Register a callback for notifications. Raises UsageError past MAX_LISTENERS."""
+    def add_listener(self, listener: Listener, deliveries: DeliveriesListener | None = None) -> None:
+        """Register a callback for notifications. Raises UsageError past MAX_LISTENERS.
+
+        `deliveries`, when given, takes the CpgDelivers instead of `listener`: each run of them
+        that the core returned in a row (a frame's, mostly) in one call, in order.
+        """
         if len(self._listeners) >= MAX_LISTENERS:
             raise UsageError(ErrorCode.NO_RESOURCES, f"at most {MAX_LISTENERS} listeners")
         self._listeners.append(listener)
-        self._listeners_now = tuple(self._listeners)
+        if deliveries is not None:
+            self._batch_listeners[listener] = deliveries
+        self._renew_listeners()
 
     def remove_listener(self, listener: Listener) -> None:
         """Unregister a callback (no error if absent)."""
         if listener in self._listeners:
             self._listeners.remove(listener)
-            self._listeners_now = tuple(self._listeners)
+            self._batch_listeners.pop(listener, None)
+            self._renew_listeners()
+
+    def _renew_listeners(self) -> None:
+        self._listeners_now = tuple(self._listeners)
+        self._deliveries_now = tuple((lst, self._batch_listeners.get(lst)) for lst in self._listeners)
 
     def snapshot(self) -> Snapshot:
         """The node now: the same object until something changes (module docstring).
@@ -360,10 +397,17 @@ class Node:
 
     def _carry_out(self, actions: list[Any]) -> None:
         transport = self.transport
+        run: list[CpgDeliver] = []  # cpg deliveries in a row: published together (add_listener)
         for action in actions:
             # The hot path first, by exact type: frames out, and cpg traffic, which the node only
             # passes on (the match below tests up to eight classes per action).
             kind = type(action)
+            if kind is CpgDeliver:
+                run.append(action)
+                continue
+            if run:
+                self._publish_deliveries(run)
+                run = []
             if kind is Multicast:
                 transport.multicast(action.to, action.data)
                 continue
@@ -395,6 +439,8 @@ class Node:
                     self._publish(action)
                 case _:
                     raise InternalError(f"the core returned an action the runtime does not know: {action!r}")
+        if run:
+            self._publish_deliveries(run)
 
     def _arm_soon(self) -> None:
         """Re-arm the timer once at the end of this loop iteration, not after every event fed:
@@ -481,6 +527,21 @@ class Node:
                 log.info("node %d is being shut down by its administrator", nodeid)
             case _:
                 log.debug("notification %s", note)
+
+    def _publish_deliveries(self, notes: list[CpgDeliver]) -> None:
+        """A run of cpg deliveries: in one call to each listener that takes them so, else one by one."""
+        for listener, batch in self._deliveries_now:
+            if batch is None:
+                for note in notes:
+                    try:
+                        listener(note)
+                    except Exception:
+                        log.exception("listener %r failed on CpgDeliver", listener)
+                continue
+            try:
+                batch(notes)
+            except Exception:  # a listener's bug must not stop the node; it is logged
+                log.exception("listener %r failed on %d CpgDelivers", batch, len(notes))
 
     def _publish(self, item: object) -> None:
         for listener in self._listeners_now:

@@ -163,6 +163,12 @@ class NodeView(Protocol):
         local requests while it handles them)."""
         ...
 
+    def cpg_mcast(self, handle: Handle, group: bytes, payload: bytes) -> ErrorCode | None:
+        """Multicast `payload` to `group` for connection `handle`: what submitting
+        ServiceRequest(CPG_SERVICE, CpgMcast(handle, group, payload)) answers (its error, None when
+        taken), through the Stack's fused send path (Stack.local_mcast)."""
+        ...
+
     def cpg(self) -> CpgService | None:
         """The cpg service, for queries (groups, members, local processes)."""
         ...

@@ -212,6 +212,17 @@ class TotemBase:
                 return [Deliver(ring_id, sender, payload, guarantee) for payload in payloads]
         return []
 
+    def take_edges(
+        self, sender: NodeId, frame: bytes, fragmented: int, continuation: int, start: int,
+        lens: tuple[int, ...],
+    ) -> tuple[bytes | None, int, tuple[int, ...]] | None:  # fmt: skip
+        """The fused receive path's assembly of one DeliverFrame (Stack._fast_frame): the current
+        assembly set's Unpacker.take_edges, counting what it completes as `assemble` does."""
+        edges = self.unpacker.take_edges(sender, frame, fragmented, continuation, start, lens)
+        if edges is not None:
+            self.stats.messages_delivered += len(edges[2]) + (edges[0] is not None)
+        return edges
+
     # --- plumbing --------------------------------------------------------------------------------------
 
     def _set_state(self, state: MembState, reason: str) -> None:

@@ -216,6 +216,16 @@ class Totem(Membership):
 
     # --- local requests ------------------------------------------------------------------------------
 
+    def queue_message(self, now: Instant, payload: bytes) -> list[Action]:
+        """`handle(McastRequested(now, payload))` of an agreed message, without the event: the
+        Stack's sends (service messages, and cpg's fused send path). Raises as `handle`."""
+        if self._state == MembState.LEFT:
+            return []
+        self._on_mcast_requested(now, payload, Guarantee.AGREED)
+        self._drain_loopback(now)
+        out, self._out = self._out, []
+        return out
+
     def _on_mcast_requested(self, now: Instant, payload: bytes, guarantee: Guarantee) -> None:
         self._push_packer().push(payload, guarantee)  # QueueFull / TooLarge / UsageError: nothing queued
         self._wake_token(now)

@@ -376,6 +376,65 @@ class Unpacker:
         self._assemblies[sender] = state
         return out
 
+    def take_edges(
+        self,
+        sender: NodeId,
+        frame: bytes,
+        fragmented: int,
+        continuation: int,
+        start: int,
+        lens: tuple[int, ...],
+    ) -> tuple[bytes | None, int, tuple[int, ...]] | None:
+        """`feed` for the fused receive path, without copying the frame's whole pieces.
+
+        `frame`'s layout is frame_layout's (fragmented, continuation, start, lens). In the common
+        cases — nothing of `sender` half assembled and no continuation, or a continuation that
+        matches what is half assembled — it does what `feed` does to this sender's state (a last
+        piece of a fragmented frame is kept, a first piece completes the kept head) and returns
+        (the message the first piece completed or None, the offset of the first whole piece, the
+        whole pieces' lengths): the messages `feed` would return are that one, then those pieces.
+        Anything else (a broken continuation, a throw-away in progress, a bound reached) returns
+        None with nothing changed: the caller feeds the frame.
+        """
+        state = self._assemblies.get(sender)
+        if state is None:
+            if continuation != 0:
+                return None
+            kept = 0
+        elif state.throw_away or continuation != state.last_frag:
+            return None
+        else:
+            kept = len(state.data)
+        if kept + len(frame) - start > MESSAGE_SIZE_MAX + REASSEMBLY_SLACK_BYTES:
+            return None
+        if fragmented and state is None and len(self._assemblies) >= MAX_ASSEMBLIES:
+            return None
+        count = len(lens)
+        complete = count - 1 if fragmented else count
+        first: bytes | None = None
+        lo = 0
+        off = start
+        if state is not None:
+            if complete == 0:  # one piece that neither starts nor ends a message: the head grows
+                state.data += frame[start:]
+                state.last_frag = fragmented
+                return None, off, ()
+            first = bytes(state.data) + frame[start : start + lens[0]]
+            lo = 1
+            off += lens[0]
+        whole = lens[lo:complete]
+        if not fragmented:
+            if state is not None:
+                del self._assemblies[sender]
+            return first, off, whole
+        tail = len(frame) - lens[-1]
+        if state is None:
+            self._assemblies[sender] = _Assembly(bytearray(frame[tail:]), fragmented, False)
+        else:
+            state.data = bytearray(frame[tail:])
+            state.last_frag = fragmented
+        return first, off, whole
+
     def forget(self, sender: NodeId) -> None:
         """Drop any half-assembled message of `sender` (it left the ring), without counting it."""
         self._assemblies.pop(sender, None)

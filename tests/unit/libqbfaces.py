@@ -90,6 +90,16 @@ class SimView:
         assert self._answer is not None, "the Stack answers local requests at once"
         return self._answer
 
+    def cpg_mcast(self, handle: Handle, group: bytes, payload: bytes) -> ErrorCode | None:
+        node = self.cluster.sim.nodes[self._me]
+        if node.core is None:
+            return ErrorCode.NOT_RUNNING
+        core = node.core
+        assert isinstance(core, _Hooked)
+        error, actions = core.local_mcast(self.now, handle, group, payload)
+        self.cluster.sim._apply(node, actions)
+        return error
+
     def stack(self) -> Stack:
         return self.cluster.sim.nodes[self._me].core.stack  # type: ignore[union-attr]
 
@@ -179,12 +189,20 @@ class _Hooked:
 
     def handle(self, event: object) -> list[Any]:
         actions = self.stack.handle(event)  # type: ignore[arg-type]
+        self._notes(actions)
+        return actions
+
+    def local_mcast(self, now: Instant, handle: Handle, group: bytes, payload: bytes) -> tuple[Any, list]:
+        error, actions = self.stack.local_mcast(now, handle, group, payload)
+        self._notes(actions)
+        return error, actions
+
+    def _notes(self, actions: list[Any]) -> None:
         view = self.cluster.views.get(self.stack.me)
         if view is not None:
             for a in actions:
                 if isinstance(a, Notification):
                     view.on_note(a)
-        return actions
 
     @property
     def next_deadline(self) -> Instant | None:

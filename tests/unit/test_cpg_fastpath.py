@@ -4,12 +4,14 @@ simulated clusters against the same run with the fast path switched off."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from cmanlk.services import wire as svcwire
 from cmanlk.services.cpg import wire as cw
 from cmanlk.services.cpg.service import REASON_JOIN, CpgDeliver, CpgJoin, CpgMcast, CpgService, Handle
-from cmanlk.totem.totempg import Frame, encode_frame
+from cmanlk.totem.totempg import Frame, Packer, Unpacker, encode_frame, frame_layout
 from cmanlk.types import NodeId, RingId, ms
 
 from .test_cpg import N1, N2, G, _loop, _synced, cpg_of, make_cluster, of, request, settled, stack
@@ -114,9 +116,9 @@ def _run(seed: int, fast: bool) -> tuple[dict, int]:
             st = stack(cluster, n)
             real = st._fast_frame
 
-            def counting(action, out, real=real):
+            def counting(action, pending, out, real=real):
                 nonlocal taken
-                done = real(action, out)
+                done = real(action, pending, out)
                 taken += done
                 return done
 
@@ -124,7 +126,7 @@ def _run(seed: int, fast: bool) -> tuple[dict, int]:
     boot_and_join_booted(cluster, nodes)
     for i in range(120):
         sender = nodes[i % 3]
-        size = (0, 5, 300, 1500, 5000)[i % 5]  # the larger ones are fragmented: general path
+        size = (0, 5, 300, 1500, 5000)[i % 5]  # fragmented ones: their edges go the general way
         req = CpgMcast(Handle(sender * 10), G, bytes([i % 251]) * size)
         assert request(cluster, sender, req, request_id=100 + i).error is None
         if i % 7 == 0:
@@ -151,3 +153,35 @@ def test_a_cluster_run_is_the_same_with_and_without_the_fast_path(seed):
     assert taken > 0
     assert all(len(v) == 120 for v in fast["delivered"].values())
     assert fast == slow
+
+
+def _edges_like_feed(seed: int) -> None:
+    rng = random.Random(seed)
+    packer = Packer(1400)
+    fed, split = Unpacker(), Unpacker()
+    for _round in range(60):
+        for _ in range(rng.randrange(1, 12)):
+            packer.push(bytes([rng.randrange(256)]) * rng.choice((1, 60, 250, 700, 1390, 3000, 9000)))
+        while (popped := packer.pop_frame(rng.choice((None, 1, 3)))) is not None:
+            frame = popped[0]
+            if rng.random() < 0.03:
+                continue  # a lost frame: broken continuations and throw-aways follow
+            want = fed.feed(N2, frame)
+            fragmented, continuation, start, lens = frame_layout(frame)
+            edges = split.take_edges(N2, frame, fragmented, continuation, start, lens)
+            if edges is None:
+                got = split.feed(N2, frame)
+            else:
+                first, off, whole = edges
+                got = [] if first is None else [first]
+                for n in whole:
+                    got.append(frame[off : off + n])
+                    off += n
+            assert got == want
+            assert split._assemblies == fed._assemblies
+            assert split.stats == fed.stats
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_take_edges_does_what_feed_does(seed):
+    _edges_like_feed(seed)

@@ -43,7 +43,7 @@ from cmanlk.services.cmap.lib import CmapLib
 from cmanlk.services.cmap.service import CmapSync
 from cmanlk.services.cmap.store import Value, u64
 from cmanlk.services.cpg.lib import CpgLib
-from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg
+from cmanlk.services.cpg.service import CpgConfchg, CpgDeliver, CpgService, CpgTotemConfchg, Handle
 from cmanlk.services.lib import LibFace
 from cmanlk.services.quorum.lib import QuorumLib
 from cmanlk.services.votequorum.lib import VotequorumLib
@@ -88,6 +88,12 @@ class NodeView:
             answer.cancel()
             return RequestResult(0, ErrorCode.LIBRARY, "the core gave no answer to a local request")
         return answer
+
+    def cpg_mcast(self, handle: Handle, group: bytes, payload: bytes) -> ErrorCode | None:
+        try:
+            return self.node.cpg_mcast(handle, group, payload)
+        except UsageError as exc:
+            return exc.code
 
     def _stack(self) -> Stack | None:
         core = self.node.core
@@ -201,7 +207,7 @@ class NodeLibqb:
             pid_file=Path(node.config.cmanlk.run_dir) / "libqb.pid",
         )
         self.view.libqb_counters = self.server.counters
-        node.add_listener(self._on_note)
+        node.add_listener(self._on_note, deliveries=self._on_deliveries)
 
     async def run(self) -> None:
         """Serve until cancelled. When another server holds the names, log it and serve nothing."""
@@ -254,6 +260,11 @@ class NodeLibqb:
     def config_reloaded(self, config: ClusterConfig) -> None:
         """The daemon took a new configuration (SIGHUP): cmap's key tree follows."""
         self.server.deliver(self.cmap.reload(config))
+
+    def _on_deliveries(self, notes: list[CpgDeliver]) -> None:
+        """The hot path: a run of cpg deliveries (a frame's, mostly): every event written, one wake."""
+        self.server.deliver(self.cpg.deliveries(notes))
+        self.server.wake()
 
     def _on_note(self, note: object) -> None:
         if type(note) is CpgDeliver:  # the hot path: one per message delivered to a local group

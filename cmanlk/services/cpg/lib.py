@@ -250,11 +250,11 @@ class CpgLib(FaceBase[_Conn]):
         if conn.group is None:
             self._dispatch.count("mcast_not_joined")
             return []
-        result = self._submit(CpgMcast(peer.handle, conn.group, message[40 : 40 + msglen]))
-        if result.error is ErrorCode.TRY_AGAIN:
+        error = self.node.cpg_mcast(peer.handle, conn.group, message[40 : 40 + msglen])
+        if error is ErrorCode.TRY_AGAIN:
             return [Hold(peer.handle)]
-        if result.error is not None:
-            self._dispatch.count(f"mcast_refused_{result.error}")
+        if error is not None:
+            self._dispatch.count(f"mcast_refused_{error}")
         return []
 
     def _partial_mcast(self, peer: Peer, message: bytes) -> list[LibOutput]:
@@ -354,11 +354,20 @@ class CpgLib(FaceBase[_Conn]):
 
     # --- events ----------------------------------------------------------------------------------
 
-    def _deliver(self, note: CpgDeliver) -> list[LibOutput]:
+    def deliveries(self, notes: list[CpgDeliver]) -> list[LibOutput]:
+        """`notify` of each CpgDeliver in turn, in one list (the libqb glue's runs of deliveries)."""
         out: list[LibOutput] = []
+        for note in notes:
+            self._deliver(note, out)
+        return out
+
+    def _deliver(self, note: CpgDeliver, out: list[LibOutput] | None = None) -> list[LibOutput]:
+        if out is None:
+            out = []
         whole: bytes | None = None
+        conns = self._conns
         for handle in note.handles:
-            conn = self._conns.get(handle)
+            conn = conns.get(handle)
             if conn is None or conn.finalized:
                 continue
             if DELIVER_HEADER + len(note.payload) <= conn.max_msg_size:

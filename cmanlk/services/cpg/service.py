@@ -606,21 +606,38 @@ class CpgService:
         return [SendMessage(MESSAGE_REQ_EXEC_CPG_PROCLEAVE, message)]
 
     def _local_mcast(self, req: CpgMcast) -> list[ServiceOutput]:
-        _check_group(req.group)
-        current = self._local.get((req.handle, req.group))
+        pid = self._take_mcast(req.handle, req.group, len(req.payload))
+        message = encode_mcast(req.group, pid, self.me, self._send_seq, req.payload)
+        return [SendMessage(MESSAGE_REQ_EXEC_CPG_MCAST, message)]
+
+    def local_mcast_message(self, handle: Handle, group: bytes, payload: bytes) -> bytes:
+        """The fused send path (Stack.local_mcast): what on_local_request(CpgMcast(handle, group,
+        payload)) does, returning the message as the Stack queues it with Totem — group "a"'s
+        header and the MCAST, built with one pack — instead of a SendMessage. Raises as
+        on_local_request; nothing changes then."""
+        pid = self._take_mcast(handle, group, len(payload))
+        size = len(payload)
+        head = _FAST_HEAD.pack(_FAST_GROUP_A, _FAST_MCAST_ID, MCAST_HEADER_SIZE + size, len(group), group,
+                               size, pid, self.me, self._send_seq)  # fmt: skip
+        return head + payload
+
+    def _take_mcast(self, handle: Handle, group: bytes, size: int) -> int:
+        """Check a local MCAST of `size` bytes and count it in the send window; its process's pid
+        (its seq is then `_send_seq`). Raises as on_local_request, before anything changes."""
+        _check_group(group)
+        current = self._local.get((handle, group))
         if current is None or current.state is LocalState.LEAVE_STARTED:
-            raise UsageError(ErrorCode.NOT_EXIST, f"this connection is not in {req.group!r}")
-        if len(req.payload) > MAX_MESSAGE_BYTES:
-            raise TooLarge(f"{len(req.payload)} bytes; at most {MAX_MESSAGE_BYTES}")
+            raise UsageError(ErrorCode.NOT_EXIST, f"this connection is not in {group!r}")
+        if size > MAX_MESSAGE_BYTES:
+            raise TooLarge(f"{size} bytes; at most {MAX_MESSAGE_BYTES}")
         self._maybe_refuse_during_sync()
-        cost = len(req.payload) + IN_FLIGHT_ENTRY_COST_BYTES
+        cost = size + IN_FLIGHT_ENTRY_COST_BYTES
         if self._in_flight_bytes and self._in_flight_bytes + cost > MAX_IN_FLIGHT_BYTES:
             raise QueueFull(f"{self._in_flight_bytes} bytes in flight; retry after deliveries")
         self._send_seq += 1
         self._in_flight.append((self._send_seq, cost))
         self._in_flight_bytes += cost
-        message = encode_mcast(req.group, current.pid, self.me, self._send_seq, req.payload)
-        return [SendMessage(MESSAGE_REQ_EXEC_CPG_MCAST, message)]
+        return current.pid
 
     def _client_gone(self, handle: Handle) -> list[ServiceOutput]:
         out: list[ServiceOutput] = []
@@ -834,6 +851,10 @@ _FAST_MIN = _FAST_GROUP_HEADER + MCAST_HEADER_SIZE  # the group header and the M
 _FAST_NAME_AT = _FAST_GROUP_HEADER + 16  # the cpg_name after the request header
 _FAST_MCAST_FIELDS = struct.Struct("<I4x128sI4xI4xI4xQ")
 """An MCAST's name (length, value), msglen, pid, source nodeid and conn, read with one unpack."""
+_FAST_GROUP_A = _FAST_PREFIX[:_FAST_GROUP_HEADER]
+_FAST_MCAST_ID = (CPG_SERVICE << 16) | MESSAGE_REQ_EXEC_CPG_MCAST
+_FAST_HEAD = struct.Struct("<5si4xi4xI4x128sI4xI4xI4xQ")
+"""Group "a"'s header and a whole MCAST header (encode_group_message of encode_mcast), one pack."""
 
 
 def _validate(function: int, message: bytes) -> None:
