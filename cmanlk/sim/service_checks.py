@@ -492,7 +492,22 @@ def _quorate_then(inc: _Inc, i: int, quorate: bool, fresh: bool) -> bool:
     (no SyncStarting): a message of the old ring delivered before the configuration change is acted
     on with that ring's quorum, as dlm_controld does (virtual synchrony delivers it in its own ring;
     the start it completes was sent after check_quorum_done, and start_kernel checks no quorum).
-    `quorate`/`fresh` are the Stack's at the end of its step, possibly past the configuration."""
+    `quorate`/`fresh` are the Stack's at the end of its step, possibly past the configuration, and
+    possibly past a quorum decision delivered after record i in that step (a QuorumSeen after it
+    at the same instant): then the node decided on the last decision before i, of its ring (no
+    SyncStarting in between), which is what counts (stack seeds 7240, 7736: an expected-votes
+    change delivered just after a lockspace's last start message)."""
+    if not quorate and fresh:
+        t = inc.records[i].t
+        later = next((r for r in inc.records[i + 1:] if isinstance(r, QuorumSeen)), None)
+        if later is None or later.t != t:
+            return False
+        for rec in reversed(inc.records[:i]):
+            if isinstance(rec, SyncStep) and rec.service == "stack" and rec.step == "start":
+                return False
+            if isinstance(rec, QuorumSeen):
+                return rec.quorate
+        return False
     if not quorate or fresh:
         return quorate
     for rec in reversed(inc.records[:i]):
