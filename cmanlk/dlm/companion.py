@@ -42,6 +42,7 @@ from cmanlk.dlm.control import (
     CPG_REASON_NODEUP,
     CPG_REASON_PROCDOWN,
     ClusterChanged,
+    ClusterSyncing,
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,
@@ -73,7 +74,7 @@ from cmanlk.services.cpg.service import (
     Handle,
 )
 from cmanlk.services.votequorum.service import QuorumChanged
-from cmanlk.stack import MembershipChanged
+from cmanlk.stack import MembershipChanged, SyncStarting
 from cmanlk.types import Instant, NodeId, RingId, ms
 
 log = logging.getLogger("cmanlk.dlmd")
@@ -166,6 +167,12 @@ class DlmCompanion:
                 if item.ring_id is not None:
                     self.view_ring = item.ring_id
                 return self._feed_if_ready(self._cluster_changed(now)) + self._caught_up(now)
+            case SyncStarting():
+                # the quorum we hold is an older ring's until this ring's votequorum notification
+                # (or the sync's end) feeds the view again. Simulator, stack seed 3831: an
+                # administrator's fence-ack during a sync restarted ls0 on the old ring's quorum,
+                # and the new ring was inquorate.
+                return self._feed_if_ready(ClusterSyncing(now))
             case CpgTotemConfchg() if self.handle in item.handles:
                 self.cpg_ring = item.ring_id
                 return []

@@ -88,6 +88,15 @@ class ClusterChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSyncing:
+    """A new ring's synchronisation began: the quorum we hold is an older ring's, and the new
+    one's is unknown until the next ClusterChanged. Until then nothing starts and nobody is shot
+    on it (dlm_controld waits for the quorum's ring to be cpg's: check_ringid_done)."""
+
+    now: Instant
+
+
+@dataclass(frozen=True, slots=True)
 class LockspaceOnline:
     """uevent online@/kernel/dlm/<name>: a local process creates the lockspace; the kernel waits."""
 
@@ -192,8 +201,8 @@ class ShutdownRequested:
     now: Instant
 
 
-DlmEvent = (ClusterChanged | LockspaceOnline | LockspaceOffline | LockspaceRemoved | GroupConfchg
-            | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DaemonsChanged
+DlmEvent = (ClusterChanged | ClusterSyncing | LockspaceOnline | LockspaceOffline | LockspaceRemoved
+            | GroupConfchg | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DaemonsChanged
             | DeadlineReached | KernelLockspaces | ShutdownRequested)
 
 
@@ -388,6 +397,10 @@ class DlmCtl:
                 return self._on_confchg(event)
             case GroupMessage():
                 return self._on_message(event)
+            case ClusterSyncing():
+                self.quorate = False
+                self.fencing.quorum_unknown()
+                return []
             case FenceAgentExited(now, nodeid, exit_code):
                 return self._after_fencing(now, self.fencing.agent_exited(now, nodeid, exit_code))
             case FenceAck(now, nodeid):

@@ -205,6 +205,10 @@ class Fencing:
             del self.victims[n]
         return self._maybe_run(now)
 
+    def quorum_unknown(self) -> None:
+        """A new ring's quorum is not known yet: run no agent until `membership` tells it."""
+        self.quorate = False
+
     def agent_exited(self, now: Instant, nodeid: NodeId, exit_code: int) -> list[FenceAction]:
         """Our agent run for `nodeid` ended: exit 0 is success, anything else schedules a retry."""
         v = self.victims.get(nodeid)

@@ -24,6 +24,7 @@ from cmanlk.dlm.control import (
     CPG_REASON_LEAVE,
     CPG_REASON_NODEDOWN,
     ClusterChanged,
+    ClusterSyncing,
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,
@@ -476,3 +477,19 @@ def test_a_failure_reported_while_our_leave_is_in_flight_is_still_ours_to_fence(
     assert out == [AnnounceFenced(NodeId(2), "agent")]
     out = n.feed(GroupConfchg(n.now(), g, (NodeId(3),), (), ((NodeId(1), 2),)))  # our leave completes
     assert out == [] and "ls" not in n.core.leaving and n.core.lockspaces == {}
+
+
+def test_nothing_starts_or_is_shot_on_an_older_rings_quorum_while_a_sync_runs() -> None:
+    """cmanlk-sim --stack --seed 3831: an administrator's fence-ack during a new ring's sync
+    restarted ls0 on the previous ring's quorum, and the new ring turned out inquorate."""
+    n = _joined_pair(FencingPolicy(nodes_with_agent=frozenset({NodeId(3)})))
+    n.feed(cluster(n.now(), (1, 2)))
+    n.confchg("ls", (1, 2), left=((3, CPG_REASON_NODEDOWN),))
+    assert RunFenceAgent(NodeId(3), 1) in n.actions
+    assert n.feed(FenceAgentExited(n.now(), NodeId(3), 1)) == []  # failed: retried later
+    assert n.feed(ClusterSyncing(n.now())) == []
+    assert n.core.next_deadline is None  # no retry while the quorum is unknown
+    assert n.feed(FenceAck(n.now(), NodeId(3))) == [AnnounceFenced(NodeId(3), "ack")]
+    assert n.core.waiting_for("ls") == ["quorum"]
+    out = n.feed(cluster(n.now(), (1, 2)))  # the new ring's quorum: quorate
+    assert ("sysfs", "ls", "control", b"1\0") in kernel_ops(out)
