@@ -243,10 +243,12 @@ class Stack:
     @property
     def next_deadline(self) -> Instant | None:
         """The earliest of Totem's and the services' deadlines."""
-        deadlines = [self.totem.next_deadline]
-        deadlines += [s.next_deadline for s in self._timed]
-        present = [d for d in deadlines if d is not None]
-        return min(present) if present else None
+        d = self.totem.next_deadline
+        for s in self._timed:
+            sd = s.next_deadline
+            if sd is not None and (d is None or sd < d):
+                d = sd
+        return d
 
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order.

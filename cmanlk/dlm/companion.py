@@ -42,6 +42,7 @@ from cmanlk.dlm.control import (
     CPG_REASON_NODEUP,
     CPG_REASON_PROCDOWN,
     ClusterChanged,
+    ClusterSyncing,
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,
@@ -73,7 +74,7 @@ from cmanlk.services.cpg.service import (
     Handle,
 )
 from cmanlk.services.votequorum.service import QuorumChanged
-from cmanlk.stack import MembershipChanged
+from cmanlk.stack import MembershipChanged, SyncStarting
 from cmanlk.types import Instant, NodeId, RingId, ms
 
 log = logging.getLogger("cmanlk.dlmd")
@@ -136,8 +137,8 @@ class DlmCompanion:
         """When to call `deadline`: dlmctl's (fence retries) or the hold limit."""
         if not self.ready or self.stopped:
             return None
-        present = [d for d in (self.ctl.next_deadline, self._hold_until) if d is not None]
-        return min(present) if present else None
+        d, hold = self.ctl.next_deadline, self._hold_until
+        return d if hold is None or (d is not None and d <= hold) else hold
 
     def start(self, now: Instant, kernel_lockspaces: tuple[str, ...]) -> list[CompanionOutput]:
         """The kernel is set up: join FENCE_GROUP, feed the cluster view, join what the kernel waits for."""
@@ -166,6 +167,12 @@ class DlmCompanion:
                 if item.ring_id is not None:
                     self.view_ring = item.ring_id
                 return self._feed_if_ready(self._cluster_changed(now)) + self._caught_up(now)
+            case SyncStarting():
+                # the quorum we hold is an older ring's until this ring's votequorum notification
+                # (or the sync's end) feeds the view again. Simulator, stack seed 3831: an
+                # administrator's fence-ack during a sync restarted ls0 on the old ring's quorum,
+                # and the new ring was inquorate.
+                return self._feed_if_ready(ClusterSyncing(now))
             case CpgTotemConfchg() if self.handle in item.handles:
                 self.cpg_ring = item.ring_id
                 return []

@@ -88,6 +88,15 @@ class ClusterChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSyncing:
+    """A new ring's synchronisation began: the quorum we hold is an older ring's, and the new
+    one's is unknown until the next ClusterChanged. Until then nothing starts and nobody is shot
+    on it (dlm_controld waits for the quorum's ring to be cpg's: check_ringid_done)."""
+
+    now: Instant
+
+
+@dataclass(frozen=True, slots=True)
 class LockspaceOnline:
     """uevent online@/kernel/dlm/<name>: a local process creates the lockspace; the kernel waits."""
 
@@ -192,8 +201,8 @@ class ShutdownRequested:
     now: Instant
 
 
-DlmEvent = (ClusterChanged | LockspaceOnline | LockspaceOffline | LockspaceRemoved | GroupConfchg
-            | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DaemonsChanged
+DlmEvent = (ClusterChanged | ClusterSyncing | LockspaceOnline | LockspaceOffline | LockspaceRemoved
+            | GroupConfchg | GroupMessage | FenceAgentExited | FenceAck | FencedElsewhere | DaemonsChanged
             | DeadlineReached | KernelLockspaces | ShutdownRequested)
 
 
@@ -388,6 +397,10 @@ class DlmCtl:
                 return self._on_confchg(event)
             case GroupMessage():
                 return self._on_message(event)
+            case ClusterSyncing():
+                self.quorate = False
+                self.fencing.quorum_unknown()
+                return []
             case FenceAgentExited(now, nodeid, exit_code):
                 return self._after_fencing(now, self.fencing.agent_exited(now, nodeid, exit_code))
             case FenceAck(now, nodeid):
@@ -533,6 +546,8 @@ class DlmCtl:
             assert name is not None
             online = self.leaving.pop(name)  # our own leave completed
             return [] if online is None else self._on_online(ev.now, name)
+        if name in self.leaving and name not in self.lockspaces:
+            return self._witness_failures(ev)
         ls = self._lockspace_of(ev.group)
         if ls is None or len(ev.members) > MAX_GROUP_MEMBERS:
             self._drop("confchg_unknown_group")
@@ -552,6 +567,20 @@ class DlmCtl:
         ls.members = members
         ls.change = _Change(members, set(), (prior | failed) - set(members), ev.now)
         out.append(SendGroupMessage(ev.group, encode_start(members)))
+        return out
+
+    def _witness_failures(self, ev: GroupConfchg) -> list[DlmAction]:
+        """A change of a group we are leaving, still with us: its failures are ours to fence too.
+
+        The other members count every member of the change among the failed node's witnesses
+        (fencing.py, "Roles") and wait for the lowest one to fence it; had we ignored the change
+        because our lockspace is gone, nobody would (cmanlk-sim --stack seed 5, --nodes 2-4)."""
+        out: list[DlmAction] = []
+        if self.me not in ev.members or len(ev.members) > MAX_GROUP_MEMBERS:
+            return out
+        failed = {n for n, reason in ev.left if reason in (CPG_REASON_NODEDOWN, CPG_REASON_PROCDOWN)}
+        for n in sorted(failed):
+            out += self.fencing.node_failed(ev.now, n, tuple(ev.members))
         return out
 
     def _on_message(self, ev: GroupMessage) -> list[DlmAction]:

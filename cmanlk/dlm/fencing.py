@@ -150,6 +150,8 @@ class Fencing:
     def next_deadline(self) -> Instant | None:
         """When a retry is due, if any."""
         # only the retries we would run: a past deadline we would not act on spins the timer
+        if not self.victims:
+            return None  # the usual case, asked after every event the simulator feeds
         due = [v.next_attempt for v in self.victims.values()
                if v.state is VictimState.RETRY and v.next_attempt is not None and self.fences(v)]
         return min(due) if due else None
@@ -202,6 +204,10 @@ class Fencing:
         for n in [n for n, v in self.victims.items() if v.state is VictimState.FENCED and n in members]:
             del self.victims[n]
         return self._maybe_run(now)
+
+    def quorum_unknown(self) -> None:
+        """A new ring's quorum is not known yet: run no agent until `membership` tells it."""
+        self.quorate = False
 
     def agent_exited(self, now: Instant, nodeid: NodeId, exit_code: int) -> list[FenceAction]:
         """Our agent run for `nodeid` ended: exit 0 is success, anything else schedules a retry."""

@@ -1,7 +1,7 @@
 """`cmanlk-sim`: random fault schedules with the EVS checker, scenario files, and a live demo.
 
     cmanlk-sim check [--stack] --seeds 2000 --nodes 2-7 --faults all [--seed-start K] [--seed S]
-                     [--duration SECONDS] [--jobs 2] [-v]
+                     [--duration SECONDS] [--jobs 2] [--digests FILE] [-v]
     cmanlk-sim run FILE.txt [--rewrite]
     cmanlk-sim live [--nodes 3] [--seconds 20] [--speed 1.0]
 
@@ -9,7 +9,9 @@
 and their clients on every node, with the service invariants beside the EVS ones).
 `check` prints each failing seed with the command that replays it and ends with
 `schedules=N violations=V`; it exits 1 when anything failed. Results do not
-depend on --jobs: every seed is an independent deterministic run.
+depend on --jobs: every seed is an independent deterministic run. `--digests FILE` writes each
+seed's history digest and counts, so two versions of the simulator can be shown to run every
+seed identically (`diff` the files).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--stack", action="store_true",
                    help="run the whole node (Stack, DLM companion, clients) with the service invariants")
     c.add_argument("-v", "--verbose", action="store_true", help="print schedules and full violation reports")
+    c.add_argument("--digests", type=Path, metavar="FILE",
+                   help="write each seed's history digest, counts and verdict to FILE, in seed order")
     r = sub.add_parser("run", help="run a scenario file and print its output")
     r.add_argument("file", type=Path)
     r.add_argument("--rewrite", action="store_true", help="write the actual output back into the file")
@@ -72,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- check ----------------------------------------------------------------------------------------------
 
 
-Job = tuple[int, tuple[int, int], tuple[str, ...], float, str, bool]
+Job = tuple[int, tuple[int, int], tuple[str, ...], float, str, bool, bool]
 
 
 def load_factory(spec: str) -> CoreFactory:
@@ -88,19 +92,20 @@ def load_factory(spec: str) -> CoreFactory:
 
 
 def _one(job: Job) -> RunResult:
-    seed, nodes, faults, duration, core, stack = job
+    seed, nodes, faults, duration, core, stack, digest = job
     if stack:
         logging.getLogger("cmanlk").setLevel(logging.ERROR)  # the DLM companion's fencing warnings
-        return run_stack_schedule(seed, nodes, faults, duration)
-    return run_schedule(seed, nodes, faults, duration, load_factory(core))
+        return run_stack_schedule(seed, nodes, faults, duration, digest)
+    return run_schedule(seed, nodes, faults, duration, load_factory(core), digest)
 
 
 def _results(
     seeds: list[int], nodes: tuple[int, int], faults: tuple[str, ...], duration: float, jobs: int, core: str,
-    stack: bool = False,
+    stack: bool = False, digest: bool = False,
 ) -> Iterator[RunResult]:
+    """Each seed's result, in seed order (`digest`: with the histories' digest, which costs time)."""
     load_factory(core)
-    work: list[Job] = [(s, nodes, faults, duration, core, stack) for s in seeds]
+    work: list[Job] = [(s, nodes, faults, duration, core, stack, digest) for s in seeds]
     if jobs <= 1 or len(work) < 4:
         yield from map(_one, work)
         return
@@ -125,7 +130,11 @@ def _check(args: argparse.Namespace) -> int:
     virtual_ns = 0
     worst_settle = (0, -1)
     by_prop: dict[str, int] = {}
-    for res in _results(seeds, nodes, faults, args.duration, args.jobs, args.core, args.stack):
+    digests = args.digests.open("w") if args.digests is not None else None
+    with_digest = digests is not None
+    for res in _results(seeds, nodes, faults, args.duration, args.jobs, args.core, args.stack, with_digest):
+        if digests is not None:
+            digests.write(_digest_line(res))
         delivered += res.delivered
         configs += res.configs
         sent += res.sent
@@ -145,6 +154,8 @@ def _check(args: argparse.Namespace) -> int:
             by_prop[v.prop] = by_prop.get(v.prop, 0) + 1
         _print_failure(res, replay, args.verbose)
     wall_s = time.perf_counter() - wall
+    if digests is not None:
+        digests.close()
     props = " ".join(f"{k}={n}" for k, n in sorted(by_prop.items())) or "none"
     print(
         f"stats: nodes={args.nodes} faults={args.faults} failed_seeds={failed} core_errors={errors} "
@@ -159,6 +170,15 @@ def _check(args: argparse.Namespace) -> int:
     )
     print(f"schedules={len(seeds)} violations={violations + errors}")
     return 1 if failed else 0
+
+
+def _digest_line(res: RunResult) -> str:
+    """One seed's outcome: everything a change that keeps every run identical must keep."""
+    return (
+        f"seed={res.seed} nodes={res.nodes} digest={res.digest} events={res.events} "
+        f"delivered={res.delivered} configs={res.configs} sent={res.sent} virtual_ns={res.virtual_ns} "
+        f"settle_ns={res.max_settle_ns} violations={len(res.violations)} errors={len(res.errors)}\n"
+    )
 
 
 def _print_failure(res: RunResult, replay: str, verbose: bool) -> None:

@@ -45,6 +45,16 @@ class EventQueue:
         self.now = Instant(entry[0])
         return entry
 
+    def pop_due(self, t: int) -> Entry | None:
+        """Remove the next event if it is due at or before `t`, advance the clock to it and return
+        it (None: nothing is due by then; the clock does not move)."""
+        heap = self._heap
+        if not heap or heap[0][0] > t:
+            return None
+        entry = heapq.heappop(heap)
+        self.now = Instant(entry[0])
+        return entry
+
     def next_time(self) -> int | None:
         """Return the time of the next event without removing it."""
         return self._heap[0][0] if self._heap else None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cmanlk.errors import CmanlkError
-from cmanlk.sim.clock import CLIENT, PACKET, PROGRAM, TIMER, EventQueue
+from cmanlk.sim.clock import CLIENT, PACKET, PROGRAM, TIMER, Entry, EventQueue
 from cmanlk.sim.history import (
     Booted,
     Crashed,
@@ -250,13 +250,13 @@ class Cluster:
 
     def run_until(self, t: int, stop: Callable[[], bool] | None = None) -> bool:
         """Process events up to virtual time `t`; with `stop`, return True as soon as it holds."""
-        q = self.queue
+        pop_due, step = self.queue.pop_due, self._step
         while True:
-            nt = q.next_time()
-            if nt is None or nt > t:
-                q.advance_to(t)
+            entry = pop_due(t)
+            if entry is None:
+                self.queue.advance_to(t)
                 return stop is not None and stop()
-            self._step()
+            step(entry)
             if stop is not None and stop():
                 return True
 
@@ -265,7 +265,12 @@ class Cluster:
 
     def is_stable(self) -> bool:
         """Is every up node OPERATIONAL in a ring made of exactly the up nodes it can reach?"""
-        up = self.up_nodes()
+        up = []
+        for n, node in self.nodes.items():  # polled after every event: the cheap test first
+            if node.core is not None:
+                if node.state is not MembState.OPERATIONAL:
+                    return False
+                up.append(n)
         for group in self.network.groups(up):
             ring = self.nodes[group[0]].ring_id
             for n in group:
@@ -279,9 +284,7 @@ class Cluster:
 
     # --- the event loop ------------------------------------------------------------------------------
 
-    def _step(self) -> None:
-        entry = self.queue.pop()
-        assert entry is not None
+    def _step(self, entry: Entry) -> None:
         self.stats.events += 1
         t, _n, kind, n, data = entry
         if kind == PACKET:

@@ -47,7 +47,7 @@ agents=N,N,... (nodes with a fence device; default all). Its commands:
     fence-ack N VICTIM            an administrator switches VICTIM off and acknowledges it on N
     votes N NODE V | expected N E | cancel-wfa N                     corosync-quorumtool on N
     show quorum | show cpg G | show dlm                              each node's view
-    check-seed S                  run the random stack schedule of seed S (a found bug's replay)
+    check-seed S [LO-HI]          run the random stack schedule of seed S, nodes 2-7 or LO-HI (a replay)
 
 In the stack mode a command's output shows, per node, the ring changes, quorum gained or lost,
 the clients' group views, how many group messages they were delivered, lockspace starts and

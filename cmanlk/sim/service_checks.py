@@ -32,7 +32,9 @@ DLM control
 - ``dlm-restart``      no lockspace is started (control 1) while its node is inquorate or while a
                        member removed since the last start failed and was not switched off since;
 - ``dlm-fence``        the fence agent runs only from a quorate node, never against a member of
-                       its membership, and never against a member of a live quorate partition;
+                       its membership, and never against a member of a live quorate partition
+                       (unless the two partitions are a split quorum-split accepts: two_node, or
+                       expected votes below both memberships' votes);
 - ``dlm-converge``     after a settled run, every lockspace on every live node is started with
                        exactly the live nodes holding it (when the final partition is quorate).
 """
@@ -127,7 +129,7 @@ def check_services(histories: Histories, world: Any, settled: bool, final: bool 
     for inc in incs:
         _check_cpg_local(inc, report)
     _check_cpg_global(incs, report)
-    _check_dlm(incs, report)
+    _check_dlm(incs, world, report)
     if settled:
         _check_cpg_converge(incs, world, report)
     if final:
@@ -431,7 +433,9 @@ def _check_cpg_converge(incs: list[_Inc], world: Any, report: _Report) -> None:
 # --- DLM control ------------------------------------------------------------------------------------
 
 
-def _check_dlm(incs: list[_Inc], report: _Report) -> None:
+def _check_dlm(incs: list[_Inc], world: Any, report: _Report) -> None:
+    two_node = any(getattr(_policy(world, inc.node), "two_node", False) for inc in incs)
+    quorum_at = _quorum_timelines(incs)
     for inc in incs:
         for i, rec in enumerate(inc.records):
             match rec:
@@ -449,9 +453,36 @@ def _check_dlm(incs: list[_Inc], report: _Report) -> None:
                     if rec.victim in rec.members:
                         report.add("dlm-fence", inc, f"fence agent against {rec.victim}, a member of "
                                    f"{_ids(rec.members)}", i)
-                    if rec.in_quorate_partition:
+                    if rec.in_quorate_partition and not (
+                            two_node or _split_allowed(inc, i, rec, quorum_at)):  # fmt: skip
                         report.add("dlm-fence", inc, f"fence agent against {rec.victim}, a member of the "
                                    f"live quorate partition of {_ids(rec.in_quorate_partition)}", i)
+
+
+def _quorum_timelines(incs: list[_Inc]) -> dict[NodeId, list[QuorumSeen]]:
+    """Each node's quorum notifications in time order (over its incarnations)."""
+    out: dict[NodeId, list[QuorumSeen]] = defaultdict(list)
+    for inc in incs:
+        out[inc.node] += [r for r in inc.records if isinstance(r, QuorumSeen)]
+    return out
+
+
+def _split_allowed(inc: _Inc, i: int, run: FenceRun, quorum_at: dict[NodeId, list[QuorumSeen]]) -> bool:
+    """Is the fencer's partition and the victim's quorate one a split quorum-split accepts (the
+    expected votes below the votes of both memberships together: an operator's -e or -v, last man
+    standing)? Then both halves are quorate by the configuration and fencing across them is how
+    the split is resolved, as with two_node's fence race."""
+    mine = next((r for r in reversed(inc.records[:i]) if isinstance(r, QuorumSeen)), None)
+    other = None
+    for n in run.in_quorate_partition:
+        seen = [q for q in quorum_at.get(n, ()) if q.t <= run.t]
+        if seen and seen[-1].quorate and run.victim in seen[-1].members:
+            other = seen[-1]
+            break
+    if mine is None or other is None or not mine.quorate or set(mine.members) & set(other.members):
+        return False
+    both = sum(v for _, v in mine.votes) + sum(v for _, v in other.votes)
+    return min(mine.highest_expected, other.highest_expected) < both
 
 
 def _quorate_then(inc: _Inc, i: int, quorate: bool, fresh: bool) -> bool:
@@ -461,7 +492,22 @@ def _quorate_then(inc: _Inc, i: int, quorate: bool, fresh: bool) -> bool:
     (no SyncStarting): a message of the old ring delivered before the configuration change is acted
     on with that ring's quorum, as dlm_controld does (virtual synchrony delivers it in its own ring;
     the start it completes was sent after check_quorum_done, and start_kernel checks no quorum).
-    `quorate`/`fresh` are the Stack's at the end of its step, possibly past the configuration."""
+    `quorate`/`fresh` are the Stack's at the end of its step, possibly past the configuration, and
+    possibly past a quorum decision delivered after record i in that step (a QuorumSeen after it
+    at the same instant): then the node decided on the last decision before i, of its ring (no
+    SyncStarting in between), which is what counts (stack seeds 7240, 7736: an expected-votes
+    change delivered just after a lockspace's last start message)."""
+    if not quorate and fresh:
+        t = inc.records[i].t
+        later = next((r for r in inc.records[i + 1:] if isinstance(r, QuorumSeen)), None)
+        if later is None or later.t != t:
+            return False
+        for rec in reversed(inc.records[:i]):
+            if isinstance(rec, SyncStep) and rec.service == "stack" and rec.step == "start":
+                return False
+            if isinstance(rec, QuorumSeen):
+                return rec.quorate
+        return False
     if not quorate or fresh:
         return quorate
     for rec in reversed(inc.records[:i]):

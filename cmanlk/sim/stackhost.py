@@ -92,7 +92,6 @@ from cmanlk.stack import (
     SyncStarting,
     default_services,
 )
-from cmanlk.stack import Event as StackEvent
 from cmanlk.totem.actions import (
     ConfigKind,
     Deliver,
@@ -296,6 +295,10 @@ class TotemTap:
         return d
 
     @property
+    def unpacker(self) -> Any:
+        return self.totem.unpacker  # asked for every frame (Stack._fast_frame): not via __getattr__
+
+    @property
     def send_queue_free_bytes(self) -> int:
         free: int = self.totem.send_queue_free_bytes
         return free
@@ -411,7 +414,7 @@ class StackHost:
         self.kernel: dict[str, KernelLs] = {}
         self.out: list[Any] = []
         self.now = Instant(0)
-        self._timers: list[tuple[int, int, Callable[[], None]]] = []
+        self._timers: list[tuple[Instant, int, Callable[[], None]]] = []
         self._timer_n = 0
         self._outbox: deque[CpgJoin | CpgLeave | CpgMcast] = deque()
         self._retry_at: Instant | None = None
@@ -432,26 +435,36 @@ class StackHost:
     @property
     def next_deadline(self) -> Instant | None:
         d = self.stack.next_deadline
-        for other in (self.companion.next_deadline, self._retry_at if self._outbox else None,
-                      self._timers[0][0] if self._timers else None):
+        other = self.companion.next_deadline
+        if other is not None and (d is None or other < d):
+            d = other
+        if self._outbox:
+            other = self._retry_at
             if other is not None and (d is None or other < d):
-                d = Instant(other)
+                d = other
+        if self._timers:
+            other = self._timers[0][0]
+            if d is None or other < d:
+                d = other
         return d
 
     def handle(self, event: TotemEvent) -> list[Any]:
-        self.now = event.now
+        self.now = now = event.now
         self.out = []
-        self._run_timers()
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            self._run_timers()
         cd = self.companion.next_deadline
-        if cd is not None and cd <= self.now:
-            self._companion(self.companion.deadline(self.now))
-        self._stack(event)
-        if isinstance(event, Started) and not self._started:
+        if cd is not None and cd <= now:
+            self._companion(self.companion.deadline(now))
+        self._take(self.stack.handle(event))
+        if not self._started and type(event) is Started:
             self._started = True
-            self._companion(self.companion.start(self.now, ()))
+            self._companion(self.companion.start(now, ()))
             if self.world.chatter_per_s > 0:
                 self._schedule_chatter()
-        self._pump()
+        if self._outbox:
+            self._pump()
         out, self.out = self.out, []
         return out
 
@@ -556,15 +569,13 @@ class StackHost:
 
     # --- internals: the stack ---------------------------------------------------------------------
 
-    def _stack(self, event: StackEvent) -> None:
-        self._take(self.stack.handle(event))
-
     def _take(self, actions: Iterable[Any]) -> None:
+        record = self.out.append
         for a in actions:
             if isinstance(a, Notification):
                 self._note(a)
             else:
-                self.out.append(a)
+                record(a)
 
     def _emit(self, rec: StackRecord) -> None:
         self.out.append(Emit(rec))

@@ -178,9 +178,10 @@ def cmd_cancel_wfa(runner: Any, args: list[str]) -> list[str]:
 
 
 def cmd_check_seed(runner: Any, args: list[str]) -> list[str]:
+    from cmanlk.sim.schedule import parse_range
     from cmanlk.sim.stackschedule import run_stack_schedule
 
-    res = run_stack_schedule(int(args[0]))
+    res = run_stack_schedule(int(args[0]), parse_range(args[1]) if len(args) > 1 else (2, 7))
     if res.ok:
         return [f"seed {res.seed}: ok ({res.nodes} nodes)"]
     return [f"seed {res.seed}: VIOLATION " + str(v).split("\n")[0] for v in res.violations] + \

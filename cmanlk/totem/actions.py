@@ -26,6 +26,8 @@ class MembState(enum.Enum):
     RECOVERY = "RECOVERY"
     LEFT = "LEFT"
 
+    __hash__ = object.__hash__  # identity's, in C (each packet's state check; see TimerName)
+
 
 @dataclass(frozen=True, slots=True)
 class Unicast:

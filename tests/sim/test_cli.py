@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cmanlk.sim.cli import main
@@ -57,3 +59,18 @@ def test_stack_check_runs_the_whole_node_and_replays_a_failing_seed(
     assert "replay: cmanlk-sim check --seed 7 --stack --nodes 3 --faults cpg,crash --duration 1.5 -v" in out
     assert out.splitlines()[-1] == "schedules=1 violations=1"
     assert main(["check", "--stack", "--faults", "meteor"]) == 2
+
+
+def test_digests_file_names_each_seeds_run_whatever_the_jobs(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    base = ["check", "--stack", "--seeds", "4", "--seed-start", "3"]
+    assert main([*base, "--jobs", "1", "--digests", str(one)]) == 0
+    assert main([*base, "--jobs", "2", "--digests", str(two)]) == 0
+    lines = one.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["seed=3", "seed=4", "seed=5", "seed=6"]
+    assert all(len(line.split()[2]) == len("digest=") + 64 for line in lines)
+    assert one.read_text() == two.read_text()
+    other = tmp_path / "other.txt"
+    assert main(["check", "--stack", "--seeds", "4", "--seed-start", "4", "--jobs", "1",
+                 "--digests", str(other)]) == 0
+    assert other.read_text().splitlines()[:3] == lines[1:]

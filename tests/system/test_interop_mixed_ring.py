@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from bench import systems
-from bench.chaos import collect, judge, to_history, view_splits, wait_full_ring
+from bench.chaos import collect, corosync_continuation_losses, judge, to_history, view_splits, wait_full_ring
 from bench.cluster import BenchCluster
 from bench.netns import Lab
 from cmanlk.sim.invariants import LivenessSpec
@@ -152,7 +152,10 @@ def test_two_corosync_and_two_cmanlkd_nodes_deliver_every_message_in_one_view() 
         shutil.rmtree(workdir, ignore_errors=True)
     histories = {NodeId(n): to_history(recs) for n, recs in run.raw.items()}
     spec = LivenessSpec(Instant(quiet_from), Duration(int(bound_s * 1e9)), Instant(traffic_until))
-    violations, unjudged = judge(histories, spec)
+    # What corosync's own totempg receive rule throws away (a corosync sender's backlog continued
+    # into a ring with a member new to its old ring) is not judged: bench/chaos.py says why.
+    lost = corosync_continuation_losses(histories, frozenset(NodeId(n) for n in COROSYNC_NODES))
+    violations, unjudged = judge(histories, spec, lost)
     splits = view_splits(histories)
     unknown = {n: text.count("Unknown node") for n, text in logs.items()}
     delivered = sum(1 for recs in run.raw.values() for r in recs if r[0] == "deliver")
@@ -160,7 +163,7 @@ def test_two_corosync_and_two_cmanlkd_nodes_deliver_every_message_in_one_view() 
     print(
         f"\nmixed ring 2 corosync + 2 cmanlkd: {time.monotonic() - started:.0f} s, delivered={delivered} "
         f"configurations={configs} view_splits={len(splits)} corosync 'Unknown node'={unknown} "
-        f"violations={len(violations)} unjudged={unjudged}"
+        f"violations={len(violations)} unjudged={unjudged} corosync_continuation_losses={len(lost)}"
     )
     example = sorted(splits.items())[:3]
     assert not splits, f"{len(splits)} messages delivered in more than one view, e.g. {example}"

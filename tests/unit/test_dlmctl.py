@@ -24,6 +24,7 @@ from cmanlk.dlm.control import (
     CPG_REASON_LEAVE,
     CPG_REASON_NODEDOWN,
     ClusterChanged,
+    ClusterSyncing,
     ConfigfsMkdir,
     ConfigfsRmdir,
     ConfigfsWrite,
@@ -459,3 +460,36 @@ def test_a_join_while_our_leave_is_in_flight_waits_for_the_leave() -> None:
 def _sys_id(name: str) -> bytes:
     from cmanlk.dlm.control import lockspace_global_id
     return f"{lockspace_global_id(name)}".encode() + b"\0"
+
+
+def test_a_failure_reported_while_our_leave_is_in_flight_is_still_ours_to_fence() -> None:
+    """cmanlk-sim --stack --seed 5 --nodes 2-4: node 1 left ls0 while partitioned; the merged ring's
+    change of the group still had node 1 in it and reported node 2 failed, so nodes 3 and 4 counted
+    node 1, the lowest witness, as the fencer, but node 1 ignored the change (its lockspace was gone)
+    and nobody fenced node 2: ls0 stayed stopped for ever."""
+    n = _joined_pair(FencingPolicy(nodes_with_agent=frozenset({NodeId(2)})))
+    n.feed(LockspaceOffline(n.now(), "ls"))
+    g = "dlm:ls:ls"
+    n.feed(cluster(n.now(), (1, 3)))
+    out = n.feed(GroupConfchg(n.now(), g, (NodeId(1), NodeId(3)), (), ((NodeId(2), CPG_REASON_NODEDOWN),)))
+    assert out == [RunFenceAgent(NodeId(2), 1)]
+    out = n.feed(FenceAgentExited(n.now(), NodeId(2), 0))
+    assert out == [AnnounceFenced(NodeId(2), "agent")]
+    out = n.feed(GroupConfchg(n.now(), g, (NodeId(3),), (), ((NodeId(1), 2),)))  # our leave completes
+    assert out == [] and "ls" not in n.core.leaving and n.core.lockspaces == {}
+
+
+def test_nothing_starts_or_is_shot_on_an_older_rings_quorum_while_a_sync_runs() -> None:
+    """cmanlk-sim --stack --seed 3831: an administrator's fence-ack during a new ring's sync
+    restarted ls0 on the previous ring's quorum, and the new ring turned out inquorate."""
+    n = _joined_pair(FencingPolicy(nodes_with_agent=frozenset({NodeId(3)})))
+    n.feed(cluster(n.now(), (1, 2)))
+    n.confchg("ls", (1, 2), left=((3, CPG_REASON_NODEDOWN),))
+    assert RunFenceAgent(NodeId(3), 1) in n.actions
+    assert n.feed(FenceAgentExited(n.now(), NodeId(3), 1)) == []  # failed: retried later
+    assert n.feed(ClusterSyncing(n.now())) == []
+    assert n.core.next_deadline is None  # no retry while the quorum is unknown
+    assert n.feed(FenceAck(n.now(), NodeId(3))) == [AnnounceFenced(NodeId(3), "ack")]
+    assert n.core.waiting_for("ls") == ["quorum"]
+    out = n.feed(cluster(n.now(), (1, 2)))  # the new ring's quorum: quorate
+    assert ("sysfs", "ls", "control", b"1\0") in kernel_ops(out)
