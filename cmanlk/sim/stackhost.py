@@ -212,9 +212,13 @@ class StackWorld:
         q = getattr(vq, "quorum", None)
         return q is not None and not q.in_sync and q.ring_id == h.totem_ring
 
-    def quorate_partitions_with(self, victim: NodeId) -> tuple[NodeId, ...]:
-        """Live nodes in a real quorate ring that contains `victim` (ground truth, now)."""
+    def quorate_partitions_with(self, victim: NodeId, fencer: NodeId | None = None) -> tuple[NodeId, ...]:
+        """Live nodes in a real quorate ring that contains `victim` (ground truth, now). A ring some
+        of whose members Totem has already put in the `fencer`'s ring is not a partition apart from
+        the fencer's: it is dissolving into it, its published view only lags (stack seed 13959)."""
         assert self.cluster is not None
+        nodes = self.cluster.nodes
+        ours = nodes[fencer].ring_id if fencer is not None else None
         out = []
         for h in self.hosts():
             q = h.stack.quorum
@@ -224,7 +228,8 @@ class StackWorld:
             real = True
             for m in h.stack.members:
                 peer = self.host(m)
-                if peer is None or peer.stack.ring_id != ring or not self.cluster.network.connected(h.me, m):
+                if (peer is None or peer.stack.ring_id != ring or not self.cluster.network.connected(h.me, m)
+                        or (m != h.me and nodes[m].ring_id == ours)):  # fmt: skip
                     real = False
                     break
             if real:
@@ -758,8 +763,9 @@ class StackHost:
     def _run_agent(self, run: RunFenceAgent) -> None:
         victim = run.nodeid
         q = self.stack.quorum
+        apart = self.world.quorate_partitions_with(victim, self.me)
         self._emit(FenceRun(self.now, victim, run.attempt, q is not None and q.quorate, self.stack.members,
-                            self.world.quorate_partitions_with(victim), self.world.fresh_quorum(self)))
+                            apart, self.world.fresh_quorum(self)))
         mode = "ok" if self.world.quiet else self.world.agent_mode.get(victim, "ok")
         if mode == "hang":
             delay, code = AGENT_TIMEOUT, AGENT_EXIT_TIMEOUT
