@@ -17,7 +17,7 @@ from cmanlk.services.cpg.service import MAX_MESSAGE_BYTES, CpgJoin, CpgMcast, Cp
 from cmanlk.stack import RequestResult, ServiceRequest
 from cmanlk.types import NodeId, ms
 
-from .test_cpg import N1, N2, G, _loop, _synced, cpg_of, make_cluster, request, settled, stack
+from .test_cpg import N1, N2, G, _loop, _synced, boot_and_join, cpg_of, make_cluster, request, settled, stack
 
 H1 = Handle(11)
 
@@ -52,13 +52,7 @@ def _send(cluster, n: NodeId, handle: Handle, group: bytes, payload: bytes, fast
 def _run(seed: int, fast: bool) -> dict:
     rng = random.Random(seed)
     cluster, nodes, log = make_cluster(3, seed=seed)
-    for n in nodes:
-        cluster.boot(n)
-    assert cluster.run_for(ms(5000), settled(cluster, nodes))
-    for n in nodes:
-        assert request(cluster, n, CpgJoin(Handle(n * 10), G, 1000 + n)).error is None
-    members = tuple((n, 1000 + n) for n in nodes)
-    assert cluster.run_for(ms(2000), lambda: all(cpg_of(cluster, n).members_of(G) == members for n in nodes))
+    boot_and_join(cluster, nodes)
     answers = []
     for i in range(400):
         sender = nodes[rng.randrange(3)]
