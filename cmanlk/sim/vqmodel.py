@@ -12,8 +12,9 @@ members and their votes, and the highest expected votes among the members. What 
   only falls when something allows it), except:
   - wait_for_all: from the start and again after each loss of quorum, not quorate until T has
     reached E once (a node told WFA is still pending must not be quorate);
-  - auto_tie_breaker: a half (T = ⌊E/2⌋, so with odd E one less than half) is quorate only for
-    the part holding the tie-breaker (lowest or highest id of the last quorate membership, or a
+  - auto_tie_breaker: a half (T = ⌊E/2⌋ as corosync has it, so with odd E one less than half,
+    where votequorum is stricter and takes no tie) is quorate only for the part holding the
+    tie-breaker (lowest or highest id of the last quorate membership, or a
     listed node present once a membership was quorate);
 - expected votes never below the total votes of the members.
 

@@ -447,6 +447,26 @@ def test_auto_tie_breaker_guards_on_the_missing_votes_not_nodes(atb_node):
     assert [h2.quorate(n) for n in nodes] == [n == winner for n in nodes]
 
 
+@pytest.mark.parametrize("atb_node", ["highest", (NodeId(2),)])
+def test_auto_tie_breaker_takes_no_tie_one_vote_short_of_half(atb_node):
+    # Stack seed 27269: three nodes, atb with wait_for_all (E=3, quorum 2). Node 3 is cut off,
+    # (1,2) stays quorate, then splits 1|1. T=1 is E//2 but not half: node 3 may come back to the
+    # other part, which then has quorum 2 by votes. No part of one vote may take the tie (node 2
+    # alone here; corosync gives it the tie).
+    nodes = [NodeId(x) for x in ids(3)]
+    cfg = QuorumConfig.for_nodes(
+        nodes, auto_tie_breaker=True, auto_tie_breaker_node=atb_node, wait_for_all=True
+    )
+    h = Harness(cfg, ids(3))
+    for node in nodes:
+        h.boot(node)
+    h.form(tuple(nodes))
+    h.form((NodeId(1), NodeId(2)), (NodeId(3),))
+    assert h.quorate(NodeId(1)) and h.quorate(NodeId(2)) and not h.quorate(NodeId(3))
+    h.form((NodeId(1), NodeId(3)), (NodeId(2),))
+    assert not h.quorate(NodeId(2))  # node 2 is the tie-breaker of (1,2), the last quorate membership
+
+
 def test_auto_tie_breaker_on_odd_cluster_needs_wait_for_all():
     nodes = tuple(NodeId(x) for x in ids(3))
     policy = QuorumConfig.for_nodes(nodes, auto_tie_breaker=True).resolve(NodeId(1))

@@ -21,6 +21,11 @@ Policies (corosync.conf `quorum {}`), with votequorum's resolution rules in `Quo
   previous membership's nodes now missing are below quorum; corosync's are_we_quorate compares
   their *number* of nodes with quorum, so after a run-time `votes` change (node A 2 votes, node B
   1, E=3) a split leaves A quorate by votes and B quorate by the tie (both halves quorate).
+  Deviation (stricter): the tie is an exact half of the votes (2·T = E). Corosync also takes it at
+  T = ⌊E/2⌋ for an odd E (with wait_for_all), one vote short of half: then the nodes outside the
+  membership hold ⌈E/2⌉ = quorum votes, and a node that was down when the last quorate membership
+  split may come back to the other part, which is then quorate by votes while ours is by the tie
+  (stack seed 27269: E=3, node 2 alone quorate by the tie, nodes 1 and 3 by votes).
 - allow_downscale: nodes leaving cleanly (LEAVING flag) lower expected votes; implies expected
   votes tracking (we keep the tracking barrier in memory only — deviation: corosync persists it in
   `ev_tracking`, a restarted node starts from its configured expected votes).
@@ -518,7 +523,7 @@ class Quorum:
             self._highest = max(self._member_ids())
         if (
             self.policy.auto_tie_breaker is not AtbMode.NONE
-            and total == self._us.expected_votes // 2
+            and 2 * total == self._us.expected_votes
             and self._departed_votes() < self._quorum
             and self._check_auto_tie_breaker()
         ):
