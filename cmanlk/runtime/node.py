@@ -56,8 +56,9 @@ from cmanlk.types import NO_RING, Instant, NodeId, RingId
 
 log = logging.getLogger("cmanlk.node")
 
-_PASSED_ON = frozenset({CpgDeliver, CpgConfchg, CpgTotemConfchg})
-"""Notifications the node does nothing with but hand to its listeners (one per cpg message)."""
+_PASSED_ON = frozenset({CpgConfchg, CpgTotemConfchg})
+"""Notifications the node does nothing with but hand to its listeners (CpgDeliver, the same kind,
+goes in runs: _carry_out, _publish_deliveries)."""
 
 STATUS_REFRESH_S = 2.0
 """status.json is also rewritten this often, so its counters stay fresh for admins and tests."""

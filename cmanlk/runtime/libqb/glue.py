@@ -267,10 +267,7 @@ class NodeLibqb:
         self.server.wake()
 
     def _on_note(self, note: object) -> None:
-        if type(note) is CpgDeliver:  # the hot path: one per message delivered to a local group
-            self.server.deliver(self.cpg.notify(note))
-            self.server.wake()
-            return
+        # CpgDelivers come in runs to _on_deliveries (add_listener's deliveries=), never here
         if isinstance(note, RequestResult):  # answers reach their submitter directly (Node.submit)
             return
         if isinstance(note, _CPG_ONLY):
