@@ -303,12 +303,7 @@ class Stack:
         error: ErrorCode | None = None
         message: bytes | None = None
         try:
-            if self._sync_in_process:
-                self._count("request_during_sync")
-                raise UsageError(ErrorCode.TRY_AGAIN, "cluster membership is being synchronised; retry")
-            if self.totem.send_queue_free_bytes < LOCAL_REQUEST_ROOM_BYTES:
-                self._count("request_totem_queue_full")
-                raise QueueFull("totem's send queue is short of room for a request; retry after the token")
+            self._refuse_for_totem_queue(cpg_request=True)
             message = cpg.local_mcast_message(handle, group, payload)
         except UsageError as e:
             error = e.code
@@ -500,8 +495,14 @@ class Stack:
     ) -> None:
         if isinstance(event, ServiceRequest) and not event.flow_control:
             return
-        if (self._sync_in_process and isinstance(event, ServiceRequest)
-                and isinstance(event.request, CpgJoin | CpgLeave | CpgMcast)):  # fmt: skip
+        self._refuse_for_totem_queue(
+            isinstance(event, ServiceRequest) and isinstance(event.request, CpgJoin | CpgLeave | CpgMcast)
+        )
+
+    def _refuse_for_totem_queue(self, cpg_request: bool) -> None:
+        """Refuse a flow-controlled local request, counted: a cpg one while a sync runs (try_again),
+        any while Totem's send queue is short of LOCAL_REQUEST_ROOM_BYTES (QueueFull)."""
+        if cpg_request and self._sync_in_process:
             self._count("request_during_sync")
             raise UsageError(ErrorCode.TRY_AGAIN, "cluster membership is being synchronised; retry")
         free = self.totem.send_queue_free_bytes
