@@ -182,8 +182,7 @@ def _check_quorum_split(histories: Histories, world: Any, report: _Report) -> No
             for other, seen in now.items():
                 if other == node or mine & set(seen.members):
                     continue
-                both = votes + sum(v for _, v in seen.votes)
-                if min(rec.highest_expected, seen.highest_expected) >= both:
+                if not _split_by_configuration(rec, seen):
                     report.add("quorum-split", None,
                                f"at {t / 1e6:.3f}ms node {node} is quorate with {_ids(rec.members)} "
                                f"(T={votes} E={rec.highest_expected}) and node {other} with "
@@ -191,6 +190,14 @@ def _check_quorum_split(histories: Histories, world: Any, report: _Report) -> No
             now[node] = rec
         else:
             now.pop(node, None)
+
+
+def _split_by_configuration(a: QuorumSeen, b: QuorumSeen) -> bool:
+    """Are two disjoint quorate memberships both quorate by the configuration: expected votes
+    below their votes together (an operator's -e or -v, last man standing)? quorum-split accepts
+    such a split, and fencing across it is how it is resolved."""
+    both = sum(v for _, v in a.votes) + sum(v for _, v in b.votes)
+    return min(a.highest_expected, b.highest_expected) < both
 
 
 def _policy(world: Any, node: NodeId) -> Any:
@@ -481,8 +488,7 @@ def _split_allowed(inc: _Inc, i: int, run: FenceRun, quorum_at: dict[NodeId, lis
             break
     if mine is None or other is None or not mine.quorate or set(mine.members) & set(other.members):
         return False
-    both = sum(v for _, v in mine.votes) + sum(v for _, v in other.votes)
-    return min(mine.highest_expected, other.highest_expected) < both
+    return _split_by_configuration(mine, other)
 
 
 def _quorate_then(inc: _Inc, i: int, quorate: bool, fresh: bool) -> bool:
